@@ -113,7 +113,9 @@ impl Network {
     /// Undo what an interrupted attach may have made, knowing only its owner and host link
     /// name: deletes the host link if present and releases every lease naming `owner`.
     pub fn cleanup_partial(&self, _owner: &str, _host_ifname: &str) -> Result<(), DetachError> {
-        Err(DetachError(vec![NetError::Unimplemented("cleanup_partial")]))
+        Err(DetachError(vec![NetError::Unimplemented(
+            "cleanup_partial",
+        )]))
     }
 
     /// All leases on disk.

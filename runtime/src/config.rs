@@ -1,0 +1,275 @@
+//! Daemon configuration: a TOML file (every key optional, unknown keys are an error) with
+//! flags on top, and defaults that just work.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/peapod/config.toml";
+
+/// The config file as written; every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub pod_cidr: Option<IpNet>,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    pub pause_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The settings in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub socket_group: Option<String>,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub pod_cidr: IpNet,
+    pub bridge: String,
+    /// `None`: the MTU of the node's default-route link, 1500 if none.
+    pub mtu: Option<u32>,
+    pub pause_path: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads `path`; a missing file at the default location means all defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => FileConfig::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(FileConfig::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Layers `over` (the flags) on top of `self` (the file) and fills in defaults.
+    pub fn resolve(self, over: FileConfig, exe_dir: &Path) -> Result<Config, ConfigError> {
+        let pod_cidr = over
+            .pod_cidr
+            .or(self.pod_cidr)
+            .unwrap_or_else(|| "10.88.0.0/16".parse().expect("valid default"));
+        validate_cidr(&pod_cidr)?;
+        let bridge = over
+            .bridge
+            .or(self.bridge)
+            .unwrap_or_else(|| "peapod0".into());
+        if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ']) {
+            return Err(ConfigError::Invalid {
+                key: "bridge",
+                reason: format!("{bridge:?} is not a valid interface name (1-15 characters)"),
+            });
+        }
+        let mtu = over.mtu.or(self.mtu);
+        if let Some(m) = mtu
+            && !(576..=65535).contains(&m)
+        {
+            return Err(ConfigError::Invalid {
+                key: "mtu",
+                reason: format!("{m} is outside 576..=65535"),
+            });
+        }
+        Ok(Config {
+            socket: over
+                .socket
+                .or(self.socket)
+                .unwrap_or_else(|| "/run/peapod/peapod.sock".into()),
+            socket_group: over.socket_group.or(self.socket_group),
+            state_dir: over
+                .state_dir
+                .or(self.state_dir)
+                .unwrap_or_else(|| "/var/lib/peapod".into()),
+            run_dir: over
+                .run_dir
+                .or(self.run_dir)
+                .unwrap_or_else(|| "/run/peapod".into()),
+            pod_cidr,
+            bridge,
+            mtu,
+            pause_path: over
+                .pause_path
+                .or(self.pause_path)
+                .unwrap_or_else(|| exe_dir.join("peapod-pause")),
+            log_level: over
+                .log_level
+                .or(self.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_format: over.log_format.or(self.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+/// A pod CIDR must be IPv4 (for now) and leave room for a gateway and at least one pod.
+pub fn validate_cidr(cidr: &IpNet) -> Result<(), ConfigError> {
+    match cidr {
+        IpNet::V4(n) if n.prefix_len() <= 30 => Ok(()),
+        IpNet::V4(n) => Err(ConfigError::Invalid {
+            key: "pod_cidr",
+            reason: format!("{n} is too small: a /30 or larger is needed"),
+        }),
+        IpNet::V6(n) => Err(ConfigError::Invalid {
+            key: "pod_cidr",
+            reason: format!("{n}: IPv6 pod networks are not supported yet"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("")
+            .unwrap()
+            .resolve(FileConfig::default(), Path::new("/opt/bin"))
+            .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/peapod/peapod.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/peapod"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/peapod"));
+        assert_eq!(c.pod_cidr.to_string(), "10.88.0.0/16");
+        assert_eq!(c.bridge, "peapod0");
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.pause_path, PathBuf::from("/opt/bin/peapod-pause"));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_key_parses_and_flags_win() {
+        let file = parse(
+            r#"
+            socket = "/tmp/a.sock"
+            socket_group = "kube"
+            state_dir = "/tmp/state"
+            run_dir = "/tmp/run"
+            pod_cidr = "10.1.0.0/24"
+            bridge = "br9"
+            mtu = 9000
+            pause_path = "/usr/lib/peapod/peapod-pause"
+            log_level = "debug"
+            log_format = "json"
+            "#,
+        )
+        .unwrap();
+        let flags = FileConfig {
+            bridge: Some("br7".into()),
+            mtu: Some(1400),
+            ..FileConfig::default()
+        };
+        let c = file.resolve(flags, Path::new("/x")).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.socket_group.as_deref(), Some("kube"));
+        assert_eq!(c.pod_cidr.to_string(), "10.1.0.0/24");
+        assert_eq!(c.bridge, "br7");
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("pod_cdir = \"10.0.0.0/8\"").unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.contains("pod_cdir"), "{chain}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse("pod_cidr = \"not a cidr\"").is_err());
+        assert!(parse("mtu = \"big\"").is_err());
+        for (flags, key) in [
+            (
+                FileConfig {
+                    pod_cidr: Some("10.0.0.0/31".parse().unwrap()),
+                    ..Default::default()
+                },
+                "pod_cidr",
+            ),
+            (
+                FileConfig {
+                    pod_cidr: Some("fd00::/64".parse().unwrap()),
+                    ..Default::default()
+                },
+                "pod_cidr",
+            ),
+            (
+                FileConfig {
+                    mtu: Some(100),
+                    ..Default::default()
+                },
+                "mtu",
+            ),
+            (
+                FileConfig {
+                    bridge: Some("a-very-long-bridge-name".into()),
+                    ..Default::default()
+                },
+                "bridge",
+            ),
+        ] {
+            match FileConfig::default().resolve(flags, Path::new("/")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected invalid {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let p = Path::new("/nonexistent/peapod/config.toml");
+        assert_eq!(FileConfig::load(p, false).unwrap(), FileConfig::default());
+        assert!(matches!(
+            FileConfig::load(p, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,73 @@
+//! The one place where domain errors become gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::sandbox::SandboxError;
+use crate::store::StoreError;
+
+fn code(e: &SandboxError) -> Code {
+    match e {
+        SandboxError::Invalid { .. } | SandboxError::Ambiguous { .. } => Code::InvalidArgument,
+        SandboxError::NotFound { .. } => Code::NotFound,
+        SandboxError::AlreadyExists { .. } => Code::AlreadyExists,
+        SandboxError::Unsupported { .. } => Code::Unimplemented,
+        SandboxError::NetworkNotReady { .. } => Code::FailedPrecondition,
+        SandboxError::PoolExhausted(_) => Code::ResourceExhausted,
+        SandboxError::Spawn { .. }
+        | SandboxError::Kill { .. }
+        | SandboxError::Pin { .. }
+        | SandboxError::Unpin { .. }
+        | SandboxError::Cgroup { .. }
+        | SandboxError::File { .. }
+        | SandboxError::Sysctl { .. }
+        | SandboxError::Network(_)
+        | SandboxError::Detach(_)
+        | SandboxError::Store(_)
+        | SandboxError::Teardown { .. } => Code::Internal,
+    }
+}
+
+impl From<SandboxError> for Status {
+    fn from(e: SandboxError) -> Status {
+        let code = code(&e);
+        let msg = e.chain();
+        // Logged once, here, where the error leaves the daemon.
+        if code == Code::Internal {
+            tracing::error!(error = %msg, "request failed");
+        } else {
+            tracing::debug!(error = %msg, ?code, "request refused");
+        }
+        Status::new(code, msg)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        SandboxError::Store(e).into()
+    }
+}
+
+pub fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not implemented by peapod yet (pod sandboxes only for now)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_precise() {
+        let s: Status = SandboxError::invalid("hostname", "too long").into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("hostname"));
+        let s: Status = SandboxError::NotFound { id: "abc".into() }.into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = SandboxError::Unsupported {
+            what: "hostPort".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unimplemented);
+    }
+}

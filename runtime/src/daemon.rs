@@ -1,0 +1,123 @@
+//! `peapod serve`: one owner of the state dir, the CRI socket, recovery, then serving until
+//! SIGTERM/SIGINT. Pods keep running when the daemon stops.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+
+use crate::config::Config;
+use crate::cri::{CriService, ImageSvc};
+use crate::network::NodeNetwork;
+use crate::sandbox::{NETNS_DIR, Sandboxes, cgroup::Cgroups, pins};
+
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Holds the state dir for this process's lifetime; a second daemon is refused.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
+    let path = state_dir.join("peapod.lock");
+    let f = fs::File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another peapod is running on state dir {} (lock {}): {e}",
+            state_dir.display(),
+            path.display()
+        )
+    })
+}
+
+fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let sock = &cfg.socket;
+    if let Some(dir) = sock.parent() {
+        make_dir(dir, 0o755)?;
+    }
+    // We hold the state lock, so a socket file left here is a dead daemon's.
+    match fs::remove_file(sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove stale {}", sock.display()));
+        }
+        _ => {}
+    }
+    let l = UnixListener::bind(sock).with_context(|| format!("cannot bind {}", sock.display()))?;
+    fs::set_permissions(sock, fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = &cfg.socket_group {
+        let g = nix::unistd::Group::from_name(group)?
+            .with_context(|| format!("socket_group {group:?} does not exist"))?;
+        nix::unistd::chown(sock, None, Some(g.gid))?;
+    }
+    Ok(l)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping, pods keep running"),
+        _ = int.recv() => info!("SIGINT: stopping, pods keep running"),
+    }
+}
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    make_dir(&cfg.state_dir, 0o700)?;
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    make_dir(&cfg.run_dir, 0o700)?;
+    if !cfg.pause_path.is_file() {
+        bail!(
+            "pause binary {} not found (set pause_path or --pause-path)",
+            cfg.pause_path.display()
+        );
+    }
+    pins::ensure_shared_dir(Path::new(NETNS_DIR))
+        .with_context(|| format!("cannot prepare {NETNS_DIR}"))?;
+    let ns_dir = cfg.run_dir.join("ns");
+    pins::ensure_shared_dir(&ns_dir)
+        .with_context(|| format!("cannot prepare {}", ns_dir.display()))?;
+
+    let net = Arc::new(NodeNetwork::new(&cfg)?);
+    let cgroups = Cgroups::detect();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %cfg.socket.display(),
+        state_dir = %cfg.state_dir.display(),
+        pod_cidr = %net.cidr(),
+        bridge = %cfg.bridge,
+        mtu = net.mtu(),
+        cgroup = cgroups.version(),
+        "peapod starting"
+    );
+    let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
+    sandboxes.recover().await?;
+    {
+        let net = net.clone();
+        let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
+    }
+
+    let listener = bind_socket(&cfg)?;
+    info!(socket = %cfg.socket.display(), "serving CRI");
+    let svc = CriService { sandboxes, net };
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(svc))
+        .add_service(ImageServiceServer::new(ImageSvc))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await
+        .context("CRI server failed")?;
+    let _ = fs::remove_file(&cfg.socket);
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,111 @@
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("pod sandbox {id} not found")]
+    NotFound { id: String },
+    #[error("pod sandbox id prefix {prefix} is ambiguous")]
+    Ambiguous { prefix: String },
+    #[error(
+        "pod {name}/{namespace} attempt {attempt} already exists as sandbox {id} in state {state}"
+    )]
+    AlreadyExists {
+        name: String,
+        namespace: String,
+        attempt: u32,
+        id: String,
+        state: String,
+    },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    #[error("pod network is not ready: {reason}")]
+    NetworkNotReady { reason: String },
+    #[error("pod IP pool exhausted")]
+    PoolExhausted(#[source] netsetup::NetError),
+    #[error("cannot start pause {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal pause pid {pid}")]
+    Kill {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot pin namespace at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unpin namespace at {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set sysctl {name}")]
+    Sysctl {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod network setup failed")]
+    Network(#[source] netsetup::NetError),
+    #[error("pod network teardown failed")]
+    Detach(#[source] netsetup::DetachError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("teardown of sandbox {id} left {} error(s): {}", .errors.len(), join_chains(.errors))]
+    Teardown {
+        id: String,
+        errors: Vec<SandboxError>,
+    },
+}
+
+fn join_chains(errors: &[SandboxError]) -> String {
+    errors
+        .iter()
+        .map(SandboxError::chain)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl SandboxError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SandboxError {
+        SandboxError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Renders the error with its whole source chain, for lists of errors.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(e) = src {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    }
+}

@@ -1,0 +1,384 @@
+//! Pod lifecycle: the async face (locks, idempotent retries, watchers) over the blocking
+//! steps in `ops`. One lock per sandbox, never one around all state.
+
+pub mod cgroup;
+pub mod error;
+pub mod files;
+pub mod model;
+mod ops;
+pub mod pins;
+pub mod process;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::{info, warn};
+
+pub use error::SandboxError;
+pub use model::{PodMetadata, PodSpec, SandboxRecord, SandboxState};
+pub use ops::NETNS_DIR;
+use ops::Ops;
+
+use crate::config::Config;
+use crate::network::NodeNetwork;
+use crate::store;
+use cgroup::Cgroups;
+
+type Result<T> = std::result::Result<T, SandboxError>;
+
+struct Entry {
+    /// Serialises operations on this sandbox.
+    op: tokio::sync::Mutex<()>,
+    /// The current record; read without waiting for a running operation.
+    rec: Mutex<SandboxRecord>,
+}
+
+/// Per-metadata slot: holds the id once a RunPodSandbox for that metadata succeeded, and
+/// makes a concurrent retry wait for the first attempt instead of making a second pod.
+type Slot = Arc<tokio::sync::Mutex<Option<String>>>;
+
+pub struct Sandboxes {
+    ops: Arc<Ops>,
+    pods: RwLock<HashMap<String, Arc<Entry>>>,
+    by_meta: Mutex<HashMap<PodMetadata, Slot>>,
+}
+
+/// A filter for `list`; every set field must match.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub id: Option<String>,
+    pub state: Option<SandboxState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(1)
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("kernel randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Sandboxes {
+    pub fn new(cfg: Config, net: Arc<NodeNetwork>, cgroups: Cgroups) -> Arc<Sandboxes> {
+        Arc::new(Sandboxes {
+            ops: Arc::new(Ops { cfg, net, cgroups }),
+            pods: RwLock::new(HashMap::new()),
+            by_meta: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn cgroup_version(&self) -> u8 {
+        self.ops.cgroups.version()
+    }
+
+    pub fn netns_pin(id: &str) -> std::path::PathBuf {
+        Ops::netns_pin(id)
+    }
+
+    fn insert(self: &Arc<Self>, rec: SandboxRecord) {
+        let id = rec.id.clone();
+        let meta = rec.spec.metadata.clone();
+        let pause = (rec.state == SandboxState::Ready)
+            .then_some(rec.pause)
+            .flatten();
+        let entry = Arc::new(Entry {
+            op: tokio::sync::Mutex::new(()),
+            rec: Mutex::new(rec),
+        });
+        self.pods.write().expect("lock").insert(id.clone(), entry);
+        self.by_meta
+            .lock()
+            .expect("lock")
+            .insert(meta, Arc::new(tokio::sync::Mutex::new(Some(id.clone()))));
+        if let Some(p) = pause {
+            self.watch_pause(id, p);
+        }
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.pods.read().expect("lock").get(id).cloned()
+    }
+
+    /// Exact id or a unique prefix of one.
+    pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
+        if id_or_prefix.is_empty() {
+            return Err(SandboxError::invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let pods = self.pods.read().expect("lock");
+        if pods.contains_key(id_or_prefix) {
+            return Ok(id_or_prefix.to_owned());
+        }
+        let mut hits = pods.keys().filter(|k| k.starts_with(id_or_prefix));
+        match (hits.next(), hits.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (Some(_), Some(_)) => Err(SandboxError::Ambiguous {
+                prefix: id_or_prefix.to_owned(),
+            }),
+            (None, _) => Err(SandboxError::NotFound {
+                id: id_or_prefix.to_owned(),
+            }),
+        }
+    }
+
+    /// A fresh id whose host-veth prefix (8 hex) no other pod uses.
+    fn fresh_id(&self) -> String {
+        let pods = self.pods.read().expect("lock");
+        loop {
+            let id = new_id();
+            if !pods.keys().any(|k| k[..8] == id[..8]) {
+                return id;
+            }
+        }
+    }
+
+    pub async fn run(self: &Arc<Self>, spec: PodSpec) -> Result<String> {
+        validate::validate(&spec)?;
+        if !spec.host_network() {
+            let net = self.ops.net.clone();
+            let ready = tokio::task::spawn_blocking(move || net.ready())
+                .await
+                .expect("no panic");
+            ready.map_err(|reason| SandboxError::NetworkNotReady { reason })?;
+        }
+        let slot = self
+            .by_meta
+            .lock()
+            .expect("lock")
+            .entry(spec.metadata.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock_owned().await;
+        if let Some(id) = slot.as_ref()
+            && let Some(entry) = self.entry(id)
+        {
+            let state = entry.rec.lock().expect("lock").state;
+            if state == SandboxState::Ready {
+                info!(sandbox = %id, "RunPodSandbox retried: returning the existing sandbox");
+                return Ok(id.clone());
+            }
+            let m = &spec.metadata;
+            return Err(SandboxError::AlreadyExists {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                attempt: m.attempt,
+                id: id.clone(),
+                state: format!("{state:?}"),
+            });
+        }
+        let id = self.fresh_id();
+        let ops = self.ops.clone();
+        let rec = SandboxRecord::new(id.clone(), spec, now_nanos());
+        let rec = tokio::task::spawn_blocking(move || -> Result<SandboxRecord> {
+            let mut rec = rec;
+            ops.create_record(&rec)?;
+            if let Err(e) = ops.build(&mut rec) {
+                warn!(sandbox = %rec.id, error = %e.chain(), "RunPodSandbox failed, rolling back");
+                if let Err(undo) = ops.remove(&mut rec) {
+                    warn!(sandbox = %rec.id, error = %undo.chain(), "rollback incomplete");
+                }
+                return Err(e);
+            }
+            rec.state = SandboxState::Ready;
+            ops.persist(&rec)?;
+            Ok(rec)
+        })
+        .await
+        .expect("no panic")?;
+        info!(sandbox = %id, ip = ?rec.ip(), "pod sandbox ready");
+        *slot = Some(id.clone());
+        drop(slot);
+        self.insert(rec);
+        Ok(id)
+    }
+
+    /// Stop; an unknown id is OK (CRI: idempotent).
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<()> {
+        let id = match self.resolve(id) {
+            Err(SandboxError::NotFound { .. }) => return Ok(()),
+            other => other?,
+        };
+        let Some(entry) = self.entry(&id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().await;
+        let mut rec = entry.rec.lock().expect("lock").clone();
+        if !rec.state.needs_stop() && rec.pause.is_none() && rec.network.is_none() {
+            return Ok(());
+        }
+        let ops = self.ops.clone();
+        let (rec, r) = tokio::task::spawn_blocking(move || {
+            let r = ops.stop(&mut rec);
+            (rec, r)
+        })
+        .await
+        .expect("no panic");
+        *entry.rec.lock().expect("lock") = rec;
+        r
+    }
+
+    /// Remove (stopping first if needed); an unknown id is OK.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
+        let id = match self.resolve(id) {
+            Err(SandboxError::NotFound { .. }) => return Ok(()),
+            other => other?,
+        };
+        let Some(entry) = self.entry(&id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().await;
+        if self.entry(&id).is_none() {
+            return Ok(()); // removed while we waited
+        }
+        let mut rec = entry.rec.lock().expect("lock").clone();
+        let ops = self.ops.clone();
+        let (rec, r) = tokio::task::spawn_blocking(move || {
+            let r = ops.remove(&mut rec);
+            (rec, r)
+        })
+        .await
+        .expect("no panic");
+        if r.is_ok() {
+            self.pods.write().expect("lock").remove(&id);
+            let mut by_meta = self.by_meta.lock().expect("lock");
+            if let Some(slot) = by_meta.get(&rec.spec.metadata)
+                && slot
+                    .try_lock()
+                    .is_ok_and(|s| s.as_deref() == Some(id.as_str()))
+            {
+                by_meta.remove(&rec.spec.metadata);
+            }
+            info!(sandbox = %id, "pod sandbox removed");
+        }
+        *entry.rec.lock().expect("lock") = rec;
+        r
+    }
+
+    pub fn status(&self, id: &str) -> Result<SandboxRecord> {
+        let id = self.resolve(id)?;
+        let entry = self.entry(&id).ok_or(SandboxError::NotFound { id })?;
+        let rec = entry.rec.lock().expect("lock").clone();
+        Ok(rec)
+    }
+
+    pub fn list(&self, filter: &Filter) -> Vec<SandboxRecord> {
+        let pods = self.pods.read().expect("lock");
+        let mut out: Vec<SandboxRecord> = pods
+            .iter()
+            .filter(|(id, _)| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|f| id.starts_with(f.as_str()))
+            })
+            .filter_map(|(_, e)| {
+                let rec = e.rec.lock().expect("lock");
+                let ok = rec.state != SandboxState::Creating
+                    && filter.state.is_none_or(|s| s == rec.state)
+                    && filter
+                        .labels
+                        .iter()
+                        .all(|(k, v)| rec.spec.labels.get(k) == Some(v));
+                ok.then(|| rec.clone())
+            })
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// Marks the pod NotReady when its pause exits by any hand but ours.
+    fn watch_pause(self: &Arc<Self>, id: String, pause: process::ProcRef) {
+        let fd = match pause.pidfd() {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                let me = self.clone();
+                tokio::spawn(async move { me.pause_died(&id, pause).await });
+                return;
+            }
+            Err(e) => {
+                warn!(sandbox = %id, error = %e, "cannot watch pause");
+                return;
+            }
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            match process::async_pidfd(fd) {
+                Ok(fd) => process::wait_exit(&fd).await,
+                Err(e) => {
+                    warn!(sandbox = %id, error = %e, "cannot watch pause");
+                    return;
+                }
+            }
+            process::reap(pause.pid);
+            me.pause_died(&id, pause).await;
+        });
+    }
+
+    async fn pause_died(&self, id: &str, pause: process::ProcRef) {
+        let Some(entry) = self.entry(id) else { return };
+        let _op = entry.op.lock().await;
+        let mut rec = entry.rec.lock().expect("lock");
+        if rec.pause != Some(pause) || rec.state != SandboxState::Ready {
+            return; // stopped by us
+        }
+        warn!(sandbox = %id, pid = pause.pid, "pause exited: pod is NotReady");
+        rec.state = SandboxState::NotReady;
+        rec.pause = None;
+        if let Err(e) = self.ops.persist(&rec) {
+            warn!(sandbox = %id, error = %e, "cannot persist NotReady");
+        }
+    }
+
+    /// Start-up: load every record, roll back the `Creating` ones, notice dead pauses.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let dir = self.ops.cfg.state_dir.join("sandboxes");
+        store::create_dir_all(&dir)?;
+        let mut records = Vec::new();
+        for ent in std::fs::read_dir(&dir).map_err(|source| store::StoreError::Read {
+            path: dir.clone(),
+            source,
+        })? {
+            let Ok(ent) = ent else { continue };
+            let path = ent.path().join("sandbox.json");
+            match store::read_json_opt::<SandboxRecord>(&path) {
+                Ok(Some(rec)) => records.push(rec),
+                Ok(None) => warn!(dir = %ent.path().display(), "sandbox dir without a record"),
+                Err(e) => warn!(error = %e, "skipping unreadable sandbox record"),
+            }
+        }
+        for mut rec in records {
+            if let Some(att) = &rec.network
+                && let Ok(net) = ipnet::IpNet::new(att.ip, att.prefix_len)
+            {
+                self.ops.net.add_subnet(net.trunc());
+            }
+            match rec.state {
+                SandboxState::Creating => {
+                    info!(sandbox = %rec.id, "rolling back an interrupted RunPodSandbox");
+                    let ops = self.ops.clone();
+                    let r = tokio::task::spawn_blocking(move || ops.remove(&mut rec))
+                        .await
+                        .expect("no panic");
+                    if let Err(e) = r {
+                        warn!(error = %e.chain(), "rollback incomplete");
+                    }
+                }
+                SandboxState::Ready if !rec.pause.is_some_and(|p| p.is_alive()) => {
+                    warn!(sandbox = %rec.id, "pause is gone: pod is NotReady");
+                    rec.state = SandboxState::NotReady;
+                    rec.pause = None;
+                    self.ops.persist(&rec)?;
+                    self.insert(rec);
+                }
+                _ => self.insert(rec),
+            }
+        }
+        Ok(())
+    }
+}

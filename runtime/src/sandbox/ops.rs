@@ -1,0 +1,310 @@
+//! The blocking steps of a sandbox's life, in the order DESIGN.md fixes. Each works on the
+//! record, records what it made as it goes, and persists at the points that let a crash be
+//! rolled back. Called from `spawn_blocking`, never on an async worker.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+use super::cgroup::Cgroups;
+use super::error::SandboxError;
+use super::files::{self, PodFiles};
+use super::model::{NsMode, SandboxRecord, SandboxState};
+use super::pins;
+use super::process::{self, PauseSpec, ProcRef};
+use super::validate::{SysctlNs, sysctl_namespace, sysctl_path};
+use crate::config::Config;
+use crate::network::NodeNetwork;
+use crate::store;
+
+/// Time a pause gets between SIGTERM and SIGKILL.
+const PAUSE_GRACE: Duration = Duration::from_secs(2);
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+pub struct Ops {
+    pub cfg: Config,
+    pub net: Arc<NodeNetwork>,
+    pub cgroups: Cgroups,
+}
+
+impl Ops {
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("sandboxes").join(id)
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("sandbox.json")
+    }
+
+    /// Where the ipc/uts/pid pins of a sandbox live.
+    pub fn ns_dir(&self, id: &str) -> PathBuf {
+        self.cfg.run_dir.join("ns").join(id)
+    }
+
+    pub fn netns_pin(id: &str) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(format!("peapod-{id}"))
+    }
+
+    pub fn persist(&self, rec: &SandboxRecord) -> Result<(), SandboxError> {
+        Ok(store::write_json(&self.record_path(&rec.id), rec)?)
+    }
+
+    /// Step 3: the record exists on disk as `Creating` before the kernel is touched.
+    pub fn create_record(&self, rec: &SandboxRecord) -> Result<(), SandboxError> {
+        store::create_dir_all(&self.sandbox_dir(&rec.id))?;
+        self.persist(rec)
+    }
+
+    /// Steps 4–7. On error the record says what was made; the caller rolls back.
+    pub fn build(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
+        let id = rec.id.clone();
+        let spec = rec.spec.clone();
+        let own_net = !spec.host_network();
+
+        // 4. pause in its cgroup and namespaces.
+        let cg = self.cgroups.create(&spec.cgroup_parent, &id)?;
+        rec.cgroup = Some(cg);
+        let mut flags = CloneFlags::empty();
+        if own_net {
+            flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+        }
+        if spec.namespaces.ipc == NsMode::Pod {
+            flags |= CloneFlags::CLONE_NEWIPC;
+        }
+        if spec.namespaces.pid == NsMode::Pod {
+            flags |= CloneFlags::CLONE_NEWPID;
+        }
+        let hostname = own_net.then_some(spec.hostname.as_str());
+        let pause = process::spawn_pause(&PauseSpec {
+            path: &self.cfg.pause_path,
+            sandbox_id: &id,
+            flags,
+            hostname,
+        })
+        .map_err(|source| SandboxError::Spawn {
+            path: self.cfg.pause_path.clone(),
+            source,
+        })?;
+        rec.pause = Some(pause);
+        self.cgroups
+            .place(rec.cgroup.as_ref().expect("set above"), pause.pid)?;
+        self.persist(rec)?;
+
+        // 5. pins: from here the namespaces outlive the pause.
+        self.pin_all(rec, pause, flags)?;
+
+        // 6. network.
+        if own_net {
+            let att = self
+                .net
+                .net
+                .attach(&netsetup::AttachRequest {
+                    owner: &id,
+                    netns: rec.pins.net.as_deref().expect("pinned above"),
+                    host_ifname: &netsetup::host_ifname(&id),
+                    subnet: self.net.cidr(),
+                })
+                .map_err(|e| {
+                    if e.is_exhausted() {
+                        SandboxError::PoolExhausted(e)
+                    } else {
+                        SandboxError::Network(e)
+                    }
+                })?;
+            rec.network = Some(att);
+        } else {
+            rec.node_ip = netsetup::node_ip();
+        }
+        self.persist(rec)?;
+
+        // 7. sysctls and the files for containers.
+        self.apply_sysctls(rec)?;
+        files::write_all(
+            &self.sandbox_dir(&id),
+            &PodFiles {
+                ip: rec.ip(),
+                hostname: &spec.hostname,
+                dns: spec.dns.as_ref(),
+                host_network: !own_net,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn pin_all(
+        &self,
+        rec: &mut SandboxRecord,
+        pause: ProcRef,
+        flags: CloneFlags,
+    ) -> Result<(), SandboxError> {
+        let pin = |kind: &str, at: PathBuf| -> Result<PathBuf, SandboxError> {
+            pins::pin(pause.pid, kind, &at).map_err(|source| SandboxError::Pin {
+                path: at.clone(),
+                source,
+            })?;
+            Ok(at)
+        };
+        let ns_dir = self.ns_dir(&rec.id);
+        if flags.intersects(
+            CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID,
+        ) {
+            std::fs::create_dir_all(&ns_dir).map_err(|source| SandboxError::Pin {
+                path: ns_dir.clone(),
+                source,
+            })?;
+        }
+        if flags.contains(CloneFlags::CLONE_NEWNET) {
+            rec.pins.net = Some(pin("net", Self::netns_pin(&rec.id))?);
+        }
+        if flags.contains(CloneFlags::CLONE_NEWIPC) {
+            rec.pins.ipc = Some(pin("ipc", ns_dir.join("ipc"))?);
+        }
+        if flags.contains(CloneFlags::CLONE_NEWUTS) {
+            rec.pins.uts = Some(pin("uts", ns_dir.join("uts"))?);
+        }
+        if flags.contains(CloneFlags::CLONE_NEWPID) {
+            rec.pins.pid = Some(pin("pid", ns_dir.join("pid"))?);
+        }
+        Ok(())
+    }
+
+    /// Writes the pod's sysctls from a thread that joined the pod's net and IPC namespaces.
+    fn apply_sysctls(&self, rec: &SandboxRecord) -> Result<(), SandboxError> {
+        if rec.spec.sysctls.is_empty() {
+            return Ok(());
+        }
+        let sysctls = rec.spec.sysctls.clone();
+        let net = rec.pins.net.clone();
+        let ipc = rec.pins.ipc.clone();
+        let thread = std::thread::spawn(move || -> Result<(), SandboxError> {
+            for (path, flag) in [
+                (net, CloneFlags::CLONE_NEWNET),
+                (ipc, CloneFlags::CLONE_NEWIPC),
+            ] {
+                let Some(path) = path else { continue };
+                let f = std::fs::File::open(&path).map_err(|source| SandboxError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
+                setns(f.as_fd(), flag).map_err(|e| SandboxError::Pin {
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            }
+            for (name, value) in &sysctls {
+                debug_assert!(matches!(
+                    sysctl_namespace(name),
+                    Some(SysctlNs::Net | SysctlNs::Ipc)
+                ));
+                std::fs::write(sysctl_path(name), value).map_err(|source| {
+                    SandboxError::Sysctl {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+            }
+            Ok(())
+        });
+        thread.join().expect("sysctl thread does not panic")
+    }
+
+    /// Stop: the pause, then the network (rules → links → lease), from the record. Carries on
+    /// past failures and reports them all; idempotent.
+    pub fn stop(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
+        let mut errors = Vec::new();
+        if let Some(p) = rec.pause {
+            match process::terminate_blocking(&p, PAUSE_GRACE) {
+                Ok(()) => rec.pause = None,
+                Err(source) => errors.push(SandboxError::Kill { pid: p.pid, source }),
+            }
+        }
+        if let Some(att) = rec.network.clone() {
+            match self.net.net.detach(&rec.id, &att) {
+                Ok(()) => rec.network = None,
+                Err(e) => errors.push(SandboxError::Detach(e)),
+            }
+        } else if rec.state == SandboxState::Creating && !rec.spec.host_network() {
+            // An interrupted attach leaves at most a lease and a host link named after us.
+            if let Err(e) = self
+                .net
+                .net
+                .cleanup_partial(&rec.id, &netsetup::host_ifname(&rec.id))
+            {
+                errors.push(SandboxError::Detach(e));
+            }
+        }
+        if rec.state != SandboxState::Creating {
+            rec.state = SandboxState::NotReady;
+        }
+        if errors.is_empty() {
+            if rec.state != SandboxState::Creating {
+                self.persist(rec)?;
+            }
+            Ok(())
+        } else {
+            let _ = self.persist(rec);
+            Err(SandboxError::Teardown {
+                id: rec.id.clone(),
+                errors,
+            })
+        }
+    }
+
+    /// Remove: stop if needed, then pins, cgroup, files and the record itself.
+    pub fn remove(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
+        let mut errors = Vec::new();
+        if rec.state.needs_stop()
+            && let Err(e) = self.stop(rec)
+        {
+            errors.push(e);
+        }
+        // Pins named after the id are removed even if the record never got to list them.
+        let mut pin_paths: Vec<PathBuf> = rec.pins.all().cloned().collect();
+        let derived = [
+            Self::netns_pin(&rec.id),
+            self.ns_dir(&rec.id).join("ipc"),
+            self.ns_dir(&rec.id).join("uts"),
+            self.ns_dir(&rec.id).join("pid"),
+        ];
+        for p in derived {
+            if !pin_paths.contains(&p) {
+                pin_paths.push(p);
+            }
+        }
+        for p in &pin_paths {
+            if let Err(source) = pins::unpin(p) {
+                errors.push(SandboxError::Unpin {
+                    path: p.clone(),
+                    source,
+                });
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(self.ns_dir(&rec.id))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(SandboxError::Unpin {
+                path: self.ns_dir(&rec.id),
+                source: e,
+            });
+        }
+        if let Some(cg) = &rec.cgroup {
+            match self.cgroups.remove(cg) {
+                Ok(()) => rec.cgroup = None,
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            let _ = self.persist(rec);
+            return Err(SandboxError::Teardown {
+                id: rec.id.clone(),
+                errors,
+            });
+        }
+        store::remove_dir_all(&self.sandbox_dir(&rec.id))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,422 @@
+//! Validation of a RunPodSandbox request, before any work: a bad request changes nothing.
+
+use std::net::IpAddr;
+use std::path::{Component, Path};
+
+use super::error::SandboxError;
+use super::model::{NsMode, PodSpec};
+
+const MAX_NAME: usize = 253;
+/// Kernel HOST_NAME_MAX is 64 including room for a terminator in many libcs; Kubernetes
+/// allows at most 63 characters for a hostname label.
+pub const MAX_HOSTNAME: usize = 63;
+const MAX_SYSCTL_VALUE: usize = 4096;
+const MAX_DNS_SEARCHES: usize = 32;
+const MAX_DNS_SERVERS: usize = 16;
+
+type Result<T = ()> = std::result::Result<T, SandboxError>;
+
+fn invalid(field: &str, reason: impl Into<String>) -> SandboxError {
+    SandboxError::invalid(field, reason)
+}
+
+/// Checks the whole spec; fills in nothing, changes nothing.
+pub fn validate(spec: &PodSpec) -> Result {
+    let m = &spec.metadata;
+    name("metadata.name", &m.name, true)?;
+    name("metadata.namespace", &m.namespace, true)?;
+    name("metadata.uid", &m.uid, false)?;
+    namespaces(spec)?;
+    if !spec.host_network() || !spec.hostname.is_empty() {
+        hostname(&spec.hostname)?;
+    }
+    if !spec.log_directory.is_empty() {
+        absolute_clean_path("log_directory", &spec.log_directory)?;
+    }
+    cgroup_parent(&spec.cgroup_parent)?;
+    for (k, v) in &spec.sysctls {
+        sysctl(spec, k, v)?;
+    }
+    if let Some(dns) = &spec.dns {
+        if dns.servers.len() > MAX_DNS_SERVERS {
+            return Err(invalid("dns_config.servers", "too many servers"));
+        }
+        for s in &dns.servers {
+            s.parse::<IpAddr>().map_err(|_| {
+                invalid("dns_config.servers", format!("{s:?} is not an IP address"))
+            })?;
+        }
+        if dns.searches.len() > MAX_DNS_SEARCHES {
+            return Err(invalid(
+                "dns_config.searches",
+                "more than 32 search domains",
+            ));
+        }
+        for s in &dns.searches {
+            token("dns_config.searches", s, 253)?;
+        }
+        for o in &dns.options {
+            token("dns_config.options", o, 253)?;
+        }
+    }
+    for p in &spec.port_mappings {
+        if !(0..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
+            return Err(invalid("port_mappings", "port outside 0..=65535"));
+        }
+        if p.host_port != 0 {
+            return Err(SandboxError::Unsupported {
+                what: "hostPort mappings".into(),
+            });
+        }
+    }
+    if !spec.runtime_handler.is_empty() && spec.runtime_handler != "peapod" {
+        return Err(invalid(
+            "runtime_handler",
+            format!(
+                "unknown runtime handler {:?} (known: \"\", \"peapod\")",
+                spec.runtime_handler
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn name(field: &str, v: &str, required: bool) -> Result {
+    if v.is_empty() {
+        return if required {
+            Err(invalid(field, "must not be empty"))
+        } else {
+            Ok(())
+        };
+    }
+    if v.len() > MAX_NAME {
+        return Err(invalid(field, format!("longer than {MAX_NAME} characters")));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        return Err(invalid(field, format!("character {c:?} is not allowed")));
+    }
+    Ok(())
+}
+
+fn namespaces(spec: &PodSpec) -> Result {
+    let ns = &spec.namespaces;
+    if matches!(ns.network, NsMode::Container | NsMode::Target) {
+        return Err(invalid(
+            "namespace_options.network",
+            "a pod network namespace is POD or NODE",
+        ));
+    }
+    if matches!(ns.ipc, NsMode::Container | NsMode::Target) {
+        return Err(invalid(
+            "namespace_options.ipc",
+            "a pod IPC namespace is POD or NODE",
+        ));
+    }
+    if ns.pid == NsMode::Target {
+        return Err(invalid(
+            "namespace_options.pid",
+            "TARGET applies to containers, not to a pod sandbox",
+        ));
+    }
+    Ok(())
+}
+
+/// A hostname: 1–63 characters, dot-separated RFC 1123 labels.
+pub fn hostname(h: &str) -> Result {
+    if h.is_empty() {
+        return Err(invalid(
+            "hostname",
+            "must not be empty unless the pod uses the node network",
+        ));
+    }
+    if h.len() > MAX_HOSTNAME {
+        return Err(invalid(
+            "hostname",
+            format!("{} characters, at most {MAX_HOSTNAME} allowed", h.len()),
+        ));
+    }
+    for label in h.split('.') {
+        let ok = !label.is_empty()
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(invalid(
+                "hostname",
+                format!("{h:?} is not a valid hostname (RFC 1123 labels)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn absolute_clean_path(field: &str, p: &str) -> Result {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(invalid(field, format!("{p:?} is not an absolute path")));
+    }
+    if path.components().any(|c| c == Component::ParentDir) || p.contains('\0') {
+        return Err(invalid(field, format!("{p:?} must not contain '..'")));
+    }
+    Ok(())
+}
+
+/// cgroupfs-style parent, e.g. `/kubepods/burstable/pod1234`; empty means peapod's default.
+fn cgroup_parent(p: &str) -> Result {
+    if p.is_empty() {
+        return Ok(());
+    }
+    if p.ends_with(".slice") {
+        return Err(SandboxError::Unsupported {
+            what: "the systemd cgroup driver (cgroup_parent ending in .slice)".into(),
+        });
+    }
+    for comp in p.trim_start_matches('/').split('/') {
+        let ok = !comp.is_empty()
+            && comp != "."
+            && comp != ".."
+            && comp
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !ok {
+            return Err(invalid(
+                "linux.cgroup_parent",
+                format!("{p:?} is not a clean cgroupfs path"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn token(field: &str, v: &str, max: usize) -> Result {
+    if v.is_empty() || v.len() > max || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            format!("{v:?} must be 1-{max} characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// What kind of namespace a sysctl lives in, if it lives in one a pod may own.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SysctlNs {
+    Net,
+    Ipc,
+}
+
+/// The namespaced sysctls Kubernetes lets a pod set: `kernel.shm*`, `kernel.msg*`,
+/// `kernel.sem`, `fs.mqueue.*` (IPC namespace) and `net.*` (network namespace).
+pub fn sysctl_namespace(name: &str) -> Option<SysctlNs> {
+    let n = name.replace('/', ".");
+    if n.starts_with("net.") {
+        Some(SysctlNs::Net)
+    } else if n.starts_with("kernel.shm")
+        || n.starts_with("kernel.msg")
+        || n == "kernel.sem"
+        || n.starts_with("fs.mqueue.")
+    {
+        Some(SysctlNs::Ipc)
+    } else {
+        None
+    }
+}
+
+/// `/proc/sys` path of a sysctl given with dots or slashes as separators.
+pub fn sysctl_path(name: &str) -> String {
+    let rel = if name.contains('/') {
+        name.to_owned()
+    } else {
+        name.replace('.', "/")
+    };
+    format!("/proc/sys/{rel}")
+}
+
+fn sysctl(spec: &PodSpec, k: &str, v: &str) -> Result {
+    let field = format!("linux.sysctls[{k}]");
+    let sep = if k.contains('/') { '/' } else { '.' };
+    let clean = k
+        .split(sep)
+        .all(|c| !c.is_empty() && c != ".." && c != "." && !c.contains('\0'));
+    if !clean || k.len() > 256 {
+        return Err(invalid(&field, "not a sysctl name"));
+    }
+    if v.len() > MAX_SYSCTL_VALUE || v.contains(['\n', '\0']) {
+        return Err(invalid(&field, "value must be one line"));
+    }
+    match sysctl_namespace(k) {
+        None => Err(invalid(
+            &field,
+            "not a namespaced sysctl: only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* may be set per pod",
+        )),
+        Some(SysctlNs::Net) if spec.host_network() => Err(invalid(
+            &field,
+            "net.* sysctls cannot be set for a pod on the node network",
+        )),
+        Some(SysctlNs::Ipc) if spec.namespaces.ipc == NsMode::Node => Err(invalid(
+            &field,
+            "IPC sysctls cannot be set for a pod in the node IPC namespace",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::model::{DnsConfig, PodMetadata, PortMapping};
+
+    fn spec() -> PodSpec {
+        PodSpec {
+            metadata: PodMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u-1".into(),
+                attempt: 0,
+            },
+            hostname: "web".into(),
+            ..PodSpec::default()
+        }
+    }
+
+    fn field_of(r: Result) -> String {
+        match r {
+            Err(SandboxError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_pod_is_valid() {
+        validate(&spec()).unwrap();
+    }
+
+    #[test]
+    fn names_are_required_and_clean() {
+        let mut s = spec();
+        s.metadata.name.clear();
+        assert_eq!(field_of(validate(&s)), "metadata.name");
+        let mut s = spec();
+        s.metadata.namespace = "a/b".into();
+        assert_eq!(field_of(validate(&s)), "metadata.namespace");
+        let mut s = spec();
+        s.metadata.uid.clear();
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn hostnames() {
+        for ok in ["a", "web-1", "a.b.c", &"x".repeat(63)] {
+            hostname(ok).unwrap();
+        }
+        for bad in ["", "-a", "a-", "a..b", "a_b", "UPPER_", &"x".repeat(64)] {
+            assert!(hostname(bad).is_err(), "{bad:?} accepted");
+        }
+        let mut s = spec();
+        s.hostname = "x".repeat(64);
+        assert_eq!(field_of(validate(&s)), "hostname");
+        // Empty is fine only on the node network.
+        let mut s = spec();
+        s.hostname.clear();
+        assert_eq!(field_of(validate(&s)), "hostname");
+        s.namespaces.network = NsMode::Node;
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn sysctls_must_be_namespaced_and_match_the_pod() {
+        let mut s = spec();
+        s.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
+        s.sysctls.insert("kernel.shmmni".into(), "1024".into());
+        s.sysctls.insert("fs.mqueue.msg_max".into(), "20".into());
+        validate(&s).unwrap();
+        for bad in ["kernel.panic", "vm.swappiness", "net..x", "net/../x"] {
+            let mut s = spec();
+            s.sysctls.insert(bad.into(), "1".into());
+            assert!(field_of(validate(&s)).starts_with("linux.sysctls"), "{bad}");
+        }
+        let mut s = spec();
+        s.namespaces.network = NsMode::Node;
+        s.sysctls.insert("net.core.somaxconn".into(), "1".into());
+        assert!(validate(&s).is_err());
+        let mut s = spec();
+        s.sysctls.insert("net.core.somaxconn".into(), "1\n2".into());
+        assert!(validate(&s).is_err());
+    }
+
+    #[test]
+    fn sysctl_paths() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/forwarding"),
+            "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+        );
+        assert_eq!(sysctl_namespace("kernel.sem"), Some(SysctlNs::Ipc));
+        assert_eq!(sysctl_namespace("kernel.semx"), None);
+    }
+
+    #[test]
+    fn paths_and_cgroups() {
+        let mut s = spec();
+        s.log_directory = "relative/dir".into();
+        assert_eq!(field_of(validate(&s)), "log_directory");
+        s.log_directory = "/var/log/pods/../../etc".into();
+        assert_eq!(field_of(validate(&s)), "log_directory");
+        s.log_directory = "/var/log/pods/default_web_u-1".into();
+        validate(&s).unwrap();
+        s.cgroup_parent = "/kubepods/../etc".into();
+        assert_eq!(field_of(validate(&s)), "linux.cgroup_parent");
+        s.cgroup_parent = "/kubepods/burstable/pod-1".into();
+        validate(&s).unwrap();
+        s.cgroup_parent = "kubepods-burstable.slice".into();
+        assert!(matches!(
+            validate(&s),
+            Err(SandboxError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn dns_ports_namespaces_handlers() {
+        let mut s = spec();
+        s.dns = Some(DnsConfig {
+            servers: vec!["10.96.0.10".into(), "fd00::a".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+        validate(&s).unwrap();
+        s.dns.as_mut().unwrap().servers.push("dns.example".into());
+        assert_eq!(field_of(validate(&s)), "dns_config.servers");
+
+        let mut s = spec();
+        s.port_mappings.push(PortMapping {
+            protocol: "TCP".into(),
+            container_port: 80,
+            host_port: 0,
+            host_ip: String::new(),
+        });
+        validate(&s).unwrap();
+        s.port_mappings[0].host_port = 8080;
+        assert!(matches!(
+            validate(&s),
+            Err(SandboxError::Unsupported { .. })
+        ));
+
+        let mut s = spec();
+        s.namespaces.network = NsMode::Container;
+        assert_eq!(field_of(validate(&s)), "namespace_options.network");
+        let mut s = spec();
+        s.namespaces.pid = NsMode::Target;
+        assert_eq!(field_of(validate(&s)), "namespace_options.pid");
+
+        let mut s = spec();
+        s.runtime_handler = "kata".into();
+        assert_eq!(field_of(validate(&s)), "runtime_handler");
+    }
+}
