@@ -39,6 +39,9 @@ pub enum PodCmd {
         hostname: Option<String>,
         #[arg(long, default_value_t = 0)]
         attempt: u32,
+        /// Share the node's network namespace (no pod IP of its own).
+        #[arg(long)]
+        host_network: bool,
     },
     /// List pod sandboxes.
     Ls,
@@ -59,7 +62,18 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
             uid,
             hostname,
             attempt,
+            host_network,
         } => {
+            let linux = host_network.then(|| cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
             let config = cri::PodSandboxConfig {
                 metadata: Some(cri::PodSandboxMetadata {
                     uid: uid.unwrap_or_else(|| format!("{namespace}-{name}")),
@@ -68,6 +82,7 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
                     attempt,
                 }),
                 hostname: hostname.unwrap_or(name),
+                linux,
                 ..Default::default()
             };
             let r = c

@@ -105,6 +105,7 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_context(|| format!("invalid log_level {level:?}"))?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
