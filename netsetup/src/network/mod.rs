@@ -186,3 +186,6 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
