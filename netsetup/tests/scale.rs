@@ -19,6 +19,7 @@ fn fifty_concurrent_attaches_then_detaches() {
         let pods: Vec<PodNs> = (0..PODS).map(|_| PodNs::new()).collect();
         let owners: Vec<String> = (0..PODS).map(|i| format!("{i:08x}cafe")).collect();
 
+        let started = Instant::now();
         let atts: Vec<Attachment> = std::thread::scope(|s| {
             let workers: Vec<_> = pods
                 .iter()
@@ -41,6 +42,7 @@ fn fifty_concurrent_attaches_then_detaches() {
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
 
+        println!("{PODS} concurrent attaches took {:?}", started.elapsed());
         let ips: HashSet<IpAddr> = atts.iter().map(|a| a.ip).collect();
         assert_eq!(ips.len(), PODS);
         assert_eq!(network.leases().unwrap().len(), PODS);
@@ -68,7 +70,9 @@ fn attach_and_detach_latency() {
     let dir = tempfile::tempdir().unwrap();
     on_node(|| {
         let network = network(dir.path());
+        let started = Instant::now();
         network.ensure_node(&[net("10.88.0.0/16")]).unwrap();
+        println!("first ensure_node took {:?}", started.elapsed());
         let pods: Vec<PodNs> = (0..PODS).map(|_| PodNs::new()).collect();
         let mut attach_times = Vec::new();
         let mut atts = Vec::new();
