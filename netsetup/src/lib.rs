@@ -6,11 +6,33 @@
 //! (see [`netns::run_in`]), never on the caller's thread. Node-side work ("the node") happens
 //! in the network namespace of the calling process.
 
+//!
+//! The pieces are strategies behind small traits, so that other modes slot in later:
+//! [`driver::LinkDriver`] (bridge + veth now; routed or VXLAN later), [`ipam::Ipam`]
+//! (lease files now) and [`firewall::Firewall`] (nftables, or none). Kernel links, addresses
+//! and routes go through [`netlink::Netlink`], a small synchronous rtnetlink wrapper.
+
+pub mod driver;
+mod error;
+pub mod firewall;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+mod network;
+pub mod sysctl;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 pub use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+pub(crate) use error::chain;
+pub use error::{DetachError, NetError};
+pub use network::Network;
+
+/// Name of the pod end of the veth pair, inside the pod's netns.
+pub const POD_IFNAME: &str = "eth0";
 
 /// Settings of the node network, fixed for the life of a [`Network`].
 #[derive(Clone, Debug)]
@@ -59,95 +81,64 @@ pub struct AttachRequest<'a> {
     pub subnet: IpNet,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("no free address left in {subnet}")]
-    PoolExhausted { subnet: IpNet },
-    #[error("{0}")]
-    Unimplemented(&'static str),
-}
-
-impl NetError {
-    pub fn is_exhausted(&self) -> bool {
-        matches!(self, NetError::PoolExhausted { .. })
-    }
-}
-
-/// Everything a detach could not undo; it carries on past each failure.
-#[derive(Debug, thiserror::Error)]
-#[error("detach left {} error(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-pub struct DetachError(pub Vec<NetError>);
-
-pub struct Network {
-    cfg: NodeNetConfig,
-}
-
-impl Network {
-    /// The real thing: bridge + veth link driver, host-local IPAM in `ipam_dir`, nftables.
-    pub fn new(cfg: NodeNetConfig) -> Network {
-        Network { cfg }
-    }
-
-    pub fn config(&self) -> &NodeNetConfig {
-        &self.cfg
-    }
-
-    /// Node side, idempotent: bridge exists and is up with the gateway address of every subnet,
-    /// `net.ipv4.ip_forward=1`, table `inet peapod` with one masquerade rule per subnet and
-    /// forward accept for the bridge.
-    pub fn ensure_node(&self, _subnets: &[IpNet]) -> Result<(), NetError> {
-        Err(NetError::Unimplemented("ensure_node"))
-    }
-
-    /// Lease an IP, create the veth pair, move the pod end into `req.netns` as `eth0`, address,
-    /// `lo` up, default route via the gateway. On failure everything made is undone.
-    pub fn attach(&self, _req: &AttachRequest<'_>) -> Result<Attachment, NetError> {
-        Err(NetError::Unimplemented("attach"))
-    }
-
-    /// Undo an attachment: rules, then links, then the lease. Already-gone is success.
-    pub fn detach(&self, _owner: &str, _att: &Attachment) -> Result<(), DetachError> {
-        Err(DetachError(vec![NetError::Unimplemented("detach")]))
-    }
-
-    /// Undo what an interrupted attach may have made, knowing only its owner and host link
-    /// name: deletes the host link if present and releases every lease naming `owner`.
-    pub fn cleanup_partial(&self, _owner: &str, _host_ifname: &str) -> Result<(), DetachError> {
-        Err(DetachError(vec![NetError::Unimplemented(
-            "cleanup_partial",
-        )]))
-    }
-
-    /// All leases on disk.
-    pub fn leases(&self) -> Result<Vec<Lease>, NetError> {
-        Err(NetError::Unimplemented("leases"))
-    }
-}
-
 /// Host-side veth name for a sandbox: `pp` + the first 8 hex digits of its id.
 pub fn host_ifname(sandbox_id: &str) -> String {
-    format!("pp{}", &sandbox_id[..8.min(sandbox_id.len())])
+    let hex: String = sandbox_id.chars().take(8).collect();
+    format!("pp{hex}")
 }
 
 /// MTU of the link carrying the default route in the caller's netns, if there is one.
 pub fn default_route_mtu() -> Option<u32> {
-    None
+    let (_, link) = default_route_link()?;
+    link.mtu
 }
 
 /// First IPv4 address of the link carrying the default route in the caller's netns.
 pub fn node_ip() -> Option<IpAddr> {
-    None
+    let (mut nl, link) = default_route_link()?;
+    let addresses = nl
+        .addresses(link.index)
+        .inspect_err(|error| tracing::debug!(error = %chain(error), "cannot list addresses"))
+        .ok()?;
+    addresses.iter().map(IpNet::addr).find(IpAddr::is_ipv4)
 }
 
-pub mod netns {
-    use std::path::Path;
+fn default_route_link() -> Option<(netlink::Netlink, netlink::Link)> {
+    let lookup = || -> Result<Option<(netlink::Netlink, netlink::Link)>, netlink::NetlinkError> {
+        let mut nl = netlink::Netlink::open()?;
+        let Some(index) = nl.default_route_link()? else {
+            return Ok(None);
+        };
+        let link = nl.links()?.into_iter().find(|l| l.index == index);
+        Ok(link.map(|link| (nl, link)))
+    };
+    lookup()
+        .inspect_err(
+            |error| tracing::debug!(error = %chain(error), "cannot find the default route"),
+        )
+        .ok()
+        .flatten()
+}
 
-    /// Run `f` on a fresh OS thread that has joined the network namespace at `netns` (and,
-    /// when given, other namespaces via further setns calls inside `f`); the thread ends after.
-    pub fn run_in<T: Send + 'static>(
-        _netns: &Path,
-        _f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::io::Result<T> {
-        Err(std::io::Error::other("unimplemented"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_pp_and_eight_characters_of_the_id() {
+        assert_eq!(host_ifname("0123456789abcdef"), "pp01234567");
+        assert_eq!(host_ifname("abc"), "ppabc");
+        assert!(host_ifname(&"f".repeat(64)).len() <= 15);
+    }
+
+    #[test]
+    fn attachment_round_trips_and_rules_default_to_none() {
+        let json = r#"{"ip":"10.88.0.2","prefix_len":16,"gateway":"10.88.0.1",
+            "host_ifname":"pp01234567","pod_ifname":"eth0","mac":"aa:bb:cc:dd:ee:ff"}"#;
+        let att: Attachment = serde_json::from_str(json).unwrap();
+        assert!(att.rules.is_empty());
+        let again: Attachment =
+            serde_json::from_str(&serde_json::to_string(&att).unwrap()).unwrap();
+        assert_eq!(att, again);
     }
 }
