@@ -18,6 +18,11 @@ fn ensure_node_makes_the_bridge_and_is_idempotent() {
         assert_eq!(link["mtu"], MTU);
         assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
         assert_eq!(gateway_addresses(), ["10.88.0.1/16"]);
+        // The bridge has a MAC of its own (locally administered; a bridge without ports
+        // would otherwise show all zeros), so it does not change as ports come and go.
+        let mac = link["address"].as_str().unwrap().to_owned();
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "unicast, locally administered: {mac}");
         let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
         assert_eq!(forward.trim(), "1");
 

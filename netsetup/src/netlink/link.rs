@@ -114,6 +114,9 @@ impl Netlink {
         msg.attributes = vec![
             LinkAttribute::IfName(name.to_owned()),
             LinkAttribute::Mtu(mtu),
+            // A bridge without an address of its own takes its lowest port's MAC, which
+            // changes as pods come and go and leaves stale entries in the pods' ARP caches.
+            LinkAttribute::Address(random_local_mac().to_vec()),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
         ];
         self.execute(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
@@ -219,4 +222,22 @@ fn link_error(op: LinkOp, ifname: &str, source: io::Error) -> NetlinkError {
 
 fn unexpected() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink answer")
+}
+
+/// A random unicast, locally administered MAC address.
+fn random_local_mac() -> [u8; 6] {
+    use std::io::Read;
+    let mut mac = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut mac))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        mac.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
