@@ -63,15 +63,29 @@ pub fn read(name: &str) -> Result<String, SysctlError> {
     Ok(text.trim_end_matches('\n').to_owned())
 }
 
-/// Whether `name` belongs to a namespaced family that Kubernetes lets a pod set: `kernel.shm*`,
-/// `kernel.msg*`, `kernel.sem`, `fs.mqueue.*` and `net.*`.
-pub fn is_namespaced(name: &str) -> bool {
+/// The namespace a per-pod sysctl lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysctlNamespace {
+    Net,
+    Ipc,
+}
+
+/// Which namespace `name` lives in, for the namespaced families Kubernetes lets a pod set:
+/// `net.*` (network) and `kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*` (IPC).
+/// `None` for everything else: those are node-wide.
+pub fn namespace_of(name: &str) -> Option<SysctlNamespace> {
     let name = name.replace('/', ".");
-    name == "kernel.sem"
+    if name.starts_with("net.") {
+        Some(SysctlNamespace::Net)
+    } else if name == "kernel.sem"
         || name.starts_with("kernel.shm")
         || name.starts_with("kernel.msg")
         || name.starts_with("fs.mqueue.")
-        || name.starts_with("net.")
+    {
+        Some(SysctlNamespace::Ipc)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -103,17 +117,21 @@ mod tests {
 
     #[test]
     fn namespaced_families() {
-        for yes in [
+        for ipc in [
             "kernel.shmmax",
             "kernel.shm_rmid_forced",
             "kernel.msgmax",
             "kernel.sem",
             "fs.mqueue.msg_max",
+        ] {
+            assert_eq!(namespace_of(ipc), Some(SysctlNamespace::Ipc), "{ipc}");
+        }
+        for net in [
             "net.ipv4.ip_forward",
             "net.core.somaxconn",
             "net/ipv4/conf/eth0.100/rp_filter",
         ] {
-            assert!(is_namespaced(yes), "{yes} should be namespaced");
+            assert_eq!(namespace_of(net), Some(SysctlNamespace::Net), "{net}");
         }
         for no in [
             "kernel.pid_max",
@@ -124,7 +142,7 @@ mod tests {
             "fs.mqueue",
             "network",
         ] {
-            assert!(!is_namespaced(no), "{no} should not be namespaced");
+            assert_eq!(namespace_of(no), None, "{no} should not be namespaced");
         }
     }
 }

@@ -20,6 +20,7 @@ fn code(e: &SandboxError) -> Code {
         | SandboxError::Cgroup { .. }
         | SandboxError::File { .. }
         | SandboxError::Sysctl { .. }
+        | SandboxError::JoinNamespaces { .. }
         | SandboxError::Network(_)
         | SandboxError::Detach(_)
         | SandboxError::Store(_)

@@ -62,11 +62,16 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot enter the pod's namespaces")]
+    JoinNamespaces {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set sysctl {name}")]
     Sysctl {
         name: String,
         #[source]
-        source: std::io::Error,
+        source: netsetup::sysctl::SysctlError,
     },
     #[error("pod network setup failed")]
     Network(#[source] netsetup::NetError),

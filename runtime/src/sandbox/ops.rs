@@ -2,12 +2,11 @@
 //! record, records what it made as it goes, and persists at the points that let a crash be
 //! rolled back. Called from `spawn_blocking`, never on an async worker.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sched::{CloneFlags, setns};
+use nix::sched::CloneFlags;
 
 use super::cgroup::Cgroups;
 use super::error::SandboxError;
@@ -15,7 +14,6 @@ use super::files::{self, PodFiles};
 use super::model::{NsMode, SandboxRecord, SandboxState};
 use super::pins;
 use super::process::{self, PauseSpec, ProcRef};
-use super::validate::{SysctlNs, sysctl_namespace, sysctl_path};
 use crate::config::Config;
 use crate::network::NodeNetwork;
 use crate::store;
@@ -177,39 +175,23 @@ impl Ops {
         if rec.spec.sysctls.is_empty() {
             return Ok(());
         }
-        let sysctls = rec.spec.sysctls.clone();
-        let net = rec.pins.net.clone();
-        let ipc = rec.pins.ipc.clone();
-        let thread = std::thread::spawn(move || -> Result<(), SandboxError> {
-            for (path, flag) in [
-                (net, CloneFlags::CLONE_NEWNET),
-                (ipc, CloneFlags::CLONE_NEWIPC),
-            ] {
-                let Some(path) = path else { continue };
-                let f = std::fs::File::open(&path).map_err(|source| SandboxError::Pin {
-                    path: path.clone(),
-                    source,
-                })?;
-                setns(f.as_fd(), flag).map_err(|e| SandboxError::Pin {
-                    path: path.clone(),
-                    source: e.into(),
-                })?;
-            }
-            for (name, value) in &sysctls {
-                debug_assert!(matches!(
-                    sysctl_namespace(name),
-                    Some(SysctlNs::Net | SysctlNs::Ipc)
-                ));
-                std::fs::write(sysctl_path(name), value).map_err(|source| {
-                    SandboxError::Sysctl {
-                        name: name.clone(),
-                        source,
-                    }
-                })?;
-            }
-            Ok(())
-        });
-        thread.join().expect("sysctl thread does not panic")
+        let mut namespaces = Vec::new();
+        if let Some(p) = &rec.pins.net {
+            namespaces.push((p.as_path(), CloneFlags::CLONE_NEWNET));
+        }
+        if let Some(p) = &rec.pins.ipc {
+            namespaces.push((p.as_path(), CloneFlags::CLONE_NEWIPC));
+        }
+        let sysctls = &rec.spec.sysctls;
+        netsetup::netns::run_in_namespaces(&namespaces, || {
+            sysctls.iter().try_for_each(|(name, value)| {
+                netsetup::sysctl::write(name, value).map_err(|e| SandboxError::Sysctl {
+                    name: name.clone(),
+                    source: e,
+                })
+            })
+        })
+        .map_err(|source| SandboxError::JoinNamespaces { source })?
     }
 
     /// Stop: the pause, then the network (rules → links → lease), from the record. Carries on

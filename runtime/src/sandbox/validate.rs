@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::path::{Component, Path};
 
+use netsetup::sysctl::{self, SysctlNamespace};
+
 use super::error::SandboxError;
 use super::model::{NsMode, PodSpec};
 
@@ -201,62 +203,24 @@ fn token(field: &str, v: &str, max: usize) -> Result {
     Ok(())
 }
 
-/// What kind of namespace a sysctl lives in, if it lives in one a pod may own.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SysctlNs {
-    Net,
-    Ipc,
-}
-
-/// The namespaced sysctls Kubernetes lets a pod set: `kernel.shm*`, `kernel.msg*`,
-/// `kernel.sem`, `fs.mqueue.*` (IPC namespace) and `net.*` (network namespace).
-pub fn sysctl_namespace(name: &str) -> Option<SysctlNs> {
-    let n = name.replace('/', ".");
-    if n.starts_with("net.") {
-        Some(SysctlNs::Net)
-    } else if n.starts_with("kernel.shm")
-        || n.starts_with("kernel.msg")
-        || n == "kernel.sem"
-        || n.starts_with("fs.mqueue.")
-    {
-        Some(SysctlNs::Ipc)
-    } else {
-        None
-    }
-}
-
-/// `/proc/sys` path of a sysctl given with dots or slashes as separators.
-pub fn sysctl_path(name: &str) -> String {
-    let rel = if name.contains('/') {
-        name.to_owned()
-    } else {
-        name.replace('.', "/")
-    };
-    format!("/proc/sys/{rel}")
-}
-
 fn sysctl(spec: &PodSpec, k: &str, v: &str) -> Result {
     let field = format!("linux.sysctls[{k}]");
-    let sep = if k.contains('/') { '/' } else { '.' };
-    let clean = k
-        .split(sep)
-        .all(|c| !c.is_empty() && c != ".." && c != "." && !c.contains('\0'));
-    if !clean || k.len() > 256 {
+    if k.len() > 256 || sysctl::path(k).is_err() {
         return Err(invalid(&field, "not a sysctl name"));
     }
     if v.len() > MAX_SYSCTL_VALUE || v.contains(['\n', '\0']) {
         return Err(invalid(&field, "value must be one line"));
     }
-    match sysctl_namespace(k) {
+    match sysctl::namespace_of(k) {
         None => Err(invalid(
             &field,
             "not a namespaced sysctl: only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* may be set per pod",
         )),
-        Some(SysctlNs::Net) if spec.host_network() => Err(invalid(
+        Some(SysctlNamespace::Net) if spec.host_network() => Err(invalid(
             &field,
             "net.* sysctls cannot be set for a pod on the node network",
         )),
-        Some(SysctlNs::Ipc) if spec.namespaces.ipc == NsMode::Node => Err(invalid(
+        Some(SysctlNamespace::Ipc) if spec.namespaces.ipc == NsMode::Node => Err(invalid(
             &field,
             "IPC sysctls cannot be set for a pod in the node IPC namespace",
         )),
@@ -346,20 +310,6 @@ mod tests {
         let mut s = spec();
         s.sysctls.insert("net.core.somaxconn".into(), "1\n2".into());
         assert!(validate(&s).is_err());
-    }
-
-    #[test]
-    fn sysctl_paths() {
-        assert_eq!(
-            sysctl_path("net.ipv4.ip_forward"),
-            "/proc/sys/net/ipv4/ip_forward"
-        );
-        assert_eq!(
-            sysctl_path("net/ipv4/conf/eth0.100/forwarding"),
-            "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
-        );
-        assert_eq!(sysctl_namespace("kernel.sem"), Some(SysctlNs::Ipc));
-        assert_eq!(sysctl_namespace("kernel.semx"), None);
     }
 
     #[test]
