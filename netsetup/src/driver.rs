@@ -15,6 +15,7 @@ use crate::NetError;
 use crate::ipam::gateway;
 use crate::netlink::{Link, Netlink, NetlinkError, VethPair};
 use crate::netns;
+use crate::reaper::LinkReaper;
 
 /// The pod link to make.
 #[derive(Clone, Debug)]
@@ -46,8 +47,16 @@ pub trait LinkDriver: Send + Sync {
     /// Makes and configures the pod's link. On failure it leaves no link behind.
     fn attach(&self, spec: &PodLinkSpec<'_>) -> Result<PodLink, NetError>;
 
-    /// Removes the pod's link, known by its node-side name. `Ok(false)`: it was already gone.
+    /// Cuts the pod's link, known by its node-side name, off at once (no more traffic through
+    /// it) and removes it, possibly in the background. `Ok(false)`: it was already gone.
     fn detach(&self, host_ifname: &str) -> Result<bool, NetError>;
+
+    /// Returns once links detached earlier are really gone.
+    fn settle(&self) {}
+
+    /// Deletes every pod link (by peapod's naming) for which `keep` says no; returns their
+    /// names. For start-up garbage collection.
+    fn collect_links(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError>;
 
     /// Node-side names of every pod link there is, for garbage collection.
     fn pod_links(&self) -> Result<Vec<String>, NetError>;
@@ -58,6 +67,7 @@ pub trait LinkDriver: Send + Sync {
 pub struct BridgeVeth {
     bridge: String,
     mtu: u32,
+    reaper: LinkReaper,
 }
 
 impl BridgeVeth {
@@ -65,6 +75,7 @@ impl BridgeVeth {
         BridgeVeth {
             bridge: bridge.into(),
             mtu,
+            reaper: LinkReaper::default(),
         }
     }
 
@@ -180,7 +191,28 @@ impl LinkDriver for BridgeVeth {
     }
 
     fn detach(&self, host_ifname: &str) -> Result<bool, NetError> {
-        Ok(Netlink::open()?.delete_link(host_ifname)?)
+        let mut nl = Netlink::open()?;
+        if !nl.isolate(host_ifname)? {
+            return Ok(false);
+        }
+        self.reaper.queue(nl, host_ifname.to_owned());
+        Ok(true)
+    }
+
+    fn settle(&self) {
+        self.reaper.wait_idle();
+    }
+
+    fn collect_links(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError> {
+        let mut nl = Netlink::open()?;
+        let mut gone = Vec::new();
+        for link in nl.links()? {
+            if crate::is_host_ifname(&link.name) && !keep(&link.name) {
+                nl.delete_link(&link.name)?;
+                gone.push(link.name);
+            }
+        }
+        Ok(gone)
     }
 
     fn pod_links(&self) -> Result<Vec<String>, NetError> {

@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 mod network;
+mod reaper;
 pub mod sysctl;
 
 use std::net::IpAddr;
@@ -87,6 +88,15 @@ pub fn host_ifname(sandbox_id: &str) -> String {
     format!("pp{hex}")
 }
 
+/// True for names [`host_ifname`] makes: `pp` + 8 lowercase hex digits.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 10
+        && name.starts_with("pp")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// MTU of the link carrying the default route in the caller's netns, if there is one.
 pub fn default_route_mtu() -> Option<u32> {
     let (_, link) = default_route_link()?;
@@ -129,6 +139,21 @@ mod tests {
         assert_eq!(host_ifname("0123456789abcdef"), "pp01234567");
         assert_eq!(host_ifname("abc"), "ppabc");
         assert!(host_ifname(&"f".repeat(64)).len() <= 15);
+    }
+
+    #[test]
+    fn host_ifnames_are_recognised() {
+        assert!(is_host_ifname(&host_ifname(&"0a".repeat(32))));
+        for not_ours in [
+            "peapod0",
+            "pp0123456",
+            "pp0123456789",
+            "ppABCDEF01",
+            "eth0",
+            "ppzzzzzzzz",
+        ] {
+            assert!(!is_host_ifname(not_ours), "{not_ours}");
+        }
     }
 
     #[test]

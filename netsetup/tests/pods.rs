@@ -139,6 +139,9 @@ fn detach_removes_link_and_lease_and_can_repeat() {
         assert_eq!(network.pod_links().unwrap(), vec![att.host_ifname.clone()]);
 
         network.detach(owner, &att).unwrap();
+        // Cut off at once; deleted by the reaper soon after.
+        assert!(bridge_ports(BRIDGE).is_empty(), "off the bridge at once");
+        network.settle();
         assert!(!link_exists(&att.host_ifname));
         assert!(
             pod.ip_json(&["link", "show"]).as_array().unwrap().len() == 1,
@@ -175,6 +178,7 @@ fn detach_keeps_a_lease_that_someone_else_holds() {
         let att = attach(&network, &pod, "ffffffff0006").unwrap();
         network.detach("someone-else", &att).unwrap();
         assert_eq!(network.leases().unwrap()[0].owner, "ffffffff0006");
+        network.settle();
         assert!(!link_exists(&att.host_ifname));
     });
 }

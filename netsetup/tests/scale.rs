@@ -61,6 +61,10 @@ fn fifty_concurrent_attaches_then_detaches() {
         assert!(network.leases().unwrap().is_empty());
         assert!(bridge_ports(BRIDGE).is_empty());
         assert!(network.pod_links().unwrap().is_empty());
+        network.settle();
+        for owner in &owners {
+            assert!(!link_exists(&netsetup::host_ifname(owner)), "{owner}");
+        }
     });
 }
 

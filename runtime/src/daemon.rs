@@ -17,7 +17,8 @@ use tracing::info;
 use crate::config::Config;
 use crate::cri::{CriService, ImageSvc};
 use crate::network::NodeNetwork;
-use crate::sandbox::{NETNS_DIR, Sandboxes, cgroup::Cgroups, pins};
+use crate::sandbox::cgroup::{Cgroups, Hierarchy};
+use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
 
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     fs::DirBuilder::new()
@@ -90,7 +91,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot prepare {}", ns_dir.display()))?;
 
     let net = Arc::new(NodeNetwork::new(&cfg)?);
-    let cgroups = Cgroups::detect();
+    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         socket = %cfg.socket.display(),
@@ -110,7 +111,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let listener = bind_socket(&cfg)?;
     info!(socket = %cfg.socket.display(), "serving CRI");
-    let svc = CriService { sandboxes, net };
+    let svc = CriService {
+        sandboxes: sandboxes.clone(),
+        net,
+    };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc))
         .add_service(ImageServiceServer::new(ImageSvc))
@@ -118,6 +122,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("CRI server failed")?;
     let _ = fs::remove_file(&cfg.socket);
+    tokio::task::spawn_blocking(move || sandboxes.settle())
+        .await
+        .ok();
     info!("stopped");
     Ok(())
 }

@@ -196,6 +196,20 @@ impl Netlink {
     }
 
     /// Deletes the link named `name`; returns false when there was no such link.
+    /// Takes the link named `name` down and off its bridge, in one request, so that it carries
+    /// no more traffic. `Ok(false)`: there is no such link.
+    pub fn isolate(&mut self, name: &str) -> Result<bool, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        msg.attributes.push(LinkAttribute::Controller(0));
+        match self.execute(RouteNetlinkMessage::SetLink(msg), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(link_error(LinkOp::Isolate, name, e)),
+        }
+    }
+
     pub fn delete_link(&mut self, name: &str) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));

@@ -82,6 +82,7 @@ pub enum LinkOp {
     SetHairpin,
     Move,
     Rename,
+    Isolate,
 }
 
 impl fmt::Display for LinkOp {
@@ -95,6 +96,7 @@ impl fmt::Display for LinkOp {
             LinkOp::SetHairpin => "set hairpin mode on",
             LinkOp::Move => "move",
             LinkOp::Rename => "rename",
+            LinkOp::Isolate => "take down and unbridge",
         })
     }
 }

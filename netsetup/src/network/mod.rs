@@ -156,6 +156,17 @@ impl Network {
         self.driver.pod_links()
     }
 
+    /// Returns once the links of earlier detaches are deleted, not just cut off.
+    pub fn settle(&self) {
+        self.driver.settle();
+    }
+
+    /// Deletes pod links (named like [`crate::host_ifname`]) that `keep` does not claim, e.g.
+    /// those left by a crash; returns their names.
+    pub fn collect_links(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError> {
+        self.driver.collect_links(keep)
+    }
+
     fn release_quietly(&self, ip: IpAddr, owner: &str) {
         if let Err(error) = self.ipam.release(ip, owner) {
             tracing::warn!(%ip, owner, error = %chain(&error), "cannot roll back the lease");

@@ -65,6 +65,10 @@ impl LinkDriver for FakeDriver {
     fn pod_links(&self) -> Result<Vec<String>, NetError> {
         Ok(Vec::new())
     }
+
+    fn collect_links(&self, _keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError> {
+        Ok(Vec::new())
+    }
 }
 
 struct FakeFirewall {

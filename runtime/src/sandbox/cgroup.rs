@@ -1,21 +1,28 @@
 //! cgroupfs placement for the pause: `<cgroup_parent>/<sandbox id>` in every hierarchy. This
 //! kind of machine runs cgroup v1 controllers; modern hosts run the v2 unified hierarchy.
 //! Which one is detected at start.
+//!
+//! Parent cgroups that peapod had to create (the kubelet makes its own; `crictl` users often
+//! name one that does not exist) are remembered in `cgroup-parents.json`, so that whichever
+//! pod leaves last removes them.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::SandboxError;
+use crate::store;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Used when a request names no cgroup_parent.
 pub const DEFAULT_PARENT: &str = "peapod";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cgroups {
+pub enum Hierarchy {
     /// One mount point per v1 hierarchy (cpu, memory, pids, name=systemd, …).
     V1 {
         roots: Vec<PathBuf>,
@@ -25,13 +32,18 @@ pub enum Cgroups {
     },
 }
 
+pub struct Cgroups {
+    hierarchy: Hierarchy,
+    /// Parent cgroups (relative paths) peapod created, persisted in `owned_file`.
+    owned: Mutex<BTreeSet<PathBuf>>,
+    owned_file: PathBuf,
+}
+
 /// What was made for one sandbox, for removal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupRecord {
     /// Relative path below each hierarchy root, e.g. `kubepods/pod1/<id>`.
     pub rel: PathBuf,
-    /// Directories we created, in creation order (parents first).
-    pub created: Vec<PathBuf>,
 }
 
 fn err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
@@ -41,70 +53,100 @@ fn err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
     }
 }
 
-impl Cgroups {
-    pub fn detect() -> Cgroups {
+impl Hierarchy {
+    pub fn detect() -> Hierarchy {
         let root = Path::new(CGROUP_ROOT);
         if root.join("cgroup.controllers").exists() {
-            return Cgroups::V2 {
+            return Hierarchy::V2 {
                 root: root.to_owned(),
             };
         }
         let roots = fs::read_to_string("/proc/self/mountinfo")
             .map(|t| v1_roots(&t))
             .unwrap_or_default();
-        Cgroups::V1 { roots }
+        Hierarchy::V1 { roots }
+    }
+}
+
+impl Cgroups {
+    pub fn new(hierarchy: Hierarchy, state_dir: &Path) -> Result<Cgroups, SandboxError> {
+        let owned_file = state_dir.join("cgroup-parents.json");
+        let owned = store::read_json_opt(&owned_file)?.unwrap_or_default();
+        Ok(Cgroups {
+            hierarchy,
+            owned: Mutex::new(owned),
+            owned_file,
+        })
     }
 
     pub fn version(&self) -> u8 {
-        match self {
-            Cgroups::V1 { .. } => 1,
-            Cgroups::V2 { .. } => 2,
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => 1,
+            Hierarchy::V2 { .. } => 2,
         }
     }
 
     fn roots(&self) -> Vec<&Path> {
-        match self {
-            Cgroups::V1 { roots } => roots.iter().map(PathBuf::as_path).collect(),
-            Cgroups::V2 { root } => vec![root.as_path()],
+        match &self.hierarchy {
+            Hierarchy::V1 { roots } => roots.iter().map(PathBuf::as_path).collect(),
+            Hierarchy::V2 { root } => vec![root.as_path()],
         }
     }
 
-    /// Creates `<parent>/<id>` in every hierarchy and records what it made. On error the
-    /// directories made so far are removed again.
+    fn own(&self, rel: &Path, owned: bool) -> Result<(), SandboxError> {
+        let mut set = self.owned.lock().expect("lock");
+        let changed = if owned {
+            set.insert(rel.to_owned())
+        } else {
+            set.remove(rel)
+        };
+        if changed {
+            store::write_json(&self.owned_file, &*set)?;
+        }
+        Ok(())
+    }
+
+    /// Creates `<parent>/<id>` in every hierarchy. On error, what it made is removed again.
     pub fn create(&self, parent: &str, id: &str) -> Result<CgroupRecord, SandboxError> {
         let parent = if parent.is_empty() {
             DEFAULT_PARENT
         } else {
             parent
         };
-        let rel = Path::new(parent.trim_start_matches('/')).join(id);
-        let mut rec = CgroupRecord {
-            rel: rel.clone(),
-            created: Vec::new(),
+        let rec = CgroupRecord {
+            rel: Path::new(parent.trim_start_matches('/')).join(id),
         };
+        let r = self.make_dirs(&rec.rel);
+        if r.is_err() {
+            let _ = self.remove(&rec);
+        }
+        r.map(|()| rec)
+    }
+
+    fn make_dirs(&self, rel: &Path) -> Result<(), SandboxError> {
         for root in self.roots() {
             let cpuset = root.join("cpuset.cpus").exists();
             let mut dir = root.to_path_buf();
+            let mut rel_dir = PathBuf::new();
             for comp in rel.components() {
                 let parent_dir = dir.clone();
                 dir.push(comp);
+                rel_dir.push(comp);
                 match fs::create_dir(&dir) {
                     Ok(()) => {
-                        rec.created.push(dir.clone());
-                        if cpuset && let Err(e) = inherit_cpuset(&parent_dir, &dir) {
-                            let _ = self.remove(&rec);
-                            return Err(e);
+                        if rel_dir != rel {
+                            self.own(&rel_dir, true)?;
+                        }
+                        if cpuset {
+                            inherit_cpuset(&parent_dir, &dir)?;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        let _ = self.remove(&rec);
-                        return Err(err(&dir)(e));
-                    }
+                    Err(e) => return Err(err(&dir)(e)),
                 }
             }
         }
-        Ok(rec)
+        Ok(())
     }
 
     /// Moves `pid` into the sandbox cgroup of every hierarchy.
@@ -116,22 +158,36 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Removes what `create` made, deepest first. The leaf must go; a parent still used by
-    /// other pods stays.
+    /// Removes the sandbox cgroup, then every parent peapod created that is now empty.
     pub fn remove(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
-        let mut first_err = None;
-        for dir in rec.created.iter().rev() {
-            let is_leaf = dir.ends_with(&rec.rel);
-            match rmdir_retrying(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(_) if !is_leaf => {}
-                Err(e) => {
-                    first_err.get_or_insert(err(dir)(e));
-                }
+        for root in self.roots() {
+            let leaf = root.join(&rec.rel);
+            match rmdir_retrying(&leaf) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(&leaf)(e)),
+                _ => {}
             }
         }
-        first_err.map_or(Ok(()), Err)
+        let mut parent = rec.rel.parent();
+        while let Some(rel) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if !self.owned.lock().expect("lock").contains(rel) {
+                break;
+            }
+            let mut busy = false;
+            for root in self.roots() {
+                match fs::remove_dir(root.join(rel)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Other pods still live below it.
+                    Err(_) => busy = true,
+                }
+            }
+            if busy {
+                break;
+            }
+            self.own(rel, false)?;
+            parent = rel.parent();
+        }
+        Ok(())
     }
 }
 
@@ -209,24 +265,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn create_and_remove_in_a_fake_tree() {
-        // Plain directories stand in for a hierarchy: create/remove logic, not the kernel.
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cpu");
-        fs::create_dir_all(root.join("kubepods")).unwrap();
-        let cg = Cgroups::V1 {
-            roots: vec![root.clone()],
+    /// Plain directories stand in for two hierarchies: the create/remove bookkeeping, not the
+    /// kernel (the integration tests use the real cgroupfs).
+    fn fake(t: &Path) -> (Cgroups, PathBuf, PathBuf) {
+        let (cpu, mem) = (t.join("cpu"), t.join("memory"));
+        fs::create_dir_all(cpu.join("kubepods")).unwrap();
+        fs::create_dir_all(mem.join("kubepods")).unwrap();
+        let h = Hierarchy::V1 {
+            roots: vec![cpu.clone(), mem.clone()],
         };
-        let rec = cg.create("/kubepods/pod1", "abc").unwrap();
-        assert_eq!(rec.rel, PathBuf::from("kubepods/pod1/abc"));
-        assert_eq!(
-            rec.created,
-            vec![root.join("kubepods/pod1"), root.join("kubepods/pod1/abc")]
+        (Cgroups::new(h, t).unwrap(), cpu, mem)
+    }
+
+    #[test]
+    fn the_last_pod_out_removes_the_parents_peapod_made() {
+        let t = tempfile::tempdir().unwrap();
+        let (cg, cpu, mem) = fake(t.path());
+        let a = cg.create("/kubepods/pod1", "a").unwrap();
+        let b = cg.create("/kubepods/pod1", "b").unwrap();
+        assert_eq!(a.rel, PathBuf::from("kubepods/pod1/a"));
+        assert!(cpu.join("kubepods/pod1/b").is_dir() && mem.join("kubepods/pod1/b").is_dir());
+        // a made the parent, but b is still in it.
+        cg.remove(&a).unwrap();
+        assert!(cpu.join("kubepods/pod1").is_dir());
+        cg.remove(&b).unwrap();
+        assert!(!cpu.join("kubepods/pod1").exists() && !mem.join("kubepods/pod1").exists());
+        assert!(
+            cpu.join("kubepods").exists(),
+            "a parent peapod did not make stays"
         );
-        cg.remove(&rec).unwrap();
-        assert!(!root.join("kubepods/pod1").exists());
-        assert!(root.join("kubepods").exists(), "pre-existing parent kept");
-        cg.remove(&rec).unwrap();
+        cg.remove(&b).unwrap();
+        // The bookkeeping survives a restart.
+        let c = cg.create("", "c").unwrap();
+        let (again, _, _) = fake(t.path());
+        again.remove(&c).unwrap();
+        assert!(!cpu.join(DEFAULT_PARENT).exists());
     }
 }

@@ -379,6 +379,30 @@ impl Sandboxes {
                 _ => self.insert(rec),
             }
         }
+        self.collect_links();
         Ok(())
+    }
+
+    /// Deletes pod links no record owns: left by a crash between a detach and the reaper's
+    /// deletion, or by an attach the crash interrupted.
+    fn collect_links(&self) {
+        let owned: std::collections::HashSet<String> = self
+            .pods
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|e| e.rec.lock().expect("lock").network.clone())
+            .map(|a| a.host_ifname)
+            .collect();
+        match self.ops.net.net.collect_links(&|name| owned.contains(name)) {
+            Ok(gone) if !gone.is_empty() => info!(links = ?gone, "deleted pod links without a pod"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot collect stale pod links"),
+        }
+    }
+
+    /// Waits for background link deletions, before the daemon exits.
+    pub fn settle(&self) {
+        self.ops.net.net.settle();
     }
 }
