@@ -11,6 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::netlink::Netlink;
 
+/// A link to delete, with a handle of the namespace it is in.
+type Job = (Netlink, String);
+
 #[derive(Default)]
 struct Pending {
     count: Mutex<usize>,
@@ -20,7 +23,7 @@ struct Pending {
 /// A background deleter of links. Cheap to clone; the thread starts with the first link.
 #[derive(Clone, Default)]
 pub struct LinkReaper {
-    tx: Arc<Mutex<Option<Sender<(Netlink, String)>>>>,
+    tx: Arc<Mutex<Option<Sender<Job>>>>,
     pending: Arc<Pending>,
 }
 
@@ -62,8 +65,8 @@ impl LinkReaper {
         }
     }
 
-    fn start(&self) -> Sender<(Netlink, String)> {
-        let (tx, rx) = mpsc::channel::<(Netlink, String)>();
+    fn start(&self) -> Sender<Job> {
+        let (tx, rx) = mpsc::channel::<Job>();
         let me = self.clone();
         std::thread::Builder::new()
             .name("netsetup-reaper".into())
