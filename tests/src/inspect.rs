@@ -3,25 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1::{
-    ListPodSandboxRequest, PodSandbox, PodSandboxStatusRequest, PodSandboxStatusResponse,
-};
 
 use crate::cgroup;
 use crate::node::Node;
-
-/// The verbose `info` of a pod, as PodSandboxStatus returns it.
-#[derive(Clone, Debug)]
-pub struct PodInfo {
-    pub id: String,
-    /// Pid of the pause process, as seen inside the node.
-    pub pid: u32,
-    pub netns_path: String,
-    pub host_veth: String,
-    pub ip: String,
-    pub cgroup_path: String,
-    pub raw: serde_json::Value,
-}
+use crate::pods::PodInfo;
 
 /// A process of the node, as `ps` inside it shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,58 +153,6 @@ impl Node {
             .nth(1)
             .with_context(|| format!("{ifname} has no IPv4 address: {out:?}"))?;
         Ok(addr.split('/').next().unwrap_or(addr).to_owned())
-    }
-
-    pub async fn pod_status(&self, id: &str) -> Result<PodSandboxStatusResponse> {
-        let request = PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: true,
-        };
-        let response = self.client().await?.pod_sandbox_status(request).await;
-        Ok(response
-            .with_context(|| format!("PodSandboxStatus {id}"))?
-            .into_inner())
-    }
-
-    /// The verbose info of pod `id`, parsed.
-    pub async fn pod_info(&self, id: &str) -> Result<PodInfo> {
-        let status = self.pod_status(id).await?;
-        let json = status
-            .info
-            .get("info")
-            .with_context(|| format!("PodSandboxStatus {id} (verbose) has no info[\"info\"]"))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(json).with_context(|| format!("info of {id} is not JSON"))?;
-        let text = |key: &str| {
-            raw.get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let pid = raw
-            .get("pid")
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("info of {id} has no numeric pid: {json}"))?;
-        Ok(PodInfo {
-            id: id.to_owned(),
-            pid: u32::try_from(pid)?,
-            netns_path: text("netnsPath"),
-            host_veth: text("hostVeth"),
-            ip: text("ip"),
-            cgroup_path: text("cgroupPath"),
-            raw,
-        })
-    }
-
-    /// Every pod ListPodSandbox knows, unfiltered.
-    pub async fn list_pods(&self) -> Result<Vec<PodSandbox>> {
-        let response = self
-            .client()
-            .await?
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .context("ListPodSandbox")?;
-        Ok(response.into_inner().items)
     }
 
     /// Fails, naming everything it found, unless the node holds no trace of these pods:

@@ -16,13 +16,15 @@ mod cgroup;
 pub mod cri;
 mod inspect;
 mod node;
+mod pods;
 mod spawn;
 
 use std::path::PathBuf;
 
 pub use cri::{Client, PodConfig, connect};
-pub use inspect::{PodInfo, Proc, host_veth};
+pub use inspect::{Proc, host_veth};
 pub use node::{Background, Node, NodeBuilder};
+pub use pods::{PodInfo, in_cidr, is_sandbox_id};
 
 /// Panics unless the process runs as root: privileged tests never skip silently.
 pub fn require_root() {
@@ -45,6 +47,12 @@ pub fn bin_dir() -> PathBuf {
         Some(name) if name == "deps" => deps.parent().unwrap_or(deps).to_path_buf(),
         _ => deps.to_path_buf(),
     }
+}
+
+/// The directories of `cgroup` (e.g. `/peapod-test-1234/<id>`) that exist in any cgroup
+/// hierarchy of this machine (v1 controllers and v2).
+pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    cgroup::existing(cgroup)
 }
 
 /// A random lowercase hex string of `bytes * 2` characters.

@@ -157,7 +157,7 @@ fn spawn_holder(dir: &Path, holder: &Path) -> Result<(Child, u32)> {
         let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
         bail!("the node did not come up (said {line:?}); its stderr:\n{log}");
     }
-    match spawn::wait_for_child(child.id(), Duration::from_secs(5)) {
+    match spawn::wait_for_child(&mut child, Duration::from_secs(5)) {
         Ok(pid1) => Ok((child, pid1)),
         Err(err) => {
             spawn::signal(child.id(), Signal::SIGKILL);
@@ -270,7 +270,7 @@ impl Node {
             .stderr(log);
         spawn::die_with_parent(&mut cmd);
         let mut nsenter = cmd.spawn().context("spawn nsenter for peapod serve")?;
-        let pid = match spawn::wait_for_child(nsenter.id(), Duration::from_secs(5)) {
+        let pid = match spawn::wait_for_child(&mut nsenter, Duration::from_secs(5)) {
             Ok(pid) => pid,
             Err(err) => {
                 spawn::signal(nsenter.id(), Signal::SIGKILL);

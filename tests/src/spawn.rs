@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -39,17 +39,21 @@ pub fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits up to `timeout` for `pid` to have exactly one child and returns it.
-pub fn wait_for_child(pid: u32, timeout: Duration) -> io::Result<u32> {
+/// Waits up to `timeout` for `parent` to have exactly one child and returns its pid; fails
+/// early if `parent` exits.
+pub fn wait_for_child(parent: &mut Child, timeout: Duration) -> io::Result<u32> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let [child] = children(pid)[..] {
+        if let [child] = children(parent.id())[..] {
             return Ok(child);
+        }
+        if let Some(status) = parent.try_wait()? {
+            return Err(io::Error::other(format!("it exited ({status})")));
         }
         if Instant::now() > deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("process {pid} got no child within {timeout:?}"),
+                format!("process {} got no child within {timeout:?}", parent.id()),
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -57,7 +61,7 @@ pub fn wait_for_child(pid: u32, timeout: Duration) -> io::Result<u32> {
 }
 
 /// Waits up to `timeout` for a child process to exit; `true` if it did.
-pub fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> bool {
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

@@ -16,3 +16,20 @@ pub fn builder() -> NodeBuilder {
 pub async fn node() -> Result<Node> {
     builder().start().await
 }
+
+/// Fails unless `result` is an error with status `code`.
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    what: &str,
+) -> Result<()> {
+    match result {
+        Ok(value) => anyhow::bail!("{what}: expected {code:?}, got a success: {value:?}"),
+        Err(status) if status.code() == code => Ok(()),
+        Err(status) => anyhow::bail!(
+            "{what}: expected {code:?}, got {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
