@@ -29,7 +29,7 @@ pub fn host_veth(id: &str) -> String {
 }
 
 impl Node {
-    /// IP leases on disk: IP → owner (sandbox id).
+    /// IP leases on disk (files named by an IP): IP → owner (sandbox id).
     pub fn leases(&self) -> Result<BTreeMap<String, String>> {
         let dir = self.state_dir().join("ipam/peapod");
         let entries = match std::fs::read_dir(&dir) {
@@ -41,8 +41,8 @@ impl Node {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue; // a temp file of the daemon, not a lease
+            if name.parse::<std::net::IpAddr>().is_err() {
+                continue; // IPAM bookkeeping or a temp file, not a lease
             }
             let owner = std::fs::read_to_string(entry.path())
                 .with_context(|| format!("read lease {}", entry.path().display()))?;
@@ -196,7 +196,7 @@ impl Node {
             }
             if let Some(p) = procs
                 .iter()
-                .find(|p| p.pid == pod.pid && p.comm == "peapod-pause")
+                .find(|p| Some(p.pid) == pod.pid && p.comm == "peapod-pause")
             {
                 found.push(format!("pause process {p:?} of {id}"));
             }

@@ -97,9 +97,10 @@ impl NodeBuilder {
             .prefix("peapod-test-")
             .tempdir()
             .context("create the node's temp dir")?;
+        let log_level = std::env::var("PEAPOD_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         std::fs::write(
             dir.path().join("config.toml"),
-            "# written by the peapod test harness\nlog_level = \"debug\"\n",
+            format!("# written by the peapod test harness\nlog_level = {log_level:?}\n"),
         )?;
         let (holder, pid1) = spawn_holder(dir.path(), &bins.join("peapod-pause"))?;
         let mut node = Node {
@@ -437,7 +438,7 @@ impl Node {
     /// Starts a probe listener in pod `id`'s network and UTS namespaces (so it greets with the
     /// pod's hostname) and waits until it listens.
     pub async fn listen_in_pod(&self, id: &str, addr: &str, count: u32) -> Result<Background> {
-        let pid = self.pod_info(id).await?.pid.to_string();
+        let pid = self.pod_info(id).await?.pause_pid()?.to_string();
         let probe = self.probe.display().to_string();
         let count = count.to_string();
         let args = [

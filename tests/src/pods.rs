@@ -15,13 +15,21 @@ use crate::node::Node;
 #[derive(Clone, Debug)]
 pub struct PodInfo {
     pub id: String,
-    /// Pid of the pause process, as seen inside the node.
-    pub pid: u32,
+    /// Pid of the pause process, as seen inside the node; none once the pod is stopped.
+    pub pid: Option<u32>,
     pub netns_path: String,
     pub host_veth: String,
     pub ip: String,
     pub cgroup_path: String,
     pub raw: serde_json::Value,
+}
+
+impl PodInfo {
+    /// The pause pid (inside the node); an error for a pod without one.
+    pub fn pause_pid(&self) -> Result<u32> {
+        self.pid
+            .with_context(|| format!("pod {} reports no pause pid: {}", self.id, self.raw))
+    }
 }
 
 /// Whether `id` looks like a sandbox id: 64 lowercase hex characters.
@@ -116,13 +124,17 @@ impl Node {
                 .unwrap_or("")
                 .to_owned()
         };
-        let pid = raw
-            .get("pid")
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("info of {id} has no numeric pid: {json}"))?;
+        let pid = match raw.get("pid") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(pid) => Some(
+                pid.as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .with_context(|| format!("info of {id} has a bad pid: {json}"))?,
+            ),
+        };
         Ok(PodInfo {
             id: id.to_owned(),
-            pid: u32::try_from(pid)?,
+            pid,
             netns_path: text("netnsPath"),
             host_veth: text("hostVeth"),
             ip: text("ip"),

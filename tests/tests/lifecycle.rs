@@ -55,7 +55,7 @@ async fn stop_then_remove_leaves_nothing_and_repeats_are_ok() -> Result<()> {
         info.ip
     );
     ensure!(
-        node.pauses().await?.iter().any(|p| p.pid == info.pid),
+        node.pauses().await?.iter().any(|p| Some(p.pid) == info.pid),
         "no pause process"
     );
 
@@ -67,7 +67,7 @@ async fn stop_then_remove_leaves_nothing_and_repeats_are_ok() -> Result<()> {
     );
     let pauses = node.pauses().await?;
     ensure!(
-        pauses.iter().all(|p| p.pid != info.pid),
+        pauses.iter().all(|p| Some(p.pid) != info.pid),
         "the pause survived Stop: {pauses:?}"
     );
     ensure!(

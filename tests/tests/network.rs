@@ -182,7 +182,7 @@ async fn node_network_pods_share_the_node_network() -> Result<()> {
     );
     let info = node.pod_info(&id).await?;
     let pause_net = node
-        .exec(&["readlink", &format!("/proc/{}/ns/net", info.pid)])
+        .exec(&["readlink", &format!("/proc/{}/ns/net", info.pause_pid()?)])
         .await?;
     let node_net = node.exec(&["readlink", "/proc/1/ns/net"]).await?;
     ensure!(

@@ -25,7 +25,8 @@ async fn pause_is_pid1_of_a_shared_pid_namespace_and_reaps_orphans() -> Result<(
     );
 
     let info = node.pod_info(&id).await?;
-    let pid = info.pid.to_string();
+    let pause = info.pause_pid()?;
+    let pid = pause.to_string();
     let proc_status = node.exec(&["cat", &format!("/proc/{pid}/status")]).await?;
     let field = |name: &str| {
         proc_status
@@ -46,22 +47,15 @@ async fn pause_is_pid1_of_a_shared_pid_namespace_and_reaps_orphans() -> Result<(
     );
 
     // Orphan a child inside the pod's pid namespace: its shell exits at once, so the sleep is
-    // reparented to the namespace's PID 1, the pause, which must reap it when it exits.
-    node.exec(&[
-        "nsenter",
-        "-t",
-        &pid,
-        "-p",
-        "--",
-        "sh",
-        "-c",
-        "sleep 1 & exit 0",
-    ])
-    .await?;
+    // reparented to the namespace's PID 1, the pause, which must reap it when it exits. (The
+    // sleep must not hold our stdout pipe, or exec would wait for it to end.)
+    let orphan = "sleep 1 </dev/null >/dev/null 2>&1 & exit 0";
+    node.exec(&["nsenter", "-t", &pid, "-p", "--", "sh", "-c", orphan])
+        .await?;
     let children = node.processes().await?;
     let orphan = children
         .iter()
-        .find(|p| p.ppid == info.pid && p.comm == "sleep")
+        .find(|p| p.ppid == pause && p.comm == "sleep")
         .with_context(|| {
             format!("the orphaned sleep was not reparented to the pause {pid}: {children:#?}")
         })?
@@ -69,7 +63,7 @@ async fn pause_is_pid1_of_a_shared_pid_namespace_and_reaps_orphans() -> Result<(
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let procs = node.processes().await?;
-        let left: Vec<_> = procs.iter().filter(|p| p.ppid == info.pid).collect();
+        let left: Vec<_> = procs.iter().filter(|p| p.ppid == pause).collect();
         if left.is_empty() {
             break;
         }

@@ -9,7 +9,7 @@ use peapod_tests::{Node, PodInfo};
 /// What must survive a restart: per pod its info and state, and the node's leases and pins.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    pods: Vec<(String, u32, String, String, String, i32)>,
+    pods: Vec<(String, Option<u32>, String, String, String, i32)>,
     leases: std::collections::BTreeMap<String, String>,
     pins: Vec<String>,
     veths: Vec<String>,

@@ -19,7 +19,7 @@ async fn hostname_dns_hosts_sysctls_and_cgroup_follow_the_request() -> Result<()
         .sysctl("kernel.shmmni", "1024");
     let id = node.run_pod(&config).await?;
     let info = node.pod_info(&id).await?;
-    let pid = info.pid.to_string();
+    let pid = info.pause_pid()?.to_string();
 
     // Hostname: in the pod's UTS namespace (`ip netns exec` would show the node's).
     let hostname = node
