@@ -25,13 +25,19 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 bin="${target_dir:-$PWD/target}/release"
 
 made_state_dir=""
+# Pods made without a cgroup_parent go under peapod's default parent cgroup, "peapod"; if the
+# demo is the first to make it, the demo removes it again.
+cgroup_parent=""
+if ! compgen -G '/sys/fs/cgroup/*/peapod' >/dev/null && [ ! -d /sys/fs/cgroup/peapod ]; then
+    cgroup_parent=/peapod
+fi
 cleanup() {
     local status=$?
     if [ -n "$NODE_DIR" ] && [ "$status" != 0 ] && [ -f "$NODE_DIR/daemon.log" ]; then
         echo "--- last lines of the daemon log ---" >&2
         tail -n 30 "$NODE_DIR/daemon.log" >&2
     fi
-    node_cleanup ""
+    node_cleanup "$cgroup_parent"
     if [ -n "$made_state_dir" ]; then
         rmdir /var/lib/peapod 2>/dev/null || true
     fi
@@ -100,5 +106,5 @@ pod ls
 echo "netns left in the node: $(node_exec ip netns | wc -l)"
 
 step "tear the node down"
-node_cleanup ""
+node_cleanup "$cgroup_parent"
 echo "done: the host shows nothing of the demo"

@@ -200,3 +200,43 @@ impl PodConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let path = endpoint_path("unix:///run/peapod/peapod.sock").unwrap();
+        assert_eq!(path, PathBuf::from("/run/peapod/peapod.sock"));
+        assert_eq!(endpoint_path("/x.sock").unwrap(), PathBuf::from("/x.sock"));
+        assert!(endpoint_path("unix://relative.sock").is_err());
+        assert!(endpoint_path("tcp://127.0.0.1:1234").is_err());
+    }
+
+    #[test]
+    fn pod_config_carries_every_field() {
+        let config = PodConfig::new("web")
+            .namespace("prod")
+            .attempt(2)
+            .cgroup_parent("/kubepods")
+            .sysctl("kernel.shmmni", "1024")
+            .dns(&["10.96.0.10"], &["svc"], &["ndots:5"])
+            .pid(NamespaceMode::Pod)
+            .build();
+        let metadata = config.metadata.unwrap();
+        assert_eq!(
+            (metadata.name.as_str(), metadata.namespace.as_str()),
+            ("web", "prod")
+        );
+        assert_eq!((metadata.uid.as_str(), metadata.attempt), ("uid-web", 2));
+        assert_eq!(config.hostname, "web");
+        assert_eq!(config.dns_config.unwrap().servers, ["10.96.0.10"]);
+        let linux = config.linux.unwrap();
+        assert_eq!(linux.cgroup_parent, "/kubepods");
+        assert_eq!(linux.sysctls["kernel.shmmni"], "1024");
+        let options = linux.security_context.unwrap().namespace_options.unwrap();
+        assert_eq!(options.pid, NamespaceMode::Pod as i32);
+        assert_eq!(options.network, NamespaceMode::Pod as i32);
+    }
+}

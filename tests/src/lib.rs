@@ -14,6 +14,7 @@
 
 mod cgroup;
 pub mod cri;
+mod exec;
 mod inspect;
 mod node;
 mod pods;
@@ -22,8 +23,9 @@ mod spawn;
 use std::path::PathBuf;
 
 pub use cri::{Client, PodConfig, connect};
+pub use exec::Background;
 pub use inspect::{Proc, host_veth};
-pub use node::{Background, Node, NodeBuilder};
+pub use node::{Node, NodeBuilder};
 pub use pods::{PodInfo, in_cidr, is_sandbox_id};
 
 /// Panics unless the process runs as root: privileged tests never skip silently.

@@ -161,3 +161,27 @@ impl Node {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_membership() {
+        assert!(in_cidr("10.88.0.2", "10.88.0.0/16"));
+        assert!(in_cidr("10.88.255.254", "10.88.0.0/16"));
+        assert!(!in_cidr("10.89.0.1", "10.88.0.0/16"));
+        assert!(in_cidr("10.77.0.6", "10.77.0.0/29"));
+        assert!(!in_cidr("10.77.0.8", "10.77.0.0/29"));
+        assert!(in_cidr("192.0.2.1", "0.0.0.0/0"));
+        assert!(!in_cidr("not an ip", "10.0.0.0/8"));
+        assert!(!in_cidr("10.0.0.1", "10.0.0.0"));
+    }
+
+    #[test]
+    fn sandbox_ids() {
+        assert!(is_sandbox_id(&"ab12".repeat(16)));
+        assert!(!is_sandbox_id(&"AB12".repeat(16)));
+        assert!(!is_sandbox_id("abc"));
+    }
+}
