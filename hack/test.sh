@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests of every crate and the privileged integration tests, which
 # run the real binaries in throwaway namespaces. Needs root. Afterwards the host must show
-# nothing of peapod: no netns, link, mount, process, nftables table, cgroup or temp dir.
+# nothing new of peapod: no netns, link, mount, process, nftables table, cgroup or temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +16,10 @@ fi
 
 hack/setup.sh
 
-if ! host_traces; then
-    echo "hack/test.sh: warning: the host already shows peapod traces (above), before the tests" >&2
+before=$(host_traces)
+if [ -n "$before" ]; then
+    echo "hack/test.sh: warning: before the tests, the host already shows:" >&2
+    printf '    %s\n' "${before//$'\n'/$'\n    '}" >&2
 fi
 
 cargo build --workspace --bins
@@ -28,10 +30,14 @@ echo "hack/test.sh: PEAPOD_BIN_DIR=$PEAPOD_BIN_DIR"
 status=0
 cargo test --workspace --no-fail-fast || status=$?
 
-if host_traces; then
-    echo "hack/test.sh: the host is clean"
+# Only what appeared during the run counts (a shared dev machine may have its own leftovers).
+left=$(comm -13 <(echo "$before" | sort) <(host_traces | sort) | sed '/^$/d')
+if [ -z "$left" ]; then
+    echo "hack/test.sh: the host shows nothing of the suite (no netns, link, mount, process," \
+        "nftables table, cgroup or temp dir of peapod)"
 else
-    echo "hack/test.sh: FAILED: the suite left traces on the host (above)" >&2
+    echo "hack/test.sh: FAILED: the suite left traces on the host:" >&2
+    printf '    %s\n' "${left//$'\n'/$'\n    '}" >&2
     status=1
 fi
 exit "$status"
