@@ -1,1 +1,65 @@
+//! The peapod integration-test harness.
+//!
+//! A [`Node`] is a throwaway Kubernetes node made of namespaces: its own network namespace, a
+//! private mount namespace with its own tmpfs `/run` (so the daemon's `/run/netns` pins stay
+//! inside) and its own sysfs, its own pid namespace (killing the node kills every process it
+//! holds), and its own temp dir for socket, state, config and logs. The real `peapod serve`
+//! runs inside it; tests talk to it over its unix socket with a real CRI client and look at the
+//! node from inside (links, pins, mounts, nftables, processes).
+//!
+//! Binaries are found through `PEAPOD_BIN_DIR` (set by `hack/test.sh`), falling back to the
+//! target dir next to the test executable. Nothing here runs cargo.
+//!
+//! The whole thing needs root; [`require_root`] fails loudly otherwise, it never skips.
 
+mod cgroup;
+pub mod cri;
+mod exec;
+mod inspect;
+mod node;
+mod pods;
+mod spawn;
+
+use std::path::PathBuf;
+
+pub use cri::{Client, PodConfig, connect};
+pub use exec::Background;
+pub use inspect::{Proc, host_veth};
+pub use node::{Node, NodeBuilder};
+pub use pods::{PodInfo, in_cidr, is_sandbox_id};
+
+/// Panics unless the process runs as root: privileged tests never skip silently.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the peapod integration tests need root (namespaces, mounts, netlink, cgroups): \
+         run them as root, e.g. with `hack/test.sh`"
+    );
+}
+
+/// The directory holding the `peapod` and `peapod-pause` binaries under test: `PEAPOD_BIN_DIR`,
+/// or else the target dir that holds the running test executable (`target/debug/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEAPOD_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("cannot find the test executable");
+    let deps = exe.parent().expect("test executable has no parent dir");
+    match deps.file_name() {
+        Some(name) if name == "deps" => deps.parent().unwrap_or(deps).to_path_buf(),
+        _ => deps.to_path_buf(),
+    }
+}
+
+/// The directories of `cgroup` (e.g. `/peapod-test-1234/<id>`) that exist in any cgroup
+/// hierarchy of this machine (v1 controllers and v2).
+pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    cgroup::existing(cgroup)
+}
+
+/// A random lowercase hex string of `bytes * 2` characters.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("getrandom failed");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

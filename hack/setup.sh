@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what peapod needs to build, run and test on Debian 12. Run as root.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "hack/setup.sh: run as root (it installs packages with apt-get)" >&2
+    exit 1
+fi
+
+packages=(
+    build-essential pkg-config # a C toolchain and linker for cargo
+    protobuf-compiler          # protoc, for the CRI protobufs (k8s-cri's build script)
+    iproute2                   # ip, bridge: the tests and the demo look at links and netns
+    nftables                   # nft: peapod's firewall table
+    util-linux                 # unshare, nsenter, mount, mountpoint: the throwaway nodes
+    procps                     # ps, pgrep
+    jq                         # the demo reads `peapod pod inspect` JSON
+    ca-certificates
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "hack/setup.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "hack/setup.sh: all packages present (${packages[*]})"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    cat >&2 <<'MSG'
+hack/setup.sh: cargo is not on PATH. peapod needs Rust 1.90 or newer: install it with rustup
+(https://rustup.rs), then make sure `cargo` is on PATH for root (e.g. ~/.cargo/bin).
+MSG
+    exit 1
+fi
+echo "hack/setup.sh: $(cargo --version)"

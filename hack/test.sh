@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests of every crate and the privileged integration tests, which
+# run the real binaries in throwaway namespaces. Needs root. Afterwards the host must show
+# nothing new of peapod: no netns, link, mount, process, nftables table, cgroup or temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "hack/test.sh: the suite needs root (namespaces, netlink, mounts, cgroups)." >&2
+    echo "hack/test.sh: run it as root; privileged tests never skip." >&2
+    exit 1
+fi
+
+# shellcheck source=hack/lib/host-check.sh
+. hack/lib/host-check.sh
+
+hack/setup.sh
+
+before=$(host_traces)
+if [ -n "$before" ]; then
+    echo "hack/test.sh: warning: before the tests, the host already shows:" >&2
+    printf '    %s\n' "${before//$'\n'/$'\n    '}" >&2
+fi
+
+cargo build --workspace --bins
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+export PEAPOD_BIN_DIR="${target_dir:-$PWD/target}/debug"
+echo "hack/test.sh: PEAPOD_BIN_DIR=$PEAPOD_BIN_DIR"
+
+status=0
+cargo test --workspace --no-fail-fast || status=$?
+
+# Only what appeared during the run counts (a shared dev machine may have its own leftovers).
+left=$(comm -13 <(echo "$before" | sort) <(host_traces | sort) | sed '/^$/d')
+if [ -z "$left" ]; then
+    echo "hack/test.sh: the host shows nothing of the suite (no netns, link, mount, process," \
+        "nftables table, cgroup or temp dir of peapod)"
+else
+    echo "hack/test.sh: FAILED: the suite left traces on the host:" >&2
+    printf '    %s\n' "${left//$'\n'/$'\n    '}" >&2
+    status=1
+fi
+exit "$status"

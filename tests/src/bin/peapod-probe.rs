@@ -1,0 +1,106 @@
+//! peapod-probe: a tiny TCP tool for the tests and the demo, std only.
+//!
+//! ```text
+//! peapod-probe listen ADDR:PORT [--count N]       bind, print "listening", then answer N
+//!                                                  connections (default 1) with one line
+//!                                                  "hello from <hostname>" each
+//! peapod-probe connect ADDR:PORT [--timeout-ms N] connect (default 2000 ms), print what the
+//!                                                  peer says; exit 1 on any failure
+//! ```
+//! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
+//! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage: peapod-probe listen ADDR:PORT [--count N]\n       \
+                     peapod-probe connect ADDR:PORT [--timeout-ms N]";
+
+enum Cmd {
+    Listen { addr: SocketAddr, count: u64 },
+    Connect { addr: SocketAddr, timeout: Duration },
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match parse(&args) {
+        Ok(cmd) => cmd,
+        Err(msg) => {
+            eprintln!("peapod-probe: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd {
+        Cmd::Listen { addr, count } => listen(addr, count),
+        Cmd::Connect { addr, timeout } => connect(addr, timeout),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("peapod-probe: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<Cmd, String> {
+    let (verb, rest) = args.split_first().ok_or("missing command")?;
+    let (addr, opts) = rest.split_first().ok_or("missing ADDR:PORT")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let option = |name: &str, default: u64| -> Result<u64, String> {
+        match opts {
+            [] => Ok(default),
+            [flag, value] if flag == name => value
+                .parse()
+                .map_err(|e| format!("bad value for {name}: {value:?}: {e}")),
+            _ => Err(format!("unexpected arguments {opts:?}")),
+        }
+    };
+    match verb.as_str() {
+        "listen" => Ok(Cmd::Listen {
+            addr,
+            count: option("--count", 1)?,
+        }),
+        "connect" => Ok(Cmd::Connect {
+            addr,
+            timeout: Duration::from_millis(option("--timeout-ms", 2000)?),
+        }),
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn listen(addr: SocketAddr, count: u64) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "listening")?;
+    stdout.flush()?;
+    let greeting = format!("hello from {}\n", hostname());
+    for _ in 0..count {
+        let (mut conn, _peer) = listener.accept()?;
+        // A peer that hangs up early is its own problem; keep serving the others.
+        let _ = conn.write_all(greeting.as_bytes());
+    }
+    Ok(())
+}
+
+fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| io::Error::new(e.kind(), format!("connect {addr}: {e}")))?;
+    conn.set_read_timeout(Some(timeout))?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| io::Error::new(e.kind(), format!("read from {addr}: {e}")))?;
+    print!("{answer}");
+    io::stdout().flush()
+}

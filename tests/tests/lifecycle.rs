@@ -1,0 +1,316 @@
+//! Pod lifecycle over CRI: stop and remove leave nothing, unknown ids, list filters, and the
+//! runtime-level RPCs.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, ensure};
+use k8s_cri::v1::{
+    CheckpointContainerRequest, ListPodSandboxRequest, PodSandboxFilter, PodSandboxState,
+    PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, StatusRequest,
+    StopPodSandboxRequest, VersionRequest,
+};
+use peapod_tests::{Node, host_veth};
+use tonic::Code;
+
+async fn state_of(node: &Node, id: &str) -> Result<i32> {
+    let status = node.pod_status(id).await?.status.context("no status")?;
+    Ok(status.state)
+}
+
+#[tokio::test]
+async fn stop_then_remove_leaves_nothing_and_repeats_are_ok() -> Result<()> {
+    let node = common::node().await?;
+    let config = node
+        .pod_config("lifecycle")
+        .label("tier", "web")
+        .annotation("example.com/note", "kept as is");
+    let id = node.run_pod(&config).await?;
+    let info = node.pod_info(&id).await?;
+    let status = node.pod_status(&id).await?.status.context("no status")?;
+    ensure!(
+        status.state == PodSandboxState::SandboxReady as i32,
+        "new pod is {status:?}"
+    );
+    ensure!(status.created_at > 0, "created_at is {}", status.created_at);
+    ensure!(
+        status.metadata == Some(config.metadata()),
+        "metadata: {:?}",
+        status.metadata
+    );
+    ensure!(
+        status.labels == config.labels,
+        "labels: {:?}",
+        status.labels
+    );
+    ensure!(
+        status.annotations == config.annotations,
+        "annotations: {:?}",
+        status.annotations
+    );
+    ensure!(
+        node.leases()?.get(&info.ip) == Some(&id),
+        "no lease of {} for {id}",
+        info.ip
+    );
+    ensure!(
+        node.pauses().await?.iter().any(|p| Some(p.pid) == info.pid),
+        "no pause process"
+    );
+
+    // Stop: the pause is gone and the network detached; the pod is still listed, NOTREADY.
+    node.stop_pod(&id).await?;
+    ensure!(
+        state_of(&node, &id).await? == PodSandboxState::SandboxNotready as i32,
+        "a stopped pod is not NOTREADY"
+    );
+    let pauses = node.pauses().await?;
+    ensure!(
+        pauses.iter().all(|p| Some(p.pid) != info.pid),
+        "the pause survived Stop: {pauses:?}"
+    );
+    ensure!(
+        !node.leases()?.contains_key(&info.ip),
+        "the lease survived Stop"
+    );
+    let veths = node.host_veths().await?;
+    ensure!(
+        !veths.contains(&host_veth(&id)),
+        "the veth survived Stop: {veths:?}"
+    );
+    node.stop_pod(&id).await.context("a second Stop")?;
+
+    // Remove: nothing of the pod is left (nftables may keep the per-subnet masquerade, nothing
+    // of the pod), and it is unknown from now on.
+    node.remove_pod(&id).await?;
+    node.assert_gone(std::slice::from_ref(&info)).await?;
+    ensure!(
+        node.pod_ids().await?.is_empty(),
+        "a removed pod is still listed"
+    );
+    let mut client = node.client().await?;
+    let status = client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await;
+    common::expect_code(status, Code::NotFound, "PodSandboxStatus of a removed pod")?;
+    node.remove_pod(&id).await.context("a second Remove")?;
+    node.stop_pod(&id).await.context("Stop after Remove")?;
+
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn remove_without_stop_cleans_up() -> Result<()> {
+    let node = common::node().await?;
+    let id = node.run_pod(&node.pod_config("direct-remove")).await?;
+    let info = node.pod_info(&id).await?;
+    node.remove_pod(&id).await?;
+    node.assert_gone(&[info]).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn unknown_ids() -> Result<()> {
+    let node = common::node().await?;
+    let unknown = "0".repeat(64);
+    let mut client = node.client().await?;
+    let id = || unknown.clone();
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id(),
+        })
+        .await
+        .context("StopPodSandbox of an unknown id must be OK")?;
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id(),
+        })
+        .await
+        .context("RemovePodSandbox of an unknown id must be OK")?;
+    let status = client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id(),
+            verbose: true,
+        })
+        .await;
+    common::expect_code(status, Code::NotFound, "PodSandboxStatus of an unknown id")?;
+    node.assert_empty().await
+}
+
+async fn listed(node: &Node, filter: PodSandboxFilter) -> Result<BTreeSet<String>> {
+    let request = ListPodSandboxRequest {
+        filter: Some(filter.clone()),
+    };
+    let response = node
+        .client()
+        .await?
+        .list_pod_sandbox(request)
+        .await
+        .with_context(|| format!("ListPodSandbox {filter:?}"))?;
+    Ok(response
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect())
+}
+
+fn set(ids: &[&String]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn list_filters_by_id_prefix_state_and_labels() -> Result<()> {
+    let node = common::node().await?;
+    let a = node
+        .run_pod(&node.pod_config("a").label("tier", "web"))
+        .await?;
+    let b = node
+        .run_pod(&node.pod_config("b").label("tier", "db"))
+        .await?;
+    let c = node
+        .run_pod(
+            &node
+                .pod_config("c")
+                .label("tier", "web")
+                .label("env", "prod"),
+        )
+        .await?;
+    node.stop_pod(&b).await?;
+
+    let all = listed(&node, PodSandboxFilter::default()).await?;
+    ensure!(all == set(&[&a, &b, &c]), "unfiltered list: {all:?}");
+    let items = node.list_pods().await?;
+    for item in &items {
+        ensure!(
+            item.created_at > 0,
+            "{} has created_at {}",
+            item.id,
+            item.created_at
+        );
+        let name = item
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or("");
+        ensure!(
+            ["a", "b", "c"].contains(&name),
+            "{} is named {name:?}",
+            item.id
+        );
+    }
+
+    let by_id = |id: &str| PodSandboxFilter {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    ensure!(
+        listed(&node, by_id(&a)).await? == set(&[&a]),
+        "filter by id"
+    );
+    let prefix = (6..64)
+        .map(|n| &a[..n])
+        .find(|p| !b.starts_with(p) && !c.starts_with(p))
+        .context("no unique prefix")?;
+    let got = listed(&node, by_id(prefix)).await?;
+    ensure!(
+        got == set(&[&a]),
+        "filter by unique prefix {prefix:?}: {got:?}"
+    );
+    ensure!(
+        listed(&node, by_id(&"f".repeat(64))).await?.is_empty(),
+        "unknown id listed"
+    );
+
+    let by_state = |state: PodSandboxState| PodSandboxFilter {
+        state: Some(PodSandboxStateValue {
+            state: state as i32,
+        }),
+        ..Default::default()
+    };
+    let ready = listed(&node, by_state(PodSandboxState::SandboxReady)).await?;
+    ensure!(ready == set(&[&a, &c]), "READY pods: {ready:?}");
+    let not_ready = listed(&node, by_state(PodSandboxState::SandboxNotready)).await?;
+    ensure!(not_ready == set(&[&b]), "NOTREADY pods: {not_ready:?}");
+
+    let by_labels = |pairs: &[(&str, &str)]| PodSandboxFilter {
+        label_selector: labels(pairs),
+        ..Default::default()
+    };
+    let web = listed(&node, by_labels(&[("tier", "web")])).await?;
+    ensure!(web == set(&[&a, &c]), "tier=web: {web:?}");
+    let prod = listed(&node, by_labels(&[("tier", "web"), ("env", "prod")])).await?;
+    ensure!(prod == set(&[&c]), "tier=web,env=prod: {prod:?}");
+    let none = listed(&node, by_labels(&[("tier", "cache")])).await?;
+    ensure!(none.is_empty(), "tier=cache: {none:?}");
+
+    let combined = PodSandboxFilter {
+        id: a.clone(),
+        ..by_state(PodSandboxState::SandboxNotready)
+    };
+    let got = listed(&node, combined).await?;
+    ensure!(got.is_empty(), "id=a AND NOTREADY must be empty: {got:?}");
+
+    for id in [&a, &b, &c] {
+        node.stop_and_remove(id).await?;
+    }
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn version_status_and_unimplemented() -> Result<()> {
+    let node = common::node().await?;
+    let mut client = node.client().await?;
+    let version = client
+        .version(VersionRequest {
+            version: "v1".to_owned(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        version.runtime_name == "peapod",
+        "runtime_name {:?}",
+        version.runtime_name
+    );
+    ensure!(
+        version.runtime_api_version == "v1",
+        "api version {:?}",
+        version.runtime_api_version
+    );
+    ensure!(!version.runtime_version.is_empty(), "empty runtime_version");
+
+    let status = client
+        .status(StatusRequest { verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("Status has no status")?;
+    for wanted in ["RuntimeReady", "NetworkReady"] {
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == wanted)
+            .with_context(|| format!("no {wanted} condition: {:?}", status.conditions))?;
+        ensure!(condition.status, "{wanted} is false: {condition:?}");
+    }
+
+    let checkpoint = client
+        .checkpoint_container(CheckpointContainerRequest {
+            container_id: "0".repeat(64),
+            location: "/tmp/nowhere.tar".to_owned(),
+            timeout: 10,
+        })
+        .await;
+    common::expect_code(checkpoint, Code::Unimplemented, "CheckpointContainer")
+}
