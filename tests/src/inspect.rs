@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 
 use crate::cgroup;
+
+/// How long removed pods may take to leave no trace (background link deletion).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 use crate::node::Node;
 use crate::pods::PodInfo;
 
@@ -86,6 +89,31 @@ impl Node {
             .collect())
     }
 
+    /// Ports of the node bridge `peapod0`.
+    pub async fn bridge_ports(&self) -> Result<Vec<String>> {
+        let out = self
+            .exec(&["ip", "-o", "link", "show", "master", "peapod0"])
+            .await
+            .unwrap_or_default();
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+            .collect())
+    }
+
+    /// Waits up to [`SETTLE`] for the host veth `name` to be deleted.
+    pub async fn wait_veth_gone(&self, name: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.host_veths().await?.iter().any(|v| v == name) {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("host veth {name} still exists {SETTLE:?} after its pod stopped");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Names under the node's `/run/netns`.
     pub async fn pins(&self) -> Result<Vec<String>> {
         let out = self
@@ -158,7 +186,22 @@ impl Node {
     /// Fails, naming everything it found, unless the node holds no trace of these pods:
     /// no pin, host veth, lease, mount, sandbox dir, cgroup, pause process or nftables
     /// mention of their IP or veth.
+    ///
+    /// Host veths are cut off the bridge at once and deleted a few milliseconds later in the
+    /// background (the kernel takes an RCU grace period per deleted link), so this waits up to
+    /// [`SETTLE`] for the node to become clean before it fails.
     pub async fn assert_gone(&self, pods: &[PodInfo]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            match self.traces_of(pods).await? {
+                None => return Ok(()),
+                Some(msg) if tokio::time::Instant::now() >= deadline => bail!(msg),
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn traces_of(&self, pods: &[PodInfo]) -> Result<Option<String>> {
         let pins = self.pins().await?;
         let veths = self.host_veths().await?;
         let leases = self.leases()?;
@@ -207,18 +250,29 @@ impl Node {
                 found.push(format!("nftables mentions the veth {veth}"));
             }
         }
-        if !found.is_empty() {
-            bail!(
+        Ok((!found.is_empty()).then(|| {
+            format!(
                 "removed pods left traces in the node:\n  {}\nnftables:\n{nft}",
                 found.join("\n  ")
-            );
-        }
-        Ok(())
+            )
+        }))
     }
 
     /// Fails unless the node holds no pod at all: ListPodSandbox empty, and no pin, host veth,
     /// lease, sandbox dir, pause process or cgroup under the node's cgroup parent.
+    /// Waits up to [`SETTLE`], like [`Node::assert_gone`].
     pub async fn assert_empty(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            match self.traces().await? {
+                None => return Ok(()),
+                Some(msg) if tokio::time::Instant::now() >= deadline => bail!(msg),
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn traces(&self) -> Result<Option<String>> {
         let mut found = Vec::new();
         let pods = self.list_pods().await?;
         if !pods.is_empty() {
@@ -262,9 +316,9 @@ impl Node {
         if !cgroups.is_empty() {
             found.push(format!("cgroups {cgroups:?}"));
         }
-        if !found.is_empty() {
-            bail!("the node is not empty:\n  {}", found.join("\n  "));
-        }
-        Ok(())
+        Ok(
+            (!found.is_empty())
+                .then(|| format!("the node is not empty:\n  {}", found.join("\n  "))),
+        )
     }
 }

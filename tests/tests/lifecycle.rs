@@ -74,11 +74,13 @@ async fn stop_then_remove_leaves_nothing_and_repeats_are_ok() -> Result<()> {
         !node.leases()?.contains_key(&info.ip),
         "the lease survived Stop"
     );
-    let veths = node.host_veths().await?;
+    // Stop cuts the host veth off the bridge at once and deletes it soon after.
+    let ports = node.bridge_ports().await?;
     ensure!(
-        !veths.contains(&host_veth(&id)),
-        "the veth survived Stop: {veths:?}"
+        !ports.contains(&host_veth(&id)),
+        "the veth is still on the bridge after Stop: {ports:?}"
     );
+    node.wait_veth_gone(&host_veth(&id)).await?;
     node.stop_pod(&id).await.context("a second Stop")?;
 
     // Remove: nothing of the pod is left (nftables may keep the per-subnet masquerade, nothing

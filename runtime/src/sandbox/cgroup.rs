@@ -133,16 +133,14 @@ impl Cgroups {
                 dir.push(comp);
                 rel_dir.push(comp);
                 match fs::create_dir(&dir) {
-                    Ok(()) => {
-                        if rel_dir != rel {
-                            self.own(&rel_dir, true)?;
-                        }
-                        if cpuset {
-                            inherit_cpuset(&parent_dir, &dir)?;
-                        }
-                    }
+                    Ok(()) if rel_dir != rel => self.own(&rel_dir, true)?,
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(err(&dir)(e)),
+                }
+                // Also for a parent someone else just made: it may not have its CPUs yet.
+                if cpuset {
+                    inherit_cpuset(&parent_dir, &dir)?;
                 }
             }
         }
