@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 use crate::NetError;
 use crate::ipam::gateway;
-use crate::netlink::{Link, Netlink, NetlinkError, VethPair};
+use crate::netlink::{Link, Netlink, VethPair};
 use crate::netns;
 use crate::reaper::LinkReaper;
 
@@ -80,7 +80,7 @@ impl BridgeVeth {
     }
 
     /// The bridge, made if missing, with the configured MTU and up.
-    fn ensure_bridge(&self, nl: &mut Netlink) -> Result<Link, NetlinkError> {
+    fn ensure_bridge(&self, nl: &mut Netlink) -> Result<Link, NetError> {
         if nl.link(&self.bridge)?.is_none() {
             match nl.create_bridge(&self.bridge, self.mtu) {
                 Err(e) if e.errno() == Some(libc::EEXIST) => {} // made concurrently
@@ -88,6 +88,12 @@ impl BridgeVeth {
             }
         }
         let bridge = nl.existing_link(&self.bridge)?;
+        if bridge.kind.as_deref() != Some("bridge") {
+            return Err(NetError::NotABridge {
+                name: bridge.name,
+                kind: bridge.kind.unwrap_or_else(|| "plain device".into()),
+            });
+        }
         if bridge.mtu != Some(self.mtu) {
             nl.set_mtu(&bridge, self.mtu)?;
         }

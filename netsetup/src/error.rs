@@ -16,9 +16,9 @@ pub enum NetError {
     /// The subnet has no free address (`ResourceExhausted` for a CRI caller).
     #[error("no free address left in {subnet}")]
     PoolExhausted { subnet: IpNet },
-    /// Kept for the daemon written against the first stub of this API; never returned.
-    #[error("{0}")]
-    Unimplemented(&'static str),
+    /// The bridge name is taken by a link of another kind.
+    #[error("link {name} exists but is a {kind}, not a bridge")]
+    NotABridge { name: String, kind: String },
     #[error("invalid interface name {ifname:?}")]
     InvalidIfname { ifname: String },
     #[error("cannot enter network namespace {}", path.display())]

@@ -5,6 +5,7 @@ mod common;
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{NamespaceMode, NetworkConfig, RuntimeConfig, UpdateRuntimeConfigRequest};
 use peapod_tests::{host_veth, in_cidr};
+use tonic::Code;
 
 #[tokio::test]
 async fn two_pods_reach_each_other_and_the_gateway() -> Result<()> {
@@ -257,5 +258,69 @@ async fn update_runtime_config_gives_new_pods_the_new_cidr() -> Result<()> {
     node.stop_and_remove(&new).await?;
     node.stop_and_remove(&old).await?;
     node.assert_gone(&[new_info, old_info]).await?;
+    node.assert_empty().await
+}
+
+/// The bridge name is taken by a link that is not a bridge: Status says NetworkReady false
+/// with a reason, pods on the pod network are refused with FailedPrecondition (and nothing is
+/// made), node-network pods still run; once the name is free, the next pod sets up the
+/// network and Status turns ready.
+#[tokio::test]
+async fn network_not_ready_is_reported_and_recovers() -> Result<()> {
+    let node = common::builder()
+        .setup(&[
+            "ip", "link", "add", "name", "peapod0", "type", "veth", "peer", "name", "impostor",
+        ])
+        .start()
+        .await?;
+    let mut client = node.client().await?;
+    let network_ready = |r: &k8s_cri::v1::StatusResponse| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "NetworkReady"))
+            .cloned()
+            .context("no NetworkReady condition")
+    };
+    let status = client
+        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let cond = network_ready(&status)?;
+    ensure!(!cond.status, "NetworkReady is true with peapod0 a veth");
+    ensure!(
+        !cond.reason.is_empty() && cond.message.contains("not a bridge"),
+        "NetworkReady false without a clear reason: {cond:?}"
+    );
+    let runtime_ready = status.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status)
+    });
+    ensure!(runtime_ready, "RuntimeReady should stay true: {status:?}");
+
+    let result = client
+        .run_pod_sandbox(node.pod_config("refused").request())
+        .await;
+    common::expect_code(result, Code::FailedPrecondition, "a pod-network pod")?;
+    node.assert_empty().await?;
+    let host = node
+        .run_pod(&node.pod_config("host-net").network(NamespaceMode::Node))
+        .await?;
+
+    node.exec(&["ip", "link", "del", "peapod0"]).await?;
+    let id = node.run_pod(&node.pod_config("after")).await?;
+    let info = node.pod_info(&id).await?;
+    ensure!(info.ip.starts_with("10.88."), "pod IP {:?}", info.ip);
+    let status = client
+        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    ensure!(
+        network_ready(&status)?.status,
+        "NetworkReady stays false: {status:?}"
+    );
+    for id in [&host, &id] {
+        node.stop_and_remove(id).await?;
+    }
     node.assert_empty().await
 }

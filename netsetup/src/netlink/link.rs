@@ -23,6 +23,8 @@ pub struct Link {
     /// Index of the bridge (or other controller) this link is a port of.
     pub master: Option<u32>,
     pub up: bool,
+    /// Link type (`bridge`, `veth`, …); `None` for plain devices such as `lo`.
+    pub kind: Option<String>,
 }
 
 impl Link {
@@ -34,6 +36,7 @@ impl Link {
             mac: None,
             master: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            kind: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -41,6 +44,13 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
                 LinkAttribute::Address(mac) => link.mac = Some(format_mac(mac)),
                 LinkAttribute::Controller(index) => link.master = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
                 _ => {}
             }
         }
