@@ -88,6 +88,13 @@ wait "$listener"
 step "the node: network namespaces, the bridge and its veths, the pods"
 echo "\$ ip netns"
 node_exec ip netns
+echo "# each pin is the network namespace its pause process holds:"
+for id in "$a" "$b"; do
+    pid=$(field "$id" .info.info.pid)
+    pin_ns=$(node_exec stat -L -c %i "/run/netns/peapod-$id")
+    pause_ns=$(node_exec readlink "/proc/$pid/ns/net")
+    echo "  peapod-${id:0:12}...  inode $pin_ns   pause pid $pid ($(node_exec cat "/proc/$pid/comm")) in $pause_ns"
+done
 echo "\$ ip -br addr show peapod0"
 node_exec ip -br addr show peapod0
 echo "\$ bridge link"
