@@ -1,6 +1,7 @@
 //! `peapod pod …`: a small CRI client for operators and the demo (crictl works too).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -53,8 +54,16 @@ pub enum PodCmd {
     Rm { id: String },
 }
 
+/// `println!` that reports a closed stdout as an error instead of panicking.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, $($arg)*)?
+    };
+}
+
 pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
     let mut c = connect(socket).await?;
+    let mut out = std::io::stdout().lock();
     match cmd {
         PodCmd::Run {
             name,
@@ -92,7 +101,7 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("{}", r.pod_sandbox_id);
+            outln!(out, "{}", r.pod_sandbox_id);
         }
         PodCmd::Ls => {
             let items = c
@@ -100,9 +109,13 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .items;
-            println!(
+            outln!(
+                out,
                 "{:<13} {:<20} {:<12} {:<9} IP",
-                "ID", "NAME", "NAMESPACE", "STATE"
+                "ID",
+                "NAME",
+                "NAMESPACE",
+                "STATE"
             );
             for p in items {
                 let st = c
@@ -123,7 +136,8 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
                 } else {
                     "NotReady"
                 };
-                println!(
+                outln!(
+                    out,
                     "{:<13} {:<20} {:<12} {:<9} {}",
                     &p.id[..13.min(p.id.len())],
                     m.name,
@@ -151,22 +165,22 @@ pub async fn run(socket: &Path, cmd: PodCmd) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
-            let out = serde_json::json!({ "status": r.status, "info": info });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            let doc = serde_json::json!({ "status": r.status, "info": info });
+            outln!(out, "{}", serde_json::to_string_pretty(&doc)?);
         }
         PodCmd::Stop { id } => {
             c.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             })
             .await?;
-            println!("{id}");
+            outln!(out, "{id}");
         }
         PodCmd::Rm { id } => {
             c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             })
             .await?;
-            println!("{id}");
+            outln!(out, "{id}");
         }
     }
     Ok(())
