@@ -200,31 +200,23 @@ impl Sandboxes {
 
     /// Stop; an unknown id is OK (CRI: idempotent).
     pub async fn stop(self: &Arc<Self>, id: &str) -> Result<()> {
-        let id = match self.resolve(id) {
-            Err(SandboxError::NotFound { .. }) => return Ok(()),
-            other => other?,
-        };
-        let Some(entry) = self.entry(&id) else {
-            return Ok(());
-        };
-        let _op = entry.op.lock().await;
-        let mut rec = entry.rec.lock().expect("lock").clone();
-        if !rec.state.needs_stop() && rec.pause.is_none() && rec.network.is_none() {
-            return Ok(());
-        }
-        let ops = self.ops.clone();
-        let (rec, r) = tokio::task::spawn_blocking(move || {
-            let r = ops.stop(&mut rec);
-            (rec, r)
-        })
-        .await
-        .expect("no panic");
-        *entry.rec.lock().expect("lock") = rec;
-        r
+        self.locked_step(id, Ops::stop, false).await
     }
 
     /// Remove (stopping first if needed); an unknown id is OK.
     pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
+        self.locked_step(id, Ops::remove, true).await
+    }
+
+    /// Runs a blocking `step` on the sandbox's record under its operation lock, and forgets
+    /// the sandbox afterwards if asked. An unknown id, or one removed while we waited for the
+    /// lock, is done already.
+    async fn locked_step(
+        self: &Arc<Self>,
+        id: &str,
+        step: fn(&Ops, &mut SandboxRecord) -> Result<()>,
+        forget: bool,
+    ) -> Result<()> {
         let id = match self.resolve(id) {
             Err(SandboxError::NotFound { .. }) => return Ok(()),
             other => other?,
@@ -234,30 +226,34 @@ impl Sandboxes {
         };
         let _op = entry.op.lock().await;
         if self.entry(&id).is_none() {
-            return Ok(()); // removed while we waited
+            return Ok(());
         }
         let mut rec = entry.rec.lock().expect("lock").clone();
         let ops = self.ops.clone();
         let (rec, r) = tokio::task::spawn_blocking(move || {
-            let r = ops.remove(&mut rec);
+            let r = step(&ops, &mut rec);
             (rec, r)
         })
         .await
         .expect("no panic");
-        if r.is_ok() {
-            self.pods.write().expect("lock").remove(&id);
-            let mut by_meta = self.by_meta.lock().expect("lock");
-            if let Some(slot) = by_meta.get(&rec.spec.metadata)
-                && slot
-                    .try_lock()
-                    .is_ok_and(|s| s.as_deref() == Some(id.as_str()))
-            {
-                by_meta.remove(&rec.spec.metadata);
-            }
-            info!(sandbox = %id, "pod sandbox removed");
+        if r.is_ok() && forget {
+            self.forget(&rec);
         }
         *entry.rec.lock().expect("lock") = rec;
         r
+    }
+
+    fn forget(&self, rec: &SandboxRecord) {
+        self.pods.write().expect("lock").remove(&rec.id);
+        let mut by_meta = self.by_meta.lock().expect("lock");
+        if let Some(slot) = by_meta.get(&rec.spec.metadata)
+            && slot
+                .try_lock()
+                .is_ok_and(|s| s.as_deref() == Some(rec.id.as_str()))
+        {
+            by_meta.remove(&rec.spec.metadata);
+        }
+        info!(sandbox = %rec.id, "pod sandbox removed");
     }
 
     pub fn status(&self, id: &str) -> Result<SandboxRecord> {

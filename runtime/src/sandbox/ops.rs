@@ -197,6 +197,9 @@ impl Ops {
     /// Stop: the pause, then the network (rules → links → lease), from the record. Carries on
     /// past failures and reports them all; idempotent.
     pub fn stop(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
+        if !rec.state.needs_stop() && rec.pause.is_none() && rec.network.is_none() {
+            return Ok(());
+        }
         let mut errors = Vec::new();
         if let Some(p) = rec.pause {
             match process::terminate_blocking(&p, PAUSE_GRACE) {
