@@ -316,3 +316,44 @@ async fn version_status_and_unimplemented() -> Result<()> {
         .await;
     common::expect_code(checkpoint, Code::Unimplemented, "CheckpointContainer")
 }
+
+/// One owner: a second daemon on the same state dir refuses to start (and says why) instead
+/// of sharing, and the first one keeps serving.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_dir_is_refused() -> Result<()> {
+    let node = common::node().await?;
+    let id = node.run_pod(&node.pod_config("first")).await?;
+    let peapod = peapod_tests::bin_dir().join("peapod");
+    let state = node.state_dir();
+    let other_socket = node.dir().join("second.sock");
+    let out = node
+        .exec_output(&[
+            peapod.to_str().context("bin path")?,
+            "serve",
+            "--state-dir",
+            state.to_str().context("state path")?,
+            "--socket",
+            other_socket.to_str().context("socket path")?,
+            "--pause-path",
+            peapod_tests::bin_dir()
+                .join("peapod-pause")
+                .to_str()
+                .context("pause path")?,
+        ])
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("another peapod is running"),
+        "a second daemon on {} was not refused: {:?} {stderr}",
+        state.display(),
+        out.status
+    );
+    ensure!(!other_socket.exists(), "the refused daemon bound a socket");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state)?.permissions());
+    ensure!(mode & 0o777 == 0o700, "state dir mode {mode:o}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(node.socket())?.permissions());
+    ensure!(mode & 0o777 == 0o660, "socket mode {mode:o}");
+    node.stop_and_remove(&id).await?;
+    node.assert_empty().await
+}
