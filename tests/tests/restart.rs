@@ -105,3 +105,72 @@ async fn restart_and_crash_keep_every_pod() -> Result<()> {
     }
     node.assert_empty().await
 }
+
+/// A crash in the middle of RunPodSandbox leaves a `Creating` record that may lack the pause's
+/// pid, a pause process, and leases without records. The next start rolls the pod back (the
+/// pause found by its environment and stopped, its lease freed, its dir gone), releases leases
+/// no record owns, and keeps the healthy pod as it was.
+#[tokio::test]
+async fn restart_rolls_back_what_a_crash_left_half_made() -> Result<()> {
+    let mut node = common::node().await?;
+    let keep = node.run_pod(&node.pod_config("keep")).await?;
+    let kept = node.pod_info(&keep).await?;
+    node.kill_daemon().await?;
+
+    let id = "cafe".repeat(16);
+    let pause_bin = peapod_tests::bin_dir().join("peapod-pause");
+    let env = format!("PEAPOD_SANDBOX_ID={id}");
+    let pause_bin = pause_bin.to_str().context("pause path")?;
+    let before = node.pauses().await?.len();
+    let pause = node.spawn(&["env", &env, pause_bin])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.pauses().await?.len() == before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the stray pause never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let dir = node.state_dir().join("sandboxes").join(&id);
+    std::fs::create_dir_all(&dir)?;
+    let record = serde_json::json!({
+        "id": id, "state": "Creating", "created_at": 1, "pause": null, "cgroup": null,
+        "network": null, "node_ip": null,
+        "pins": { "net": null, "ipc": null, "uts": null, "pid": null },
+        "spec": {
+            "metadata": { "name": "crashed", "namespace": "default", "uid": "u", "attempt": 0 },
+            "hostname": "crashed", "log_directory": "", "dns": null, "port_mappings": [],
+            "labels": {}, "annotations": {}, "cgroup_parent": node.cgroup_parent(),
+            "sysctls": {}, "runtime_handler": "",
+            "namespaces": { "network": "Pod", "pid": "Pod", "ipc": "Pod", "target_id": "" }
+        }
+    });
+    std::fs::write(dir.join("sandbox.json"), record.to_string())?;
+    let ipam = node.state_dir().join("ipam").join("peapod");
+    std::fs::write(ipam.join("10.88.0.77"), format!("{id}\n"))?;
+    std::fs::write(ipam.join("10.88.0.78"), format!("{}\n", "d".repeat(64)))?;
+
+    node.start_daemon().await?;
+    pause
+        .finish()
+        .await
+        .context("the crashed pod's pause was not stopped")?;
+    ensure!(!dir.exists(), "the crashed pod's dir is still there");
+    let leases = node.leases()?;
+    ensure!(
+        leases.keys().cloned().collect::<Vec<_>>() == [kept.ip.clone()],
+        "leases after recovery: {leases:?} (only {} should stay)",
+        kept.ip
+    );
+    ensure!(
+        node.pod_ids().await? == [keep.clone()],
+        "pods after recovery"
+    );
+    let status = node.pod_status(&keep).await?.status.context("no status")?;
+    ensure!(
+        status.state == PodSandboxState::SandboxReady as i32,
+        "the healthy pod is {status:?}"
+    );
+    node.stop_and_remove(&keep).await?;
+    node.assert_empty().await
+}

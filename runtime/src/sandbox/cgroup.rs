@@ -106,16 +106,21 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Creates `<parent>/<id>` in every hierarchy. On error, what it made is removed again.
-    pub fn create(&self, parent: &str, id: &str) -> Result<CgroupRecord, SandboxError> {
+    /// Where the sandbox `id` with `parent` lives (whether or not it was made).
+    pub fn record_for(parent: &str, id: &str) -> CgroupRecord {
         let parent = if parent.is_empty() {
             DEFAULT_PARENT
         } else {
             parent
         };
-        let rec = CgroupRecord {
+        CgroupRecord {
             rel: Path::new(parent.trim_start_matches('/')).join(id),
-        };
+        }
+    }
+
+    /// Creates `<parent>/<id>` in every hierarchy. On error, what it made is removed again.
+    pub fn create(&self, parent: &str, id: &str) -> Result<CgroupRecord, SandboxError> {
+        let rec = Self::record_for(parent, id);
         let r = self.make_dirs(&rec.rel);
         if r.is_err() {
             let _ = self.remove(&rec);

@@ -358,9 +358,12 @@ impl Sandboxes {
                 SandboxState::Creating => {
                     info!(sandbox = %rec.id, "rolling back an interrupted RunPodSandbox");
                     let ops = self.ops.clone();
-                    let r = tokio::task::spawn_blocking(move || ops.remove(&mut rec))
-                        .await
-                        .expect("no panic");
+                    let r = tokio::task::spawn_blocking(move || {
+                        ops.complete_interrupted(&mut rec);
+                        ops.remove(&mut rec)
+                    })
+                    .await
+                    .expect("no panic");
                     if let Err(e) = r {
                         warn!(error = %e.chain(), "rollback incomplete");
                     }
@@ -376,7 +379,34 @@ impl Sandboxes {
             }
         }
         self.collect_links();
+        self.collect_leases();
         Ok(())
+    }
+
+    /// Releases leases whose owner has no record (a crash between lease and record).
+    fn collect_leases(&self) {
+        let leases = match self.ops.net.net.leases() {
+            Ok(l) => l,
+            Err(e) => return warn!(error = %e, "cannot list leases"),
+        };
+        let pods = self.pods.read().expect("lock");
+        let orphans: std::collections::BTreeSet<String> = leases
+            .into_iter()
+            .filter(|l| !pods.contains_key(&l.owner))
+            .map(|l| l.owner)
+            .collect();
+        drop(pods);
+        for owner in orphans {
+            info!(owner, "releasing the leases of a pod without a record");
+            if let Err(e) = self
+                .ops
+                .net
+                .net
+                .cleanup_partial(&owner, &netsetup::host_ifname(&owner))
+            {
+                warn!(owner, error = %e, "cannot release orphaned leases");
+            }
+        }
     }
 
     /// Deletes pod links no record owns: left by a crash between a detach and the reaper's

@@ -194,6 +194,17 @@ impl Ops {
         .map_err(|source| SandboxError::JoinNamespaces { source })?
     }
 
+    /// A `Creating` record found at start-up may lack what a crash kept from being persisted:
+    /// the pause's pid (found by its environment) and the cgroup (its path is derived).
+    pub fn complete_interrupted(&self, rec: &mut SandboxRecord) {
+        if rec.pause.is_none() {
+            rec.pause = process::find_by_sandbox(&rec.id).into_iter().next();
+        }
+        if rec.cgroup.is_none() {
+            rec.cgroup = Some(Cgroups::record_for(&rec.spec.cgroup_parent, &rec.id));
+        }
+    }
+
     /// Stop: the pause, then the network (rules → links → lease), from the record. Carries on
     /// past failures and reports them all; idempotent.
     pub fn stop(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {

@@ -58,6 +58,26 @@ fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Processes started for sandbox `id` (the pause carries `PEAPOD_SANDBOX_ID=<id>` in its
+/// environment): finds a pause whose pid a crash kept from reaching the record.
+pub fn find_by_sandbox(id: &str) -> Vec<ProcRef> {
+    let needle = format!("PEAPOD_SANDBOX_ID={id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter_map(|pid| {
+            let (state, start_time) = stat(pid).ok()?;
+            (state != 'Z').then_some(ProcRef { pid, start_time })
+        })
+        .collect()
+}
+
 pub struct PauseSpec<'a> {
     pub path: &'a Path,
     pub sandbox_id: &'a str,
@@ -241,6 +261,22 @@ pub fn terminate_blocking(p: &ProcRef, grace: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_processes_by_their_sandbox_id() {
+        let id = format!("test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("PEAPOD_SANDBOX_ID", &id)
+            .spawn()
+            .unwrap();
+        let found = find_by_sandbox(&id);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, child.id() as i32);
+        assert!(find_by_sandbox(&format!("{id}-other")).is_empty());
+    }
 
     #[test]
     fn parses_stat_with_awkward_comm() {
