@@ -344,7 +344,15 @@ impl Sandboxes {
             let path = ent.path().join("sandbox.json");
             match store::read_json_opt::<SandboxRecord>(&path) {
                 Ok(Some(rec)) => records.push(rec),
-                Ok(None) => warn!(dir = %ent.path().display(), "sandbox dir without a record"),
+                Ok(None) => {
+                    // Made just before its record, or left by a removal that had already
+                    // deleted the record: nothing else of the pod exists.
+                    let id = ent.file_name().to_string_lossy().into_owned();
+                    info!(sandbox = %id, "removing a sandbox dir without a record");
+                    if let Err(e) = self.ops.remove_sandbox_dir(&id) {
+                        warn!(error = %e.chain(), "cannot remove it");
+                    }
+                }
                 Err(e) => warn!(error = %e, "skipping unreadable sandbox record"),
             }
         }

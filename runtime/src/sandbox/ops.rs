@@ -23,6 +23,14 @@ const PAUSE_GRACE: Duration = Duration::from_secs(2);
 
 pub const NETNS_DIR: &str = "/run/netns";
 
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 pub struct Ops {
     pub cfg: Config,
     pub net: Arc<NodeNetwork>,
@@ -253,9 +261,8 @@ impl Ops {
     /// Remove: stop if needed, then pins, cgroup, files and the record itself.
     pub fn remove(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
         let mut errors = Vec::new();
-        if rec.state.needs_stop()
-            && let Err(e) = self.stop(rec)
-        {
+        // Also for a NotReady pod: one whose pause died still holds its network.
+        if let Err(e) = self.stop(rec) {
             errors.push(e);
         }
         // Pins named after the id are removed even if the record never got to list them.
@@ -300,7 +307,39 @@ impl Ops {
                 errors,
             });
         }
-        store::remove_dir_all(&self.sandbox_dir(&rec.id))?;
+        self.remove_sandbox_dir(&rec.id)
+    }
+
+    /// Deletes the sandbox dir with the record last, so that a crash part-way leaves either
+    /// the record (and the removal is redone) or a dir without one (collected at start-up).
+    pub fn remove_sandbox_dir(&self, id: &str) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(id);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name() != "sandbox.json" {
+                    let p = e.path();
+                    let r = if p.is_dir() {
+                        store::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                            .or_else(ignore_missing)
+                            .map_err(|source| store::StoreError::Remove {
+                                path: p.clone(),
+                                source,
+                            })
+                    };
+                    r?;
+                }
+            }
+        }
+        let record = self.record_path(id);
+        std::fs::remove_file(&record)
+            .or_else(ignore_missing)
+            .map_err(|source| store::StoreError::Remove {
+                path: record,
+                source,
+            })?;
+        store::remove_dir_all(&dir)?;
         Ok(())
     }
 }
