@@ -22,13 +22,17 @@ if [ -n "$before" ]; then
     printf '    %s\n' "${before//$'\n'/$'\n    '}" >&2
 fi
 
-cargo build --workspace --bins
+# The daemon under test has its fault points compiled in (inert unless PEAPOD_FAULT names
+# one): tests/tests/faults.rs crashes it at each. Test and build use the same features, so
+# cargo test does not rebuild the binaries without them.
+features=(--features peapod/fault-injection)
+cargo build --workspace --bins "${features[@]}"
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 export PEAPOD_BIN_DIR="${target_dir:-$PWD/target}/debug"
 echo "hack/test.sh: PEAPOD_BIN_DIR=$PEAPOD_BIN_DIR"
 
 status=0
-cargo test --workspace --no-fail-fast || status=$?
+cargo test --workspace "${features[@]}" --no-fail-fast || status=$?
 
 # Only what appeared during the run counts (a shared dev machine may have its own leftovers).
 left=$(comm -13 <(echo "$before" | sort) <(host_traces | sort) | sed '/^$/d')

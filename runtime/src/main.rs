@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod cri;
 mod daemon;
+mod fault;
 mod network;
 mod sandbox;
 mod store;

@@ -108,6 +108,7 @@ impl NodeBuilder {
             pid1,
             daemon: None,
             daemon_args: self.daemon_args,
+            daemon_env: Vec::new(),
             dir,
         };
         for command in &self.setup {
@@ -185,6 +186,8 @@ pub struct Node {
     pid1: u32,
     daemon: Option<Daemon>,
     daemon_args: Vec<String>,
+    /// Environment for the next daemon starts (e.g. `PEAPOD_FAULT`).
+    daemon_env: Vec<(String, String)>,
     cgroup_parent: String,
 }
 
@@ -241,6 +244,29 @@ impl Node {
         cri::connect(&self.socket()).await
     }
 
+    /// Sets (or with `None` clears) an environment variable for the daemon's next starts.
+    pub fn set_daemon_env(&mut self, key: &str, value: Option<&str>) {
+        self.daemon_env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.daemon_env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits (at most 10 s) for a daemon that is expected to die on its own, e.g. at a fault
+    /// point; fails if it is still running.
+    pub async fn wait_daemon_gone(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let daemon = self.daemon.as_mut().context("no daemon was started")?;
+            if daemon.nsenter.try_wait()?.is_some() {
+                self.daemon = None;
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "the daemon is still running");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Starts `peapod serve` inside the node and waits until it answers `Version`.
     pub async fn start_daemon(&mut self) -> Result<()> {
         ensure!(self.daemon.is_none(), "the daemon is already running");
@@ -263,6 +289,7 @@ impl Node {
             .arg("--config")
             .arg(self.dir().join("config.toml"))
             .args(&self.daemon_args)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -185,8 +185,10 @@ impl Sandboxes {
                 }
                 return Err(e);
             }
+            crate::fault::point("run:files");
             rec.state = SandboxState::Ready;
             ops.persist(&rec)?;
+            crate::fault::point("run:ready");
             Ok(rec)
         })
         .await

@@ -15,6 +15,7 @@ use super::model::{NsMode, SandboxRecord, SandboxState};
 use super::pins;
 use super::process::{self, PauseSpec, ProcRef};
 use crate::config::Config;
+use crate::fault;
 use crate::network::NodeNetwork;
 use crate::store;
 
@@ -62,7 +63,10 @@ impl Ops {
     /// Step 3: the record exists on disk as `Creating` before the kernel is touched.
     pub fn create_record(&self, rec: &SandboxRecord) -> Result<(), SandboxError> {
         store::create_dir_all(&self.sandbox_dir(&rec.id))?;
-        self.persist(rec)
+        fault::point("run:dir");
+        self.persist(rec)?;
+        fault::point("run:record");
+        Ok(())
     }
 
     /// Steps 4–7. On error the record says what was made; the caller rolls back.
@@ -74,6 +78,7 @@ impl Ops {
         // 4. pause in its cgroup and namespaces.
         let cg = self.cgroups.create(&spec.cgroup_parent, &id)?;
         rec.cgroup = Some(cg);
+        fault::point("run:cgroup");
         let mut flags = CloneFlags::empty();
         if own_net {
             flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
@@ -96,12 +101,15 @@ impl Ops {
             source,
         })?;
         rec.pause = Some(pause);
+        fault::point("run:pause");
         self.cgroups
             .place(rec.cgroup.as_ref().expect("set above"), pause.pid)?;
         self.persist(rec)?;
+        fault::point("run:pause-recorded");
 
         // 5. pins: from here the namespaces outlive the pause.
         self.pin_all(rec, pause, flags)?;
+        fault::point("run:pins");
 
         // 6. network.
         if own_net {
@@ -122,13 +130,16 @@ impl Ops {
                     }
                 })?;
             rec.network = Some(att);
+            fault::point("run:attach");
         } else {
             rec.node_ip = netsetup::node_ip();
         }
         self.persist(rec)?;
+        fault::point("run:network-recorded");
 
         // 7. sysctls and the files for containers.
         self.apply_sysctls(rec)?;
+        fault::point("run:sysctls");
         files::write_all(
             &self.sandbox_dir(&id),
             &PodFiles {
@@ -225,12 +236,14 @@ impl Ops {
                 Ok(()) => rec.pause = None,
                 Err(source) => errors.push(SandboxError::Kill { pid: p.pid, source }),
             }
+            fault::point("stop:pause");
         }
         if let Some(att) = rec.network.clone() {
             match self.net.net.detach(&rec.id, &att) {
                 Ok(()) => rec.network = None,
                 Err(e) => errors.push(SandboxError::Detach(e)),
             }
+            fault::point("stop:detach");
         } else if rec.state == SandboxState::Creating && !rec.spec.host_network() {
             // An interrupted attach leaves at most a lease and a host link named after us.
             if let Err(e) = self
@@ -265,6 +278,7 @@ impl Ops {
         if let Err(e) = self.stop(rec) {
             errors.push(e);
         }
+        fault::point("remove:stopped");
         // Pins named after the id are removed even if the record never got to list them.
         let mut pin_paths: Vec<PathBuf> = rec.pins.all().cloned().collect();
         let derived = [
@@ -286,6 +300,7 @@ impl Ops {
                 });
             }
         }
+        fault::point("remove:unpinned");
         if let Err(e) = std::fs::remove_dir(self.ns_dir(&rec.id))
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -299,6 +314,7 @@ impl Ops {
                 Ok(()) => rec.cgroup = None,
                 Err(e) => errors.push(e),
             }
+            fault::point("remove:cgroup");
         }
         if !errors.is_empty() {
             let _ = self.persist(rec);
@@ -332,6 +348,7 @@ impl Ops {
                 }
             }
         }
+        fault::point("remove:files");
         let record = self.record_path(id);
         std::fs::remove_file(&record)
             .or_else(ignore_missing)
