@@ -102,6 +102,27 @@ impl Node {
             .collect())
     }
 
+    /// Fails if the bridge has ports beyond `before` (waiting up to [`SETTLE`] for
+    /// background deletions).
+    pub async fn assert_empty_of_extra_ports(&self, before: &[String]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let extra: Vec<String> = self
+                .host_veths()
+                .await?
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+            if extra.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("veths left behind: {extra:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits up to [`SETTLE`] for the host veth `name` to be deleted.
     pub async fn wait_veth_gone(&self, name: &str) -> Result<()> {
         let deadline = tokio::time::Instant::now() + SETTLE;

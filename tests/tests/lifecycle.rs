@@ -357,3 +357,92 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() -> Result<()> {
     node.stop_and_remove(&id).await?;
     node.assert_empty().await
 }
+
+/// A pause killed from outside: the pod turns NotReady (never hangs), and Stop and Remove
+/// still clean everything.
+#[tokio::test]
+async fn a_pause_killed_from_outside_makes_the_pod_not_ready() -> Result<()> {
+    let node = common::node().await?;
+    let id = node.run_pod(&node.pod_config("victim")).await?;
+    let info = node.pod_info(&id).await?;
+    node.exec(&["kill", "-KILL", &info.pause_pid()?.to_string()])
+        .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state_of(&node, &id).await? != PodSandboxState::SandboxNotready as i32 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the pod is still Ready 10s after its pause was killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    node.stop_and_remove(&id).await?;
+    node.assert_gone(&[info]).await?;
+    node.assert_empty().await
+}
+
+/// A full state dir (a small tmpfs): RunPodSandbox fails with ResourceExhausted and a clear
+/// message, leaves nothing half-made, and the running pod is untouched; once there is room
+/// again pods run, and every pod can be removed.
+#[tokio::test]
+async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> {
+    let mut node = common::builder().without_daemon().start().await?;
+    // The state dir, as the daemon in the node sees it: a 512 KiB tmpfs.
+    let state = node.state_dir().to_str().context("state path")?.to_owned();
+    node.exec(&["mkdir", "-p", &state]).await?;
+    node.exec(&["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", &state])
+        .await?;
+    node.start_daemon().await?;
+    let ls = |dir: &'static str| {
+        let (node, state) = (&node, &state);
+        async move {
+            let out = node.exec(&["ls", "-A", &format!("{state}/{dir}")]).await?;
+            Ok::<Vec<String>, anyhow::Error>(out.lines().map(str::to_owned).collect())
+        }
+    };
+    let keep = node.run_pod(&node.pod_config("keep")).await?;
+    let keep_info = node.pod_info(&keep).await?;
+    node.exec(&[
+        "sh",
+        "-c",
+        &format!("dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null; true"),
+    ])
+    .await?;
+    let (pauses, pins, ports) = (
+        node.pauses().await?.len(),
+        node.pins().await?,
+        node.bridge_ports().await?,
+    );
+    let (dirs, leases) = (ls("sandboxes").await?, ls("ipam/peapod").await?);
+
+    let mut client = node.client().await?;
+    let result = client
+        .run_pod_sandbox(node.pod_config("too-much").request())
+        .await;
+    match &result {
+        Err(s) if s.code() == Code::ResourceExhausted && s.message().contains("No space") => {}
+        other => anyhow::bail!("a pod on a full disk: expected ResourceExhausted, got {other:?}"),
+    }
+    ensure!(node.pauses().await?.len() == pauses, "a pause was left");
+    ensure!(node.pins().await? == pins, "a pin was left");
+    node.assert_empty_of_extra_ports(&ports).await?;
+    ensure!(ls("sandboxes").await? == dirs, "a sandbox dir was left");
+    ensure!(ls("ipam/peapod").await? == leases, "a lease was left");
+    ensure!(
+        state_of(&node, &keep).await? == PodSandboxState::SandboxReady as i32,
+        "the running pod was touched"
+    );
+
+    node.exec(&["rm", &format!("{state}/filler")]).await?;
+    let next = node.run_pod(&node.pod_config("room-again")).await?;
+    for id in [&keep, &next] {
+        node.stop_and_remove(id).await?;
+    }
+    ensure!(ls("sandboxes").await?.is_empty(), "sandbox dirs left");
+    let leases = ls("ipam/peapod").await?;
+    ensure!(
+        leases.iter().all(|l| l.starts_with("last_reserved")),
+        "leases left: {leases:?}"
+    );
+    node.assert_gone(&[keep_info]).await?;
+    node.assert_empty().await
+}

@@ -28,9 +28,28 @@ fn code(e: &SandboxError) -> Code {
     }
 }
 
+/// A full disk (ENOSPC anywhere in the chain) is an exhausted resource, not an internal bug.
+fn out_of_space(e: &SandboxError) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
 impl From<SandboxError> for Status {
     fn from(e: SandboxError) -> Status {
-        let code = code(&e);
+        let code = if out_of_space(&e) {
+            Code::ResourceExhausted
+        } else {
+            code(&e)
+        };
         let msg = e.chain();
         // Logged once, here, where the error leaves the daemon.
         if code == Code::Internal {
@@ -63,6 +82,11 @@ mod tests {
         let s: Status = SandboxError::invalid("hostname", "too long").into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("hostname"));
+        let full = SandboxError::File {
+            path: "/var/lib/peapod/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
         let s: Status = SandboxError::NotFound { id: "abc".into() }.into();
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = SandboxError::Unsupported {

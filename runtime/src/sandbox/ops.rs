@@ -64,7 +64,10 @@ impl Ops {
     pub fn create_record(&self, rec: &SandboxRecord) -> Result<(), SandboxError> {
         store::create_dir_all(&self.sandbox_dir(&rec.id))?;
         fault::point("run:dir");
-        self.persist(rec)?;
+        if let Err(e) = self.persist(rec) {
+            let _ = self.remove_sandbox_dir(&rec.id);
+            return Err(e);
+        }
         fault::point("run:record");
         Ok(())
     }
@@ -224,12 +227,25 @@ impl Ops {
         }
     }
 
-    /// Stop: the pause, then the network (rules → links → lease), from the record. Carries on
-    /// past failures and reports them all; idempotent.
+    /// Stop: the pause, then the network (rules → links → lease), from the record, and the
+    /// record persisted. Idempotent.
     pub fn stop(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
         if !rec.state.needs_stop() && rec.pause.is_none() && rec.network.is_none() {
             return Ok(());
         }
+        let errors = self.stop_steps(rec);
+        let persisted = self.persist(rec);
+        if !errors.is_empty() {
+            return Err(SandboxError::Teardown {
+                id: rec.id.clone(),
+                errors,
+            });
+        }
+        persisted
+    }
+
+    /// The steps of a stop, carrying on past failures; returns them all. Persists nothing.
+    fn stop_steps(&self, rec: &mut SandboxRecord) -> Vec<SandboxError> {
         let mut errors = Vec::new();
         if let Some(p) = rec.pause {
             match process::terminate_blocking(&p, PAUSE_GRACE) {
@@ -257,27 +273,14 @@ impl Ops {
         if rec.state != SandboxState::Creating {
             rec.state = SandboxState::NotReady;
         }
-        if errors.is_empty() {
-            if rec.state != SandboxState::Creating {
-                self.persist(rec)?;
-            }
-            Ok(())
-        } else {
-            let _ = self.persist(rec);
-            Err(SandboxError::Teardown {
-                id: rec.id.clone(),
-                errors,
-            })
-        }
+        errors
     }
 
     /// Remove: stop if needed, then pins, cgroup, files and the record itself.
     pub fn remove(&self, rec: &mut SandboxRecord) -> Result<(), SandboxError> {
-        let mut errors = Vec::new();
-        // Also for a NotReady pod: one whose pause died still holds its network.
-        if let Err(e) = self.stop(rec) {
-            errors.push(e);
-        }
+        // Also for a NotReady pod: one whose pause died still holds its network. Nothing is
+        // persisted until the end: on a full disk a pod can still be removed.
+        let mut errors = self.stop_steps(rec);
         fault::point("remove:stopped");
         // Pins named after the id are removed even if the record never got to list them.
         let mut pin_paths: Vec<PathBuf> = rec.pins.all().cloned().collect();
