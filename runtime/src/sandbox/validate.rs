@@ -15,6 +15,15 @@ pub const MAX_HOSTNAME: usize = 63;
 const MAX_SYSCTL_VALUE: usize = 4096;
 const MAX_DNS_SEARCHES: usize = 32;
 const MAX_DNS_SERVERS: usize = 16;
+const MAX_DNS_OPTIONS: usize = 32;
+/// Kubernetes: a qualified name is a ≤253-character prefix, a slash and a ≤63-character name.
+const MAX_KEY: usize = 317;
+const MAX_LABELS: usize = 1024;
+const MAX_LABEL_VALUE: usize = 4096;
+/// Kubernetes caps a pod's annotations at 256 KiB in all.
+const MAX_ANNOTATIONS_BYTES: usize = 256 << 10;
+const MAX_SYSCTLS: usize = 256;
+const MAX_PORT_MAPPINGS: usize = 1024;
 
 type Result<T = ()> = std::result::Result<T, SandboxError>;
 
@@ -36,6 +45,10 @@ pub fn validate(spec: &PodSpec) -> Result {
         absolute_clean_path("log_directory", &spec.log_directory)?;
     }
     cgroup_parent(&spec.cgroup_parent)?;
+    key_values(spec)?;
+    if spec.sysctls.len() > MAX_SYSCTLS {
+        return Err(invalid("linux.sysctls", format!("more than {MAX_SYSCTLS}")));
+    }
     for (k, v) in &spec.sysctls {
         sysctl(spec, k, v)?;
     }
@@ -57,9 +70,18 @@ pub fn validate(spec: &PodSpec) -> Result {
         for s in &dns.searches {
             token("dns_config.searches", s, 253)?;
         }
+        if dns.options.len() > MAX_DNS_OPTIONS {
+            return Err(invalid("dns_config.options", "more than 32 options"));
+        }
         for o in &dns.options {
             token("dns_config.options", o, 253)?;
         }
+    }
+    if spec.port_mappings.len() > MAX_PORT_MAPPINGS {
+        return Err(invalid(
+            "port_mappings",
+            format!("more than {MAX_PORT_MAPPINGS}"),
+        ));
     }
     for p in &spec.port_mappings {
         if !(0..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
@@ -99,6 +121,44 @@ fn name(field: &str, v: &str, required: bool) -> Result {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
     {
         return Err(invalid(field, format!("character {c:?} is not allowed")));
+    }
+    Ok(())
+}
+
+/// Labels and annotations: bounded in count and size, keys printable and non-empty.
+fn key_values(spec: &PodSpec) -> Result {
+    if spec.labels.len() > MAX_LABELS {
+        return Err(invalid("labels", format!("more than {MAX_LABELS}")));
+    }
+    for (k, v) in &spec.labels {
+        key("labels", k)?;
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(invalid(
+                "labels",
+                format!("value of {k:?} is longer than {MAX_LABEL_VALUE} bytes"),
+            ));
+        }
+    }
+    let mut bytes = 0;
+    for (k, v) in &spec.annotations {
+        key("annotations", k)?;
+        bytes += k.len() + v.len();
+    }
+    if bytes > MAX_ANNOTATIONS_BYTES {
+        return Err(invalid(
+            "annotations",
+            format!("{bytes} bytes in all, at most {MAX_ANNOTATIONS_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+fn key(field: &str, k: &str) -> Result {
+    if k.is_empty() || k.len() > MAX_KEY || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            field,
+            format!("key {k:?} must be 1-{MAX_KEY} printable characters"),
+        ));
     }
     Ok(())
 }
@@ -313,6 +373,23 @@ mod tests {
     }
 
     #[test]
+    fn labels_and_annotations_are_bounded() {
+        let mut s = spec();
+        s.labels
+            .insert("app.kubernetes.io/name".into(), "web".into());
+        s.annotations.insert("note".into(), "x".repeat(1000));
+        validate(&s).unwrap();
+        s.labels.insert(String::new(), "v".into());
+        assert_eq!(field_of(validate(&s)), "labels");
+        let mut s = spec();
+        s.annotations.insert("big".into(), "x".repeat(300 << 10));
+        assert_eq!(field_of(validate(&s)), "annotations");
+        let mut s = spec();
+        s.labels.insert("bad key".into(), "v".into());
+        assert_eq!(field_of(validate(&s)), "labels");
+    }
+
+    #[test]
     fn paths_and_cgroups() {
         let mut s = spec();
         s.log_directory = "relative/dir".into();
@@ -368,5 +445,74 @@ mod tests {
         let mut s = spec();
         s.runtime_handler = "kata".into();
         assert_eq!(field_of(validate(&s)), "runtime_handler");
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::sandbox::model::{NamespaceOptions, NsMode};
+        use proptest::prelude::*;
+
+        fn mode() -> impl Strategy<Value = NsMode> {
+            prop_oneof![
+                Just(NsMode::Pod),
+                Just(NsMode::Container),
+                Just(NsMode::Node),
+                Just(NsMode::Target)
+            ]
+        }
+
+        /// Strings biased towards the awkward: separators, dots, slashes, NUL, non-ASCII.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,80}",
+                "[a-z0-9./_-]{0,70}",
+                Just("..".to_owned()),
+                Just("/..".to_owned()),
+                Just("net/../../etc".to_owned()),
+                Just(String::new()),
+            ]
+        }
+
+        prop_compose! {
+            fn arbitrary_spec()(
+                name in text(), namespace in text(), uid in text(), hostname in text(),
+                log_directory in text(), cgroup_parent in text(),
+                sysctls in proptest::collection::btree_map(text(), text(), 0..4),
+                labels in proptest::collection::btree_map(text(), text(), 0..4),
+                network in mode(), pid in mode(), ipc in mode(), handler in text(),
+            ) -> PodSpec {
+                PodSpec {
+                    metadata: PodMetadata { name, namespace, uid, attempt: 0 },
+                    hostname, log_directory, cgroup_parent, sysctls, labels,
+                    namespaces: NamespaceOptions { network, pid, ipc, target_id: String::new() },
+                    runtime_handler: handler,
+                    ..PodSpec::default()
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Never panics; whatever it accepts is safe to act on.
+            #[test]
+            fn what_validation_accepts_is_safe(spec in arbitrary_spec()) {
+                if validate(&spec).is_ok() {
+                    prop_assert!(!spec.metadata.name.is_empty() && spec.metadata.name.len() <= MAX_NAME);
+                    prop_assert!(!spec.metadata.name.contains(['/', '\0']));
+                    if !spec.host_network() {
+                        prop_assert!(!spec.hostname.is_empty() && spec.hostname.len() <= MAX_HOSTNAME);
+                    }
+                    prop_assert!(spec.log_directory.is_empty() || (spec.log_directory.starts_with('/') && !spec.log_directory.split('/').any(|c| c == "..")));
+                    prop_assert!(!spec.cgroup_parent.split('/').any(|c| c == ".."));
+                    for k in spec.sysctls.keys() {
+                        prop_assert!(sysctl::namespace_of(k).is_some());
+                        let path = sysctl::path(k).unwrap();
+                        prop_assert!(path.starts_with("/proc/sys/") && !path.components().any(|c| c == std::path::Component::ParentDir));
+                    }
+                    prop_assert!(matches!(spec.namespaces.network, NsMode::Pod | NsMode::Node));
+                }
+            }
+        }
     }
 }
