@@ -11,6 +11,7 @@
 //! Every pod it made is removed at the end, also after an error.
 
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +60,10 @@ struct Args {
     /// The pause binary, to report its size.
     #[arg(long)]
     pause_binary: Option<PathBuf>,
+    /// Soak instead of the table: churn pods with `--clients` clients for this many seconds,
+    /// then check the daemon (needs `--daemon-pid`) and the node are back at their baseline.
+    #[arg(long)]
+    soak_secs: Option<u64>,
 }
 
 /// Makes pods with unique names and remembers every one not yet removed.
@@ -365,6 +370,14 @@ async fn main() -> Result<()> {
         next: AtomicUsize::new(0),
         live: Mutex::new(Vec::new()),
     });
+    if let Some(secs) = args.soak_secs {
+        let pid = args.daemon_pid.context("--soak-secs needs --daemon-pid")?;
+        let result = soak::soak(&pods, &client, args.clients, secs, pid).await;
+        if result.is_err() {
+            let _ = pods.remove_all(&client, args.clients).await;
+        }
+        return result;
+    }
     let mut rows = Vec::new();
     if let Some(path) = &args.pause_binary {
         let size = std::fs::metadata(path).map(|m| m.len()).ok();
