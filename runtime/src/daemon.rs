@@ -15,7 +15,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 use crate::config::Config;
-use crate::cri::{CriService, ImageSvc};
+use crate::cri::CriService;
+use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::cgroup::{Cgroups, Hierarchy};
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
@@ -102,6 +103,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         cgroup = cgroups.version(),
         "peapod starting"
     );
+    let images = Arc::new(
+        ImageStore::open(&cfg.state_dir, cfg.registries.clone())
+            .context("cannot open the image store")?,
+    );
+    images
+        .collect_garbage()
+        .context("cannot clean the image store")?;
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
     sandboxes.recover().await?;
     {
@@ -114,10 +122,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let svc = CriService {
         sandboxes: sandboxes.clone(),
         net,
+        images,
     };
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(svc))
-        .add_service(ImageServiceServer::new(ImageSvc))
+        .add_service(RuntimeServiceServer::new(svc.clone()))
+        .add_service(ImageServiceServer::new(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("CRI server failed")?;

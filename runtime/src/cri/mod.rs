@@ -2,8 +2,13 @@
 //! `tonic::Status` in one place (`status.rs`).
 
 mod convert;
+mod image;
+mod image_fs_info;
+mod image_status;
+mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod remove_image;
 mod remove_pod_sandbox;
 mod run_pod_sandbox;
 mod runtime_config;
@@ -21,12 +26,24 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::Sandboxes;
 
+/// Serves both the RuntimeService and the ImageService (cheap to clone: all shared).
+#[derive(Clone)]
 pub struct CriService {
     pub sandboxes: Arc<Sandboxes>,
     pub net: Arc<NodeNetwork>,
+    pub images: Arc<ImageStore>,
+}
+
+impl CriService {
+    /// Whether a container uses image `id` (`sha256:…`): RemoveImage refuses to delete it.
+    /// Containers are not there yet; they will answer this.
+    pub fn image_in_use(&self, _id: &str) -> bool {
+        false
+    }
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -152,16 +169,41 @@ impl RuntimeService for CriService {
     }
 }
 
-/// Images arrive with the container issue.
-pub struct ImageSvc;
-
 #[tonic::async_trait]
-impl ImageService for ImageSvc {
+impl ImageService for CriService {
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Res<cri::ListImagesResponse> {
+        list_images::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Res<cri::ImageStatusResponse> {
+        image_status::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Res<cri::RemoveImageResponse> {
+        remove_image::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_fs_info(
+        &self,
+        req: Request<cri::ImageFsInfoRequest>,
+    ) -> Res<cri::ImageFsInfoResponse> {
+        image_fs_info::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     not_yet! {
-        list_images: cri::ListImagesRequest => cri::ListImagesResponse;
-        image_status: cri::ImageStatusRequest => cri::ImageStatusResponse;
         pull_image: cri::PullImageRequest => cri::PullImageResponse;
-        remove_image: cri::RemoveImageRequest => cri::RemoveImageResponse;
-        image_fs_info: cri::ImageFsInfoRequest => cri::ImageFsInfoResponse;
     }
 }

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::image::ImageError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -67,6 +68,39 @@ impl From<StoreError> for Status {
     }
 }
 
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::NotFound { .. } | ImageError::NoMatchingPlatform { .. } => Code::NotFound,
+        ImageError::InvalidReference { .. } | ImageError::Archive { .. } => Code::InvalidArgument,
+        ImageError::InUse { .. } => Code::FailedPrecondition,
+        ImageError::UnsupportedMediaType { .. } => Code::Unimplemented,
+        ImageError::DigestMismatch { .. }
+        | ImageError::SizeMismatch { .. }
+        | ImageError::DiffIdMismatch { .. } => Code::DataLoss,
+        ImageError::BadJson { .. }
+        | ImageError::Malformed { .. }
+        | ImageError::Unpack { .. }
+        | ImageError::Vanished { .. }
+        | ImageError::ArchiveRead { .. }
+        | ImageError::ReadContent { .. }
+        | ImageError::Io { .. }
+        | ImageError::Store(_) => Code::Internal,
+    }
+}
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let code = image_code(&e);
+        let msg = e.chain();
+        if code == Code::Internal || code == Code::DataLoss {
+            tracing::error!(error = %msg, "image request failed");
+        } else {
+            tracing::debug!(error = %msg, ?code, "image request refused");
+        }
+        Status::new(code, msg)
+    }
+}
+
 pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!(
         "{rpc} is not implemented by peapod yet (pod sandboxes only for now)"
@@ -94,5 +128,17 @@ mod tests {
         }
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
+        let s: Status = ImageError::NotFound {
+            image: "busybox".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ImageError::InUse {
+            image: "busybox".into(),
+            containers: vec!["c1".into()],
+        }
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("c1"), "{}", s.message());
     }
 }
