@@ -60,6 +60,9 @@ pub trait LinkDriver: Send + Sync {
 
     /// Node-side names of every pod link there is, for garbage collection.
     fn pod_links(&self) -> Result<Vec<String>, NetError>;
+
+    /// Every link named like a pod's host end, on the bridge or cut off it.
+    fn host_links(&self) -> Result<Vec<String>, NetError>;
 }
 
 /// A bridge on the node, a veth pair per pod.
@@ -219,6 +222,16 @@ impl LinkDriver for BridgeVeth {
             }
         }
         Ok(gone)
+    }
+
+    fn host_links(&self) -> Result<Vec<String>, NetError> {
+        let mut nl = Netlink::open()?;
+        Ok(nl
+            .links()?
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| crate::is_host_ifname(n))
+            .collect())
     }
 
     fn pod_links(&self) -> Result<Vec<String>, NetError> {

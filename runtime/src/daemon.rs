@@ -30,7 +30,7 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Holds the state dir for this process's lifetime; a second daemon is refused.
-fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     let path = state_dir.join("peapod.lock");
     let f = fs::File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {

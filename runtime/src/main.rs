@@ -33,6 +33,16 @@ struct Cli {
 enum Cmd {
     /// Run the daemon: serve the CRI (RuntimeService, ImageService) on a unix socket.
     Serve(ServeArgs),
+    /// Roll back interrupted pods and remove what carries peapod's names but belongs to no
+    /// pod: pause processes, namespace pins, host links, IP leases, cgroups, sandbox dirs.
+    /// The daemon does the same at start-up; this needs it stopped (it takes its lock).
+    Gc {
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
     /// Talk to a running daemon about pod sandboxes.
     Pod {
         /// CRI socket of the daemon.
@@ -131,12 +141,32 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn config(args: &ServeArgs) -> anyhow::Result<config::Config> {
     let explicit = args.config.as_os_str() != DEFAULT_CONFIG;
     let file = FileConfig::load(&args.config, explicit)?;
     let exe = std::env::current_exe().context("cannot find the peapod binary")?;
     let exe_dir = exe.parent().unwrap_or(std::path::Path::new("/"));
-    let cfg = file.resolve(args.overrides(), exe_dir)?;
+    Ok(file.resolve(args.overrides(), exe_dir)?)
+}
+
+fn gc(args: ServeArgs, dry_run: bool) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
+    init_logging("warn", cfg.log_format)?;
+    let _lock = daemon::lock_state_dir(&cfg.state_dir)
+        .context("peapod serve is running (it collects at start-up); stop it to run peapod gc")?;
+    let (lines, ok) = sandbox::gc::offline(cfg, dry_run)?;
+    for l in &lines {
+        println!("{l}");
+    }
+    if lines.is_empty() {
+        println!("nothing to collect");
+    }
+    anyhow::ensure!(ok, "some garbage could not be removed");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
     init_logging(&cfg.log_level, cfg.log_format)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,6 +178,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Serve(args) => serve(args),
+        Cmd::Gc { dry_run, serve } => gc(serve, dry_run),
         Cmd::Pod { socket, cmd } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

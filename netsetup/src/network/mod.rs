@@ -161,6 +161,11 @@ impl Network {
         self.driver.settle();
     }
 
+    /// Every link named like a pod's host end ([`crate::host_ifname`]), bridged or not.
+    pub fn host_links(&self) -> Result<Vec<String>, NetError> {
+        self.driver.host_links()
+    }
+
     /// Deletes pod links (named like [`crate::host_ifname`]) that `keep` does not claim, e.g.
     /// those left by a crash; returns their names.
     pub fn collect_links(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError> {

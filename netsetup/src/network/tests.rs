@@ -69,6 +69,10 @@ impl LinkDriver for FakeDriver {
     fn collect_links(&self, _keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetError> {
         Ok(Vec::new())
     }
+
+    fn host_links(&self) -> Result<Vec<String>, NetError> {
+        Ok(Vec::new())
+    }
 }
 
 struct FakeFirewall {

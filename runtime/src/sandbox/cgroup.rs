@@ -194,6 +194,60 @@ impl Cgroups {
     }
 }
 
+impl Cgroups {
+    /// Sandbox cgroups (leaves named by a sandbox id) below the parents peapod made and its
+    /// default parent, that `known` does not claim. (Parents the kubelet made are its own to
+    /// clean.)
+    pub fn orphans(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
+        let mut parents: Vec<PathBuf> = self.owned.lock().expect("lock").iter().cloned().collect();
+        parents.push(PathBuf::from(DEFAULT_PARENT));
+        let mut found = Vec::new();
+        for root in self.roots() {
+            for parent in &parents {
+                let Ok(entries) = fs::read_dir(root.join(parent)) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let rec = CgroupRecord {
+                        rel: parent.join(&name),
+                    };
+                    if super::is_sandbox_id(&name)
+                        && e.path().is_dir()
+                        && !known(&name)
+                        && !found.contains(&rec)
+                    {
+                        found.push(rec);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Removes a sandbox cgroup with everything below it (container cgroups), deepest first,
+    /// then the parents peapod made that are left empty.
+    pub fn remove_tree(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
+        for root in self.roots() {
+            let mut dirs = Vec::new();
+            let mut stack = vec![root.join(&rec.rel)];
+            while let Some(d) = stack.pop() {
+                if let Ok(entries) = fs::read_dir(&d) {
+                    stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+                dirs.push(d);
+            }
+            for d in dirs.iter().rev() {
+                match rmdir_retrying(d) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(d)(e)),
+                    _ => {}
+                }
+            }
+        }
+        self.remove(rec)
+    }
+}
+
 /// A process that just exited may still be accounted for a moment: retry busy for ~1 s.
 fn rmdir_retrying(dir: &Path) -> io::Result<()> {
     let mut tries = 0;

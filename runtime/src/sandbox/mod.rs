@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod files;
+pub mod gc;
 pub mod model;
 mod ops;
 pub mod pins;
@@ -22,7 +23,6 @@ use ops::Ops;
 
 use crate::config::Config;
 use crate::network::NodeNetwork;
-use crate::store;
 use cgroup::Cgroups;
 
 type Result<T> = std::result::Result<T, SandboxError>;
@@ -50,6 +50,11 @@ pub struct Filter {
     pub id: Option<String>,
     pub state: Option<SandboxState>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// Sandbox ids are 64 lowercase hex digits.
+pub fn is_sandbox_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn now_nanos() -> i64 {
@@ -333,31 +338,13 @@ impl Sandboxes {
         }
     }
 
-    /// Start-up: load every record, roll back the `Creating` ones, notice dead pauses.
+    /// Start-up: load every record, roll back the `Creating` ones, notice dead pauses, then
+    /// collect whatever carries our names but belongs to no record.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
-        let dir = self.ops.cfg.state_dir.join("sandboxes");
-        store::create_dir_all(&dir)?;
-        let mut records = Vec::new();
-        for ent in std::fs::read_dir(&dir).map_err(|source| store::StoreError::Read {
-            path: dir.clone(),
-            source,
-        })? {
-            let Ok(ent) = ent else { continue };
-            let path = ent.path().join("sandbox.json");
-            match store::read_json_opt::<SandboxRecord>(&path) {
-                Ok(Some(rec)) => records.push(rec),
-                Ok(None) => {
-                    // Made just before its record, or left by a removal that had already
-                    // deleted the record: nothing else of the pod exists.
-                    let id = ent.file_name().to_string_lossy().into_owned();
-                    info!(sandbox = %id, "removing a sandbox dir without a record");
-                    if let Err(e) = self.ops.remove_sandbox_dir(&id) {
-                        warn!(error = %e.chain(), "cannot remove it");
-                    }
-                }
-                Err(e) => warn!(error = %e, "skipping unreadable sandbox record"),
-            }
-        }
+        let ops = self.ops.clone();
+        let records = tokio::task::spawn_blocking(move || ops.load_records())
+            .await
+            .expect("no panic")?;
         for mut rec in records {
             if let Some(att) = &rec.network
                 && let Ok(net) = ipnet::IpNet::new(att.ip, att.prefix_len)
@@ -366,17 +353,10 @@ impl Sandboxes {
             }
             match rec.state {
                 SandboxState::Creating => {
-                    info!(sandbox = %rec.id, "rolling back an interrupted RunPodSandbox");
                     let ops = self.ops.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        ops.complete_interrupted(&mut rec);
-                        ops.remove(&mut rec)
-                    })
-                    .await
-                    .expect("no panic");
-                    if let Err(e) = r {
-                        warn!(error = %e.chain(), "rollback incomplete");
-                    }
+                    tokio::task::spawn_blocking(move || ops.roll_back(&mut rec))
+                        .await
+                        .expect("no panic");
                 }
                 SandboxState::Ready if !rec.pause.is_some_and(|p| p.is_alive()) => {
                     warn!(sandbox = %rec.id, "pause is gone: pod is NotReady");
@@ -388,53 +368,19 @@ impl Sandboxes {
                 _ => self.insert(rec),
             }
         }
-        self.collect_links();
-        self.collect_leases();
-        Ok(())
-    }
-
-    /// Releases leases whose owner has no record (a crash between lease and record).
-    fn collect_leases(&self) {
-        let leases = match self.ops.net.net.leases() {
-            Ok(l) => l,
-            Err(e) => return warn!(error = %e, "cannot list leases"),
-        };
-        let pods = self.pods.read().expect("lock");
-        let orphans: std::collections::BTreeSet<String> = leases
-            .into_iter()
-            .filter(|l| !pods.contains_key(&l.owner))
-            .map(|l| l.owner)
-            .collect();
-        drop(pods);
-        for owner in orphans {
-            info!(owner, "releasing the leases of a pod without a record");
-            if let Err(e) = self
-                .ops
-                .net
-                .net
-                .cleanup_partial(&owner, &netsetup::host_ifname(&owner))
-            {
-                warn!(owner, error = %e, "cannot release orphaned leases");
+        let known = gc::owners(self.list(&Filter::default()).iter());
+        let ops = self.ops.clone();
+        tokio::task::spawn_blocking(move || {
+            for g in ops.find_garbage(&known) {
+                match ops.collect(&g) {
+                    Ok(()) => info!("collected {g}"),
+                    Err(e) => warn!(error = %e.chain(), "cannot collect {g}"),
+                }
             }
-        }
-    }
-
-    /// Deletes pod links no record owns: left by a crash between a detach and the reaper's
-    /// deletion, or by an attach the crash interrupted.
-    fn collect_links(&self) {
-        let owned: std::collections::HashSet<String> = self
-            .pods
-            .read()
-            .expect("lock")
-            .values()
-            .filter_map(|e| e.rec.lock().expect("lock").network.clone())
-            .map(|a| a.host_ifname)
-            .collect();
-        match self.ops.net.net.collect_links(&|name| owned.contains(name)) {
-            Ok(gone) if !gone.is_empty() => info!(links = ?gone, "deleted pod links without a pod"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot collect stale pod links"),
-        }
+        })
+        .await
+        .expect("no panic");
+        Ok(())
     }
 
     /// Waits for background link deletions, before the daemon exits.

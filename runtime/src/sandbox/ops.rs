@@ -20,7 +20,7 @@ use crate::network::NodeNetwork;
 use crate::store;
 
 /// Time a pause gets between SIGTERM and SIGKILL.
-const PAUSE_GRACE: Duration = Duration::from_secs(2);
+pub const PAUSE_GRACE: Duration = Duration::from_secs(2);
 
 pub const NETNS_DIR: &str = "/run/netns";
 

@@ -58,23 +58,32 @@ fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Processes started for sandbox `id` (the pause carries `PEAPOD_SANDBOX_ID=<id>` in its
-/// environment): finds a pause whose pid a crash kept from reaching the record.
-pub fn find_by_sandbox(id: &str) -> Vec<ProcRef> {
-    let needle = format!("PEAPOD_SANDBOX_ID={id}");
+/// Every live process carrying `PEAPOD_SANDBOX_ID` in its environment (the pauses), with
+/// the sandbox it names.
+pub fn sandbox_processes() -> Vec<(String, ProcRef)> {
+    const VAR: &[u8] = b"PEAPOD_SANDBOX_ID=";
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-        })
         .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let id = env.split(|b| *b == 0).find_map(|v| v.strip_prefix(VAR))?;
+            let id = String::from_utf8(id.to_vec()).ok()?;
             let (state, start_time) = stat(pid).ok()?;
-            (state != 'Z').then_some(ProcRef { pid, start_time })
+            (state != 'Z').then_some((id, ProcRef { pid, start_time }))
         })
+        .collect()
+}
+
+/// The processes started for sandbox `id`: finds a pause whose pid a crash kept from
+/// reaching the record.
+pub fn find_by_sandbox(id: &str) -> Vec<ProcRef> {
+    sandbox_processes()
+        .into_iter()
+        .filter(|(s, _)| s == id)
+        .map(|(_, p)| p)
         .collect()
 }
 

@@ -1,0 +1,238 @@
+//! Reconcile: what carries peapod's names in the kernel and on disk but belongs to no record.
+//! The daemon collects it at start-up; `peapod gc [--dry-run]` does the same on demand (with
+//! the daemon stopped: it takes the state-dir lock).
+//!
+//! What a crash can leave, and what finds it: a pause (its environment names its sandbox), a
+//! netns pin and the ipc/uts/pid pins (named by id), a host veth (`pp` + 8 hex), an IP lease
+//! (names its owner), a sandbox cgroup (a leaf named by id, below a parent peapod made or its
+//! default one), a sandbox dir without a record.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::cgroup::CgroupRecord;
+use super::cgroup::{Cgroups, Hierarchy};
+use super::error::SandboxError;
+use super::model::{SandboxRecord, SandboxState};
+use super::ops::{NETNS_DIR, Ops, PAUSE_GRACE};
+use super::process::{self, ProcRef};
+use super::{is_sandbox_id, pins};
+use crate::config::Config;
+use crate::network::NodeNetwork;
+use crate::store;
+
+/// One thing to collect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Garbage {
+    Pause { sandbox: String, pause: ProcRef },
+    Pin(PathBuf),
+    NsDir(PathBuf),
+    Cgroup(CgroupRecord),
+    Link(String),
+    Leases { owner: String, ips: Vec<IpAddr> },
+    SandboxDir(String),
+}
+
+impl fmt::Display for Garbage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Garbage::Pause { sandbox, pause } => {
+                write!(f, "pause process {} of sandbox {sandbox}", pause.pid)
+            }
+            Garbage::Pin(p) => write!(f, "namespace pin {}", p.display()),
+            Garbage::NsDir(p) => write!(f, "namespace pin dir {}", p.display()),
+            Garbage::Cgroup(c) => write!(f, "cgroup {}", c.rel.display()),
+            Garbage::Link(l) => write!(f, "host link {l}"),
+            Garbage::Leases { owner, ips } => write!(f, "IP leases {ips:?} of {owner:?}"),
+            Garbage::SandboxDir(id) => write!(f, "sandbox dir {id} (no record)"),
+        }
+    }
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sandbox id → its host link, for the records that exist.
+pub fn owners<'a>(
+    records: impl Iterator<Item = &'a SandboxRecord>,
+) -> BTreeMap<String, Option<String>> {
+    records
+        .map(|r| {
+            let link = r.network.as_ref().map(|a| a.host_ifname.clone());
+            (r.id.clone(), link)
+        })
+        .collect()
+}
+
+/// `peapod gc`: with the daemon stopped (the caller holds the state-dir lock), rolls back
+/// interrupted pods and collects garbage; with `dry_run`, only says what it would do. Returns
+/// one line per thing, and whether everything went.
+pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), SandboxError> {
+    let net = std::sync::Arc::new(NodeNetwork::new(&cfg)?);
+    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir)?;
+    let ops = Ops { cfg, net, cgroups };
+    let (mut lines, mut ok) = (Vec::new(), true);
+    let mut kept = Vec::new();
+    for mut rec in ops.load_records()? {
+        if rec.state != SandboxState::Creating {
+            kept.push(rec);
+            continue;
+        }
+        let what = format!("interrupted RunPodSandbox {}: roll back", rec.id);
+        if dry_run {
+            lines.push(format!("would {what}"));
+        } else {
+            ok &= ops.roll_back(&mut rec);
+            lines.push(what);
+        }
+    }
+    for g in ops.find_garbage(&owners(kept.iter())) {
+        if dry_run {
+            lines.push(format!("would remove {g}"));
+            continue;
+        }
+        match ops.collect(&g) {
+            Ok(()) => lines.push(format!("removed {g}")),
+            Err(e) => {
+                ok = false;
+                lines.push(format!("cannot remove {g}: {}", e.chain()));
+            }
+        }
+    }
+    ops.net.net.settle();
+    Ok((lines, ok))
+}
+
+impl Ops {
+    /// Every record on disk; a sandbox dir without one is left for [`Ops::find_garbage`].
+    pub fn load_records(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
+        let dir = self.cfg.state_dir.join("sandboxes");
+        store::create_dir_all(&dir)?;
+        let mut records = Vec::new();
+        for id in names(&dir) {
+            match store::read_json_opt::<SandboxRecord>(&self.sandbox_dir(&id).join("sandbox.json"))
+            {
+                Ok(Some(rec)) => records.push(rec),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable sandbox record"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Rolls back an interrupted RunPodSandbox, completing the record first with what a
+    /// crash may have kept from it. False if something could not be undone.
+    pub fn roll_back(&self, rec: &mut SandboxRecord) -> bool {
+        tracing::info!(sandbox = %rec.id, "rolling back an interrupted RunPodSandbox");
+        self.complete_interrupted(rec);
+        match self.remove(rec) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "rollback incomplete");
+                false
+            }
+        }
+    }
+
+    /// Everything of peapod's that no record in `known` (sandbox id → its host link, if it
+    /// has one) owns. Pauses come first: they hold namespaces and cgroups.
+    pub fn find_garbage(&self, known: &BTreeMap<String, Option<String>>) -> Vec<Garbage> {
+        let is_known = |id: &str| known.contains_key(id);
+        let mut found = Vec::new();
+        for (sandbox, pause) in process::sandbox_processes() {
+            if !is_known(&sandbox) {
+                found.push(Garbage::Pause { sandbox, pause });
+            }
+        }
+        for name in names(std::path::Path::new(NETNS_DIR)) {
+            if let Some(id) = name.strip_prefix("peapod-")
+                && !is_known(id)
+            {
+                found.push(Garbage::Pin(Ops::netns_pin(id)));
+            }
+        }
+        for id in names(&self.cfg.run_dir.join("ns")) {
+            if !is_known(&id) {
+                found.push(Garbage::NsDir(self.ns_dir(&id)));
+            }
+        }
+        for rec in self.cgroups.orphans(&is_known) {
+            found.push(Garbage::Cgroup(rec));
+        }
+        let links: HashSet<&str> = known.values().flatten().map(String::as_str).collect();
+        for link in self.net.net.host_links().unwrap_or_default() {
+            if !links.contains(link.as_str()) {
+                found.push(Garbage::Link(link));
+            }
+        }
+        let mut leases: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for l in self.net.net.leases().unwrap_or_default() {
+            if !is_known(&l.owner) {
+                leases.entry(l.owner).or_default().push(l.ip);
+            }
+        }
+        found.extend(
+            leases
+                .into_iter()
+                .map(|(owner, ips)| Garbage::Leases { owner, ips }),
+        );
+        for id in names(&self.cfg.state_dir.join("sandboxes")) {
+            if is_sandbox_id(&id) && !is_known(&id) {
+                found.push(Garbage::SandboxDir(id));
+            }
+        }
+        found
+    }
+
+    /// Removes one piece of garbage; already gone is success.
+    pub fn collect(&self, g: &Garbage) -> Result<(), SandboxError> {
+        match g {
+            Garbage::Pause { pause, .. } => process::terminate_blocking(pause, PAUSE_GRACE)
+                .map_err(|source| SandboxError::Kill {
+                    pid: pause.pid,
+                    source,
+                }),
+            Garbage::Pin(p) => pins::unpin(p).map_err(|source| SandboxError::Unpin {
+                path: p.clone(),
+                source,
+            }),
+            Garbage::NsDir(dir) => {
+                for kind in ["ipc", "uts", "pid"] {
+                    let p = dir.join(kind);
+                    pins::unpin(&p).map_err(|source| SandboxError::Unpin { path: p, source })?;
+                }
+                match std::fs::remove_dir(dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(SandboxError::Unpin {
+                            path: dir.clone(),
+                            source: e,
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Garbage::Cgroup(rec) => self.cgroups.remove_tree(rec),
+            Garbage::Link(name) => self
+                .net
+                .net
+                .collect_links(&|l| l != name)
+                .map(|_| ())
+                .map_err(SandboxError::Network),
+            Garbage::Leases { owner, .. } => self
+                .net
+                .net
+                .cleanup_partial(owner, &netsetup::host_ifname(owner))
+                .map_err(SandboxError::Detach),
+            Garbage::SandboxDir(id) => self.remove_sandbox_dir(id),
+        }
+    }
+}
