@@ -279,7 +279,14 @@ mod tests {
             .env("PEAPOD_SANDBOX_ID", &id)
             .spawn()
             .unwrap();
-        let found = find_by_sandbox(&id);
+        // Spawn returns once the child is in exec, which may be before the kernel has set up
+        // its new environment block: give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = find_by_sandbox(&id);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = find_by_sandbox(&id);
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
