@@ -121,10 +121,11 @@ async fn restart_rolls_back_what_a_crash_left_half_made() -> Result<()> {
     let pause_bin = peapod_tests::bin_dir().join("peapod-pause");
     let env = format!("PEAPOD_SANDBOX_ID={id}");
     let pause_bin = pause_bin.to_str().context("pause path")?;
-    let before = node.pauses().await?.len();
     let pause = node.spawn(&["env", &env, pause_bin])?;
+    // Wait until the stray pause runs with its environment in place (exec sets it up last).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while node.pauses().await?.len() == before {
+    let find = format!("grep -lz '^{env}$' /proc/[0-9]*/environ 2>/dev/null || true");
+    while node.exec(&["sh", "-c", &find]).await?.trim().is_empty() {
         ensure!(
             std::time::Instant::now() < deadline,
             "the stray pause never started"
