@@ -32,7 +32,15 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
 /// Holds the state dir for this process's lifetime; a second daemon is refused.
 pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     let path = state_dir.join("peapod.lock");
-    let f = fs::File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Held read-only: a lock needs no write access, and a writer would keep the state dir's
+    // filesystem from being remounted read-only.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|_| fs::File::open(&path))
+        .with_context(|| format!("cannot open {}", path.display()))?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!(
             "another peapod is running on state dir {} (lock {}): {e}",

@@ -381,8 +381,8 @@ async fn a_pause_killed_from_outside_makes_the_pod_not_ready() -> Result<()> {
 }
 
 /// A full state dir (a small tmpfs): RunPodSandbox fails with ResourceExhausted and a clear
-/// message, leaves nothing half-made, and the running pod is untouched; once there is room
-/// again pods run, and every pod can be removed.
+/// message, leaves nothing half-made, and the running pod is untouched; the same for a
+/// read-only one; once there is room again pods run, and every pod can be removed.
 #[tokio::test]
 async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> {
     let mut node = common::builder().without_daemon().start().await?;
@@ -433,6 +433,30 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
     );
 
     node.exec(&["rm", &format!("{state}/filler")]).await?;
+
+    // A read-only state dir: refused with a clear error, nothing made, the pod untouched.
+    // (A read-only bind mount over it: the daemon keeps its fds, as on a remount.)
+    node.exec(&["mount", "--bind", &state, &state]).await?;
+    node.exec(&["mount", "-o", "remount,bind,ro", &state])
+        .await?;
+    let result = client
+        .run_pod_sandbox(node.pod_config("read-only").request())
+        .await;
+    node.exec(&["umount", &state]).await?;
+    match &result {
+        Err(s) if s.message().contains("Read-only file system") => {}
+        other => anyhow::bail!("a pod on a read-only state dir: got {other:?}"),
+    }
+    ensure!(node.pauses().await?.len() == pauses, "a pause was left");
+    ensure!(node.pins().await? == pins, "a pin was left");
+    node.assert_empty_of_extra_ports(&ports).await?;
+    ensure!(ls("sandboxes").await? == dirs, "a sandbox dir was left");
+    ensure!(ls("ipam/peapod").await? == leases, "a lease was left");
+    ensure!(
+        state_of(&node, &keep).await? == PodSandboxState::SandboxReady as i32,
+        "the running pod was touched"
+    );
+
     let next = node.run_pod(&node.pod_config("room-again")).await?;
     for id in [&keep, &next] {
         node.stop_and_remove(id).await?;
