@@ -15,6 +15,7 @@ packages=(
     util-linux                 # unshare, nsenter, mount, mountpoint: the throwaway nodes
     procps                     # ps, pgrep
     jq                         # the demo reads `peapod pod inspect` JSON
+    busybox-static             # the test images (busybox and its applets)
     ca-certificates
 )
 

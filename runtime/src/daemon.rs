@@ -15,7 +15,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 use crate::config::Config;
+use crate::container::Containers;
 use crate::cri::{CriService, ImageSvc};
+use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::cgroup::{Cgroups, Hierarchy};
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
@@ -103,7 +105,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "peapod starting"
     );
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
+    let images = Arc::new(ImageStore::new(&cfg.state_dir));
+    let exe = std::env::current_exe().context("cannot find the peapod binary")?;
+    let containers = Containers::new(cfg.clone(), sandboxes.clone(), images.clone(), exe);
     sandboxes.recover().await?;
+    {
+        let containers = containers.clone();
+        tokio::task::spawn_blocking(move || containers.recover())
+            .await
+            .expect("no panic")?;
+    }
     {
         let net = net.clone();
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
@@ -113,6 +124,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!(socket = %cfg.socket.display(), "serving CRI");
     let svc = CriService {
         sandboxes: sandboxes.clone(),
+        containers,
+        images,
         net,
     };
     tonic::transport::Server::builder()

@@ -13,6 +13,7 @@
 //! The whole thing needs root; [`require_root`] fails loudly otherwise, it never skips.
 
 mod cgroup;
+pub mod containers;
 pub mod cri;
 mod exec;
 mod inspect;

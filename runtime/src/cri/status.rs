@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::container::ContainerError;
+use crate::image::ImageError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -24,7 +26,56 @@ fn code(e: &SandboxError) -> Code {
         | SandboxError::Network(_)
         | SandboxError::Detach(_)
         | SandboxError::Store(_)
+        | SandboxError::Containers { .. }
         | SandboxError::Teardown { .. } => Code::Internal,
+    }
+}
+
+fn container_code(e: &ContainerError) -> Code {
+    match e {
+        ContainerError::Invalid { .. }
+        | ContainerError::Ambiguous { .. }
+        | ContainerError::User(_)
+        | ContainerError::Capability(_)
+        | ContainerError::SeccompFile { .. }
+        | ContainerError::Seccomp { .. }
+        | ContainerError::MountSource { .. } => Code::InvalidArgument,
+        ContainerError::NotFound { .. } => Code::NotFound,
+        ContainerError::SandboxNotReady { .. } | ContainerError::WrongState { .. } => {
+            Code::FailedPrecondition
+        }
+        ContainerError::AlreadyExists { .. } => Code::AlreadyExists,
+        ContainerError::Unsupported { .. } => Code::Unimplemented,
+        ContainerError::Image(ImageError::NotFound { .. }) => Code::NotFound,
+        ContainerError::Image(ImageError::InvalidReference { .. }) => Code::InvalidArgument,
+        ContainerError::ExecTimeout { .. } => Code::DeadlineExceeded,
+        ContainerError::Sandbox(e) => code(e),
+        ContainerError::Image(_)
+        | ContainerError::Spawn { .. }
+        | ContainerError::Start { .. }
+        | ContainerError::Kill { .. }
+        | ContainerError::Stuck { .. }
+        | ContainerError::Io { .. }
+        | ContainerError::Reopen { .. }
+        | ContainerError::Exec { .. }
+        | ContainerError::Store(_)
+        | ContainerError::Teardown { .. } => Code::Internal,
+    }
+}
+
+/// Logged once, here, where the error leaves the daemon.
+fn to_status(code: Code, msg: String) -> Status {
+    if code == Code::Internal {
+        tracing::error!(error = %msg, "request failed");
+    } else {
+        tracing::debug!(error = %msg, ?code, "request refused");
+    }
+    Status::new(code, msg)
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Status {
+        to_status(container_code(&e), e.chain())
     }
 }
 
@@ -32,13 +83,7 @@ impl From<SandboxError> for Status {
     fn from(e: SandboxError) -> Status {
         let code = code(&e);
         let msg = e.chain();
-        // Logged once, here, where the error leaves the daemon.
-        if code == Code::Internal {
-            tracing::error!(error = %msg, "request failed");
-        } else {
-            tracing::debug!(error = %msg, ?code, "request refused");
-        }
-        Status::new(code, msg)
+        to_status(code, msg)
     }
 }
 
@@ -49,9 +94,7 @@ impl From<StoreError> for Status {
 }
 
 pub fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented by peapod yet (pod sandboxes only for now)"
-    ))
+    Status::unimplemented(format!("{rpc} is not implemented by peapod yet"))
 }
 
 #[cfg(test)]
@@ -70,5 +113,14 @@ mod tests {
         }
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
+        let s: Status = ContainerError::SandboxNotReady { id: "p".into() }.into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let s: Status = ContainerError::Image(ImageError::NotFound {
+            image: "busybox".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ContainerError::Sandbox(SandboxError::NotFound { id: "x".into() }).into();
+        assert_eq!(s.code(), Code::NotFound);
     }
 }

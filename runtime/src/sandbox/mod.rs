@@ -11,7 +11,7 @@ pub mod process;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use tracing::{info, warn};
 
@@ -42,7 +42,19 @@ pub struct Sandboxes {
     ops: Arc<Ops>,
     pods: RwLock<HashMap<String, Arc<Entry>>>,
     by_meta: Mutex<HashMap<PodMetadata, Slot>>,
+    containers: OnceLock<Weak<dyn PodContainers>>,
 }
+
+/// What a pod's stop and removal ask of its containers; implemented by the container side.
+/// Called on a blocking thread, with the sandbox's operation lock held.
+pub trait PodContainers: Send + Sync {
+    /// Stops every container of the pod and refuses new ones.
+    fn stop_all(&self, sandbox_id: &str) -> std::result::Result<(), BoxError>;
+    /// Removes every container of the pod (stopping them first).
+    fn remove_all(&self, sandbox_id: &str) -> std::result::Result<(), BoxError>;
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A filter for `list`; every set field must match.
 #[derive(Debug, Default)]
@@ -71,6 +83,41 @@ impl Sandboxes {
             ops: Arc::new(Ops { cfg, net, cgroups }),
             pods: RwLock::new(HashMap::new()),
             by_meta: Mutex::new(HashMap::new()),
+            containers: OnceLock::new(),
+        })
+    }
+
+    /// Connects the container side; pods stop and remove their containers through it.
+    pub fn set_containers(&self, c: Weak<dyn PodContainers>) {
+        let _ = self.containers.set(c);
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.ops.cgroups
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> std::path::PathBuf {
+        self.ops.sandbox_dir(id)
+    }
+
+    /// Runs a container hook on a blocking thread.
+    async fn containers_hook(&self, id: &str, remove: bool) -> Result<()> {
+        let Some(hook) = self.containers.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let sid = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if remove {
+                hook.remove_all(&sid)
+            } else {
+                hook.stop_all(&sid)
+            }
+        })
+        .await
+        .expect("no panic")
+        .map_err(|source| SandboxError::Containers {
+            id: id.to_owned(),
+            source,
         })
     }
 
@@ -208,6 +255,7 @@ impl Sandboxes {
             return Ok(());
         };
         let _op = entry.op.lock().await;
+        self.containers_hook(&id, false).await?;
         let mut rec = entry.rec.lock().expect("lock").clone();
         if !rec.state.needs_stop() && rec.pause.is_none() && rec.network.is_none() {
             return Ok(());
@@ -236,6 +284,7 @@ impl Sandboxes {
         if self.entry(&id).is_none() {
             return Ok(()); // removed while we waited
         }
+        self.containers_hook(&id, true).await?;
         let mut rec = entry.rec.lock().expect("lock").clone();
         let ops = self.ops.clone();
         let (rec, r) = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,260 @@
+//! Containers over CRI, and the busybox test image.
+//!
+//! Until the image store lands, images come from the daemon's stand-in store: a directory
+//! `<state>/images/dev/<name>/` with `rootfs/` and `config.json`. [`Node::install_busybox`]
+//! builds one from Debian's `busybox-static` (the binary, its applet links, `/etc/passwd`,
+//! `/etc/group`, a web root).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, KeyValue,
+    LinuxContainerConfig, LinuxContainerSecurityContext, RemoveContainerRequest,
+    StartContainerRequest, StopContainerRequest,
+};
+
+use crate::cri::PodConfig;
+use crate::node::Node;
+
+/// Where Debian's `busybox-static` puts the binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+                      nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
+                      app:x:1000:1000:app:/home/app:/bin/sh\n";
+const GROUP: &str = "root:x:0:\nstaff:x:50:app\nwheel:x:10:root\napp:x:1000:\nnogroup:x:65534:\n";
+
+/// Builds a busybox rootfs at `root`.
+pub fn busybox_rootfs(root: &Path) -> Result<()> {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(BUSYBOX, bin.join("busybox"))
+        .with_context(|| format!("copy {BUSYBOX} (install busybox-static: hack/setup.sh)"))?;
+    let list = std::process::Command::new(BUSYBOX).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+    }
+    for d in [
+        "etc", "tmp", "www", "home/app", "root", "proc", "sys", "dev", "usr",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::os::unix::fs::symlink("../bin", root.join("usr/bin"))?;
+    std::fs::write(root.join("etc/passwd"), PASSWD)?;
+    std::fs::write(root.join("etc/group"), GROUP)?;
+    std::fs::write(root.join("www/index.html"), "hello from peapod\n")?;
+    Ok(())
+}
+
+impl Node {
+    /// Installs the busybox image as `name` with the image config `config` (entrypoint, cmd,
+    /// env, working dir, user, stop signal as JSON, e.g. `{"cmd": ["sh"]}`).
+    pub fn install_busybox(&self, name: &str, config: serde_json::Value) -> Result<()> {
+        let dir = self
+            .state_dir()
+            .join("images/dev")
+            .join(name.replace(['/', ':'], "_"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        busybox_rootfs(&dir.join("rootfs"))?;
+        std::fs::write(dir.join("config.json"), config.to_string())?;
+        Ok(())
+    }
+
+    pub async fn create_container(
+        &self,
+        pod: &str,
+        pod_config: &PodConfig,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.build()),
+        };
+        let response = self.client().await?.create_container(request).await;
+        Ok(response
+            .with_context(|| format!("CreateContainer {name}"))?
+            .into_inner()
+            .container_id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let request = StartContainerRequest {
+            container_id: id.to_owned(),
+        };
+        self.client()
+            .await?
+            .start_container(request)
+            .await
+            .with_context(|| format!("StartContainer {id}"))?;
+        Ok(())
+    }
+
+    /// CreateContainer + StartContainer.
+    pub async fn run_container(
+        &self,
+        pod: &str,
+        pod_config: &PodConfig,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        let id = self.create_container(pod, pod_config, config).await?;
+        self.start_container(&id).await?;
+        Ok(id)
+    }
+
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let request = StopContainerRequest {
+            container_id: id.to_owned(),
+            timeout,
+        };
+        self.client()
+            .await?
+            .stop_container(request)
+            .await
+            .with_context(|| format!("StopContainer {id}"))?;
+        Ok(())
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let request = RemoveContainerRequest {
+            container_id: id.to_owned(),
+        };
+        self.client()
+            .await?
+            .remove_container(request)
+            .await
+            .with_context(|| format!("RemoveContainer {id}"))?;
+        Ok(())
+    }
+
+    pub async fn container_status(&self, id: &str) -> Result<ContainerStatus> {
+        let request = ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        };
+        let response = self.client().await?.container_status(request).await;
+        response
+            .with_context(|| format!("ContainerStatus {id}"))?
+            .into_inner()
+            .status
+            .context("ContainerStatus without a status")
+    }
+
+    /// Waits up to `timeout` for the container to exit; returns its status.
+    pub async fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.container_status(id).await?;
+            if s.state == ContainerState::ContainerExited as i32 {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} still runs after {timeout:?}: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse> {
+        let request = ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        let response = self.client().await?.exec_sync(request).await;
+        Ok(response
+            .with_context(|| format!("ExecSync {cmd:?} in {id}"))?
+            .into_inner())
+    }
+
+    /// ExecSync that must exit 0; returns stdout.
+    pub async fn exec_ok(&self, id: &str, cmd: &[&str]) -> Result<String> {
+        let r = self.exec_sync(id, cmd, 10).await?;
+        if r.exit_code != 0 {
+            bail!(
+                "{cmd:?} in {id} exited {}: {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&r.stdout).into_owned())
+    }
+
+    /// The CRI log of a container of `pod_config` with log path `log_path`.
+    pub fn container_log(&self, pod_config: &PodConfig, log_path: &str) -> String {
+        std::fs::read_to_string(Path::new(&pod_config.log_directory).join(log_path))
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the container's log to contain `text`.
+    pub async fn wait_log(
+        &self,
+        pod_config: &PodConfig,
+        log_path: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.container_log(pod_config, log_path);
+            if log.contains(text) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!("the log {log_path} has no {text:?} after {timeout:?}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A container config: name, image, command; log path `<name>.log`. Edit the fields for more.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// The config's security context, created if missing.
+pub fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+pub fn env(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
