@@ -152,6 +152,22 @@ impl Node {
             .context("ContainerStatus without a status")
     }
 
+    /// The container's pid (inside the node) from its verbose status.
+    pub async fn container_pid(&self, id: &str) -> Result<u64> {
+        let request = ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        };
+        let response = self.client().await?.container_status(request).await;
+        let info = response
+            .with_context(|| format!("ContainerStatus {id}"))?
+            .into_inner()
+            .info;
+        let v: serde_json::Value =
+            serde_json::from_str(info.get("info").context("no verbose info")?)?;
+        v["pid"].as_u64().with_context(|| format!("no pid in {v}"))
+    }
+
     /// Waits up to `timeout` for the container to exit; returns its status.
     pub async fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
         let deadline = Instant::now() + timeout;
