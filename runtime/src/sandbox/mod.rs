@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod files;
+mod hooks;
 pub mod model;
 mod ops;
 pub mod pins;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use tracing::{info, warn};
 
 pub use error::SandboxError;
+pub use hooks::{BoxError, PodContainers};
 pub use model::{PodMetadata, PodSpec, SandboxRecord, SandboxState};
 pub use ops::NETNS_DIR;
 use ops::Ops;
@@ -44,17 +46,6 @@ pub struct Sandboxes {
     by_meta: Mutex<HashMap<PodMetadata, Slot>>,
     containers: OnceLock<Weak<dyn PodContainers>>,
 }
-
-/// What a pod's stop and removal ask of its containers; implemented by the container side.
-/// Called on a blocking thread, with the sandbox's operation lock held.
-pub trait PodContainers: Send + Sync {
-    /// Stops every container of the pod and refuses new ones.
-    fn stop_all(&self, sandbox_id: &str) -> std::result::Result<(), BoxError>;
-    /// Removes every container of the pod (stopping them first).
-    fn remove_all(&self, sandbox_id: &str) -> std::result::Result<(), BoxError>;
-}
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A filter for `list`; every set field must match.
 #[derive(Debug, Default)]
@@ -87,38 +78,12 @@ impl Sandboxes {
         })
     }
 
-    /// Connects the container side; pods stop and remove their containers through it.
-    pub fn set_containers(&self, c: Weak<dyn PodContainers>) {
-        let _ = self.containers.set(c);
-    }
-
     pub fn cgroups(&self) -> &Cgroups {
         &self.ops.cgroups
     }
 
     pub fn sandbox_dir(&self, id: &str) -> std::path::PathBuf {
         self.ops.sandbox_dir(id)
-    }
-
-    /// Runs a container hook on a blocking thread.
-    async fn containers_hook(&self, id: &str, remove: bool) -> Result<()> {
-        let Some(hook) = self.containers.get().and_then(Weak::upgrade) else {
-            return Ok(());
-        };
-        let sid = id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            if remove {
-                hook.remove_all(&sid)
-            } else {
-                hook.stop_all(&sid)
-            }
-        })
-        .await
-        .expect("no panic")
-        .map_err(|source| SandboxError::Containers {
-            id: id.to_owned(),
-            source,
-        })
     }
 
     pub fn cgroup_version(&self) -> u8 {
