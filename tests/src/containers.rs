@@ -154,6 +154,12 @@ impl Node {
 
     /// The container's pid (inside the node) from its verbose status.
     pub async fn container_pid(&self, id: &str) -> Result<u64> {
+        let v = self.container_info(id).await?;
+        v["pid"].as_u64().with_context(|| format!("no pid in {v}"))
+    }
+
+    /// The verbose info of a container (pid, monitorPid, cgroupPath, …).
+    pub async fn container_info(&self, id: &str) -> Result<serde_json::Value> {
         let request = ContainerStatusRequest {
             container_id: id.to_owned(),
             verbose: true,
@@ -163,9 +169,9 @@ impl Node {
             .with_context(|| format!("ContainerStatus {id}"))?
             .into_inner()
             .info;
-        let v: serde_json::Value =
-            serde_json::from_str(info.get("info").context("no verbose info")?)?;
-        v["pid"].as_u64().with_context(|| format!("no pid in {v}"))
+        Ok(serde_json::from_str(
+            info.get("info").context("no verbose info")?,
+        )?)
     }
 
     /// Waits up to `timeout` for the container to exit; returns its status.

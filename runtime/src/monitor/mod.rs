@@ -163,6 +163,7 @@ impl Monitor {
         reply(&Reply::Running(running));
         // EOF for the daemon: nothing else holds our stdout.
         nix::unistd::dup2_stdout(File::options().write(true).open("/dev/null")?)?;
+        shed_code_pages();
         Ok(Monitor {
             init: Pid::from_raw(init),
             sigfd,
@@ -277,6 +278,40 @@ impl Monitor {
             _ => "error unknown request\n".to_owned(),
         };
         let _ = conn.write_all(answer.as_bytes());
+    }
+}
+
+/// Unmaps the code pages start-up touched. The monitor lives as long as its container, but
+/// its steady state (poll, read, frame, write) runs a small part of the binary: after this
+/// only the pages the loop uses fault back in. The pages are the page cache's (shared with
+/// the daemon and every other monitor), so nothing is lost but their mapping here. Only
+/// executable mappings are dropped: they are never written, unlike relocated read-only data.
+fn shed_code_pages() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let file_backed = f.nth(3).is_some_and(|p| p.starts_with('/'));
+        if !file_backed || perms != "r-xp" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a private, never-written file mapping of our own (an
+        // executable segment); MADV_DONTNEED only drops its page-table entries, and any page
+        // touched later is faulted in again, unchanged, from the file.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
     }
 }
 
