@@ -208,3 +208,61 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
     node.stop_and_remove(&pod).await?;
     node.assert_empty().await
 }
+
+#[tokio::test]
+async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
+    let node = common::node().await?;
+    node.install_busybox(IMAGE, serde_json::json!({}))?;
+    let cfg = node
+        .pod_config("shared")
+        .pid(k8s_cri::v1::NamespaceMode::Pod);
+    let pod = node.run_pod(&cfg).await?;
+
+    let profile = node.dir().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )?;
+    let mut c = container_config("a", IMAGE, &["sleep", "1000"]);
+    let sc = security(&mut c);
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: 2, // Localhost
+        localhost_ref: profile.display().to_string(),
+    });
+    sc.namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let a = node.run_container(&pod, &cfg, c).await?;
+    let r = node.exec_sync(&a, &["mkdir", "/tmp/x"], 10).await?;
+    let err = String::from_utf8_lossy(&r.stderr);
+    ensure!(
+        r.exit_code != 0 && err.contains("ermission denied"),
+        "{r:?}"
+    );
+    ensure!(node.exec_ok(&a, &["touch", "/tmp/y"]).await.is_ok());
+
+    // The pod's PID namespace: the pause is PID 1, and the container sees it.
+    let ps = node.exec_ok(&a, &["ps", "-o", "pid,comm"]).await?;
+    ensure!(ps.lines().any(|l| l.trim() == "1 peapod-pause"), "{ps}");
+
+    let mut missing = container_config("b", IMAGE, &["true"]);
+    security(&mut missing).seccomp = Some(SecurityProfile {
+        profile_type: 2,
+        localhost_ref: "/no/such/profile.json".into(),
+    });
+    let e = format!(
+        "{:#}",
+        node.create_container(&pod, &cfg, missing)
+            .await
+            .unwrap_err()
+    );
+    ensure!(
+        e.contains("/no/such/profile.json") && e.contains("invalid argument"),
+        "{e}"
+    );
+
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
