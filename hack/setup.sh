@@ -14,8 +14,12 @@ packages=(
     nftables                   # nft: peapod's firewall table
     util-linux                 # unshare, nsenter, mount, mountpoint: the throwaway nodes
     procps                     # ps, pgrep
-    jq                         # the demo reads `peapod pod inspect` JSON
-    busybox-static             # the test images (busybox and its applets)
+    jq                         # the demo reads `peapod pod inspect` JSON; make-test-images.sh
+    busybox-static             # hack/make-test-images.sh builds the test images from it
+    zstd                       # … and compresses one of their layers with it
+    docker-registry            # a real OCI registry for the pull tests (127.0.0.1 in a node)
+    skopeo                     # pushes the test images into it
+    apache2-utils              # htpasswd, for the registry's basic auth
     ca-certificates
 )
 

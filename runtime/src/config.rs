@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::image::RegistryConfig;
+
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/config.toml";
 
 /// The config file as written; every key optional.
@@ -22,6 +24,8 @@ pub struct FileConfig {
     pub pause_path: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// Per registry host: mirrors, insecure (file only, no flag).
+    pub registries: Option<RegistryConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -46,6 +50,7 @@ pub struct Config {
     pub pause_path: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub registries: RegistryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +119,13 @@ impl FileConfig {
                 reason: format!("{m} is outside 576..=65535"),
             });
         }
+        let registries = over.registries.or(self.registries).unwrap_or_default();
+        registries
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                key: "registries",
+                reason,
+            })?;
         Ok(Config {
             socket: over
                 .socket
@@ -140,6 +152,7 @@ impl FileConfig {
                 .or(self.log_level)
                 .unwrap_or_else(|| "info".into()),
             log_format: over.log_format.or(self.log_format).unwrap_or_default(),
+            registries,
         })
     }
 }
@@ -260,6 +273,35 @@ mod tests {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
                 other => panic!("expected invalid {key}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn registries_parse_and_are_checked() {
+        let file = parse(
+            r#"
+            [registries."docker.io"]
+            mirrors = ["https://mirror.example.com", "http://127.0.0.1:5000"]
+            [registries."127.0.0.1:5000"]
+            insecure = true
+            "#,
+        )
+        .unwrap();
+        let c = file.resolve(FileConfig::default(), Path::new("/")).unwrap();
+        assert!(c.registries.is_insecure("127.0.0.1:5000"));
+        assert!(!c.registries.is_insecure("docker.io"));
+        assert_eq!(c.registries.endpoints("docker.io").len(), 3);
+        assert!(parse("[registries.\"x.io\"]\nmirrors = \"one\"").is_err());
+        let err = parse("[registries.\"x.io\"]\nsecure = true").unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.contains("secure"), "{chain}");
+        let bad = parse("[registries.\"x.io\"]\nmirrors = [\"ftp://m\"]").unwrap();
+        match bad.resolve(FileConfig::default(), Path::new("/")) {
+            Err(ConfigError::Invalid { key, reason }) => {
+                assert_eq!(key, "registries");
+                assert!(reason.contains("ftp://m"), "{reason}");
+            }
+            other => panic!("expected invalid registries, got {other:?}"),
         }
     }
 

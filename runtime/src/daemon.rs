@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::container::Containers;
-use crate::cri::{CriService, ImageSvc};
+use crate::cri::CriService;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::cgroup::{Cgroups, Hierarchy};
@@ -104,8 +104,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         cgroup = cgroups.version(),
         "peapod starting"
     );
+    let images = Arc::new(
+        ImageStore::open(&cfg.state_dir, cfg.registries.clone())
+            .context("cannot open the image store")?,
+    );
+    images
+        .collect_garbage()
+        .context("cannot clean the image store")?;
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
-    let images = Arc::new(ImageStore::new(&cfg.state_dir));
     let exe = std::env::current_exe().context("cannot find the peapod binary")?;
     let containers = Containers::new(cfg.clone(), sandboxes.clone(), images.clone(), exe);
     sandboxes.recover().await?;
@@ -125,12 +131,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let svc = CriService {
         sandboxes: sandboxes.clone(),
         containers,
-        images,
         net,
+        images,
     };
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(svc))
-        .add_service(ImageServiceServer::new(ImageSvc))
+        .add_service(RuntimeServiceServer::new(svc.clone()))
+        .add_service(ImageServiceServer::new(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("CRI server failed")?;

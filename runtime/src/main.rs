@@ -6,6 +6,7 @@ mod container;
 mod cri;
 mod daemon;
 mod image;
+mod image_cmd;
 mod monitor;
 mod network;
 mod sandbox;
@@ -45,6 +46,19 @@ enum Cmd {
         socket: PathBuf,
         #[command(subcommand)]
         cmd: client::PodCmd,
+    },
+    /// Import and list images in the image store.
+    Image {
+        /// Persistent state dir holding the image store.
+        #[arg(
+            long,
+            global = true,
+            default_value = "/var/lib/peapod",
+            env = "PEAPOD_STATE_DIR"
+        )]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: image_cmd::ImageCmd,
     },
 }
 
@@ -99,6 +113,7 @@ impl ServeArgs {
             pause_path: self.pause_path.clone(),
             log_level: self.log_level.clone(),
             log_format: self.log_format,
+            registries: None,
         }
     }
 }
@@ -171,6 +186,7 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(client::run(&socket, cmd))),
+        Cmd::Image { state_dir, cmd } => image_cmd::run(&state_dir, cmd),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,9 +1,7 @@
 //! Containers over CRI, and the busybox test image.
 //!
-//! Until the image store lands, images come from the daemon's stand-in store: a directory
-//! `<state>/images/dev/<name>/` with `rootfs/` and `config.json`. [`Node::install_busybox`]
-//! builds one from Debian's `busybox-static` (the binary, its applet links, `/etc/passwd`,
-//! `/etc/group`, a web root).
+//! The test images are `hack/make-test-images.sh`'s (see `images`): [`Node::import_busybox`]
+//! imports `peapod.test/busybox:latest` ([`BUSYBOX`]) and `:variant` ([`VARIANT`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,51 +17,19 @@ use k8s_cri::v1::{
 use crate::cri::PodConfig;
 use crate::node::Node;
 
-/// Where Debian's `busybox-static` puts the binary.
-pub const BUSYBOX: &str = "/bin/busybox";
-
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
-                      nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
-                      app:x:1000:1000:app:/home/app:/bin/sh\n";
-const GROUP: &str = "root:x:0:\nstaff:x:50:app\nwheel:x:10:root\napp:x:1000:\nnogroup:x:65534:\n";
-
-/// Builds a busybox rootfs at `root`.
-pub fn busybox_rootfs(root: &Path) -> Result<()> {
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::copy(BUSYBOX, bin.join("busybox"))
-        .with_context(|| format!("copy {BUSYBOX} (install busybox-static: hack/setup.sh)"))?;
-    let list = std::process::Command::new(BUSYBOX).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-        }
-    }
-    for d in [
-        "etc", "tmp", "www", "home/app", "root", "proc", "sys", "dev", "usr",
-    ] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::os::unix::fs::symlink("../bin", root.join("usr/bin"))?;
-    std::fs::write(root.join("etc/passwd"), PASSWD)?;
-    std::fs::write(root.join("etc/group"), GROUP)?;
-    std::fs::write(root.join("www/index.html"), "hello from peapod\n")?;
-    Ok(())
-}
+/// One gzip layer of busybox and applets, `/var/www/index.html` (`<h1>peapod</h1>`), Cmd `sh`.
+pub const BUSYBOX: &str = "peapod.test/busybox:latest";
+/// User 1000, Env FOO=bar, Entrypoint `/bin/sh -c`, Cmd `echo variant`, WorkingDir
+/// /home/app, StopSignal SIGUSR1.
+pub const VARIANT: &str = "peapod.test/busybox:variant";
 
 impl Node {
-    /// Installs the busybox image as `name` with the image config `config` (entrypoint, cmd,
-    /// env, working dir, user, stop signal as JSON, e.g. `{"cmd": ["sh"]}`).
-    pub fn install_busybox(&self, name: &str, config: serde_json::Value) -> Result<()> {
-        let dir = self
-            .state_dir()
-            .join("images/dev")
-            .join(name.replace(['/', ':'], "_"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+    /// Builds the test images and imports [`BUSYBOX`] and [`VARIANT`] into this node.
+    pub async fn import_busybox(&self) -> Result<()> {
+        let images = crate::images::TestImages::build()?;
+        for archive in ["busybox.oci.tar", "variant.oci.tar"] {
+            self.import_image(&images.path(archive)).await?;
         }
-        busybox_rootfs(&dir.join("rootfs"))?;
-        std::fs::write(dir.join("config.json"), config.to_string())?;
         Ok(())
     }
 

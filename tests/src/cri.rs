@@ -21,6 +21,11 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to the CRI socket at `socket`.
 pub async fn connect(socket: &Path) -> Result<Client> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel to the unix socket `socket`, for any CRI service.
+pub async fn channel(socket: &Path) -> Result<Channel> {
     let path = socket.to_path_buf();
     let channel = Endpoint::try_from("http://[::]")?
         .timeout(RPC_TIMEOUT)
@@ -34,7 +39,7 @@ pub async fn connect(socket: &Path) -> Result<Client> {
         }))
         .await
         .with_context(|| format!("connect to {}", socket.display()))?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// The socket path of an endpoint given as `unix:///path.sock` (or a plain path).

@@ -16,6 +16,7 @@ mod cgroup;
 pub mod containers;
 pub mod cri;
 mod exec;
+pub mod images;
 mod inspect;
 mod node;
 mod pods;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 pub use cri::{Client, PodConfig, connect};
 pub use exec::Background;
+pub use images::{ImageClient, TestImages, make_test_images_script};
 pub use inspect::{Proc, host_veth};
 pub use node::{Node, NodeBuilder};
 pub use pods::{PodInfo, in_cidr, is_sandbox_id};

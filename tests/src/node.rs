@@ -210,6 +210,11 @@ impl Node {
         self.dir().join("daemon.log")
     }
 
+    /// Where the binaries under test are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bins
+    }
+
     pub fn probe_path(&self) -> &Path {
         &self.probe
     }

@@ -7,18 +7,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use k8s_cri::v1::ContainerState;
-use peapod_tests::containers::container_config;
-
-const IMAGE: &str = "busybox:test";
+use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
 
 #[tokio::test]
 async fn two_containers_share_the_pod_and_another_pod_reaches_it() -> Result<()> {
     let node = common::node().await?;
-    node.install_busybox(IMAGE, serde_json::json!({}))?;
+    node.import_busybox().await?;
     let web = node.pod_config("web");
     let a = node.run_pod(&web).await?;
     let ip = node.pod_info(&a).await?.ip;
-    let server = container_config("server", IMAGE, &["httpd", "-f", "-p", "80", "-h", "/www"]);
+    let server = container_config(
+        "server",
+        IMAGE,
+        &["httpd", "-f", "-p", "80", "-h", "/var/www"],
+    );
     let server = node.run_container(&a, &web, server).await?;
     let client = container_config(
         "client",
@@ -34,7 +36,7 @@ async fn two_containers_share_the_pod_and_another_pod_reaches_it() -> Result<()>
     ensure!(status.exit_code == 0, "client: {status:?}");
     let log = node.container_log(&web, "client.log");
     ensure!(
-        log.contains(" stdout F hello from peapod"),
+        log.contains(" stdout F <h1>peapod</h1>"),
         "client log:\n{log}"
     );
 
@@ -59,7 +61,7 @@ async fn two_containers_share_the_pod_and_another_pod_reaches_it() -> Result<()>
     ensure!(status.exit_code == 0, "fetch from pod B: {status:?}");
     ensure!(
         node.container_log(&other_cfg, "fetch.log")
-            .contains("hello from peapod"),
+            .contains("<h1>peapod</h1>"),
         "{}",
         node.container_log(&other_cfg, "fetch.log")
     );
@@ -72,7 +74,7 @@ async fn two_containers_share_the_pod_and_another_pod_reaches_it() -> Result<()>
 #[tokio::test]
 async fn logs_exit_codes_stop_and_exec() -> Result<()> {
     let node = common::node().await?;
-    node.install_busybox(IMAGE, serde_json::json!({"cmd": ["sh"]}))?;
+    node.import_busybox().await?;
     let cfg = node.pod_config("logs");
     let pod = node.run_pod(&cfg).await?;
 

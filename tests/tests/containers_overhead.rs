@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use peapod_tests::containers::container_config;
+use peapod_tests::containers::{BUSYBOX, container_config};
 
 /// Pause + monitor of a one-container pod, in KiB: the target is 2 MiB for release builds
 /// (`hack/bench`); a debug build runs far more code pages, so it only gets a sanity bound.
@@ -26,14 +26,10 @@ async fn rss_kib(node: &peapod_tests::Node, pid: u64) -> Result<u64> {
 #[tokio::test]
 async fn pause_and_monitor_stay_small() -> Result<()> {
     let node = common::node().await?;
-    node.install_busybox("busybox:rss", serde_json::json!({}))?;
+    node.import_busybox().await?;
     let cfg = node.pod_config("rss");
     let pod = node.run_pod(&cfg).await?;
-    let c = container_config(
-        "c",
-        "busybox:rss",
-        &["sh", "-c", "echo up; exec sleep 1000"],
-    );
+    let c = container_config("c", BUSYBOX, &["sh", "-c", "echo up; exec sleep 1000"]);
     let c = node.run_container(&pod, &cfg, c).await?;
     node.wait_log(&cfg, "c.log", "up", std::time::Duration::from_secs(10))
         .await?;

@@ -5,9 +5,7 @@ mod common;
 
 use anyhow::{Result, ensure};
 use k8s_cri::v1::{Capability, Int64Value, LinuxContainerResources, Mount, SecurityProfile};
-use peapod_tests::containers::{container_config, env, security};
-
-const IMAGE: &str = "busybox:sec";
+use peapod_tests::containers::{BUSYBOX, VARIANT, container_config, env, security};
 
 /// CapEff of /proc/self/status as a bit mask.
 fn cap_eff(status: &str) -> u64 {
@@ -29,26 +27,19 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
 #[tokio::test]
 async fn the_container_gets_what_it_asked_for() -> Result<()> {
     let node = common::node().await?;
-    node.install_busybox(
-        IMAGE,
-        serde_json::json!({
-            "entrypoint": ["sh", "-c"],
-            "cmd": ["echo image-cmd"],
-            "env": ["FROM_IMAGE=1", "OVERRIDE=image"],
-            "working_dir": "/tmp",
-        }),
-    )?;
+    node.import_busybox().await?;
     let cfg = node.pod_config("sec");
     let pod = node.run_pod(&cfg).await?;
     let host_dir = node.dir().join("shared");
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(host_dir.join("file"), "from the node\n")?;
 
-    // Image entrypoint + request args, env merged, the request's working dir.
-    let mut c = container_config("main", IMAGE, &[]);
-    c.args = vec!["echo \"$FROM_IMAGE $OVERRIDE $PWD\"; exec sleep 1000".into()];
-    c.envs = vec![env("OVERRIDE", "request")];
-    c.working_dir = "/www".into();
+    // The variant's entrypoint (`/bin/sh -c`) + request args, env merged (the request wins),
+    // the request's working dir.
+    let mut c = container_config("main", VARIANT, &[]);
+    c.args = vec!["echo \"$FOO $BAR $PWD\"; exec sleep 1000".into()];
+    c.envs = vec![env("FOO", "request"), env("BAR", "x")];
+    c.working_dir = "/var/www".into();
     c.mounts = vec![Mount {
         container_path: "/data".into(),
         host_path: host_dir.display().to_string(),
@@ -81,13 +72,11 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
             std::time::Duration::from_secs(10),
         )
         .await?;
-    ensure!(log.contains("stdout F 1 request /www"), "{log}");
+    ensure!(log.contains("stdout F request x /var/www"), "{log}");
 
     let id = node.exec_ok(&main, &["id"]).await?;
     ensure!(
-        id.contains("uid=1000(app) gid=1000(app)")
-            && id.contains("50(staff)")
-            && id.contains("4242"),
+        id.contains("uid=1000(app) gid=1000(app) groups=4242"),
         "{id}"
     );
     let status = node.exec_ok(&main, &["cat", "/proc/self/status"]).await?;
@@ -128,6 +117,11 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
         "/proc/sys is read-only:\n{sysrq}"
     );
     let etc = node.exec_ok(&main, &["cat", "/etc/hostname"]).await?;
+    let variant = node.exec_ok(&main, &["cat", "/etc/variant"]).await;
+    ensure!(
+        variant.is_ok(),
+        "the variant's upper layer is in the rootfs: {variant:?}"
+    );
     ensure!(etc == "sec\n", "{etc}");
     let mem = node
         .exec_ok(
@@ -161,7 +155,7 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
     );
 
     // Root with the default capabilities, one dropped and one added.
-    let mut r = container_config("root", IMAGE, &["sleep", "1000"]);
+    let mut r = container_config("root", VARIANT, &["sleep", "1000"]);
     security(&mut r).capabilities = Some(Capability {
         add_capabilities: vec!["NET_ADMIN".into()],
         drop_capabilities: vec!["CHOWN".into()],
@@ -189,8 +183,39 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
     );
     ensure!(node.exec_ok(&root, &["touch", "/newfile"]).await.is_ok());
 
+    // The image's user, working dir and stop signal (SIGUSR1, which this one traps).
+    let script =
+        "trap 'echo got USR1; exit 0' USR1; echo $(id -u) $PWD; while true; do sleep 0.1; done";
+    let img = node
+        .run_container(
+            &pod,
+            &cfg,
+            container_config("img", VARIANT, &["sh", "-c", script]),
+        )
+        .await?;
+    let log = node
+        .wait_log(
+            &cfg,
+            "img.log",
+            "stdout F",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    ensure!(log.contains("stdout F 1000 /home/app"), "{log}");
+    let started = std::time::Instant::now();
+    node.stop_container(&img, 30).await?;
+    let s = node.container_status(&img).await?;
+    ensure!(
+        s.exit_code == 0 && started.elapsed().as_secs() < 10,
+        "stopped by SIGUSR1: {s:?}"
+    );
+    ensure!(
+        node.container_log(&cfg, "img.log")
+            .contains("stdout F got USR1")
+    );
+
     // A missing host path is a clear error.
-    let mut bad = container_config("bad", IMAGE, &["true"]);
+    let mut bad = container_config("bad", BUSYBOX, &["true"]);
     bad.mounts = vec![Mount {
         container_path: "/x".into(),
         host_path: "/no/such/dir".into(),
@@ -212,7 +237,7 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
 #[tokio::test]
 async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     let node = common::node().await?;
-    node.install_busybox(IMAGE, serde_json::json!({}))?;
+    node.import_busybox().await?;
     let cfg = node
         .pod_config("shared")
         .pid(k8s_cri::v1::NamespaceMode::Pod);
@@ -224,7 +249,7 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
         r#"{"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
     )?;
-    let mut c = container_config("a", IMAGE, &["sleep", "1000"]);
+    let mut c = container_config("a", BUSYBOX, &["sleep", "1000"]);
     let sc = security(&mut c);
     sc.seccomp = Some(SecurityProfile {
         profile_type: 2, // Localhost
@@ -247,7 +272,7 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     let ps = node.exec_ok(&a, &["ps", "-o", "pid,comm"]).await?;
     ensure!(ps.lines().any(|l| l.trim() == "1 peapod-pause"), "{ps}");
 
-    let mut missing = container_config("b", IMAGE, &["true"]);
+    let mut missing = container_config("b", BUSYBOX, &["true"]);
     security(&mut missing).seccomp = Some(SecurityProfile {
         profile_type: 2,
         localhost_ref: "/no/such/profile.json".into(),

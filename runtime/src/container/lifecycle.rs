@@ -53,7 +53,7 @@ impl Containers {
             Reply::Running(r) => {
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
-                rec.started_at = now_nanos();
+                rec.started_at = r.started_at;
                 self.persist(&rec)?;
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
                 *entry.rec.lock().expect("lock") = rec;

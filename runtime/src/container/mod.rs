@@ -171,7 +171,7 @@ impl Containers {
             if let Ok(Some(r)) = store::read_json_opt::<Running>(&dir.join(MONITOR_FILE)) {
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
-                rec.started_at = rec.created_at;
+                rec.started_at = r.started_at;
             }
         }
         if let Some(exit) = read_exit() {
@@ -266,6 +266,15 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// Whether any container (in any state) was made from image `id`.
+    pub fn uses_image(&self, id: &str) -> bool {
+        self.ctrs
+            .read()
+            .expect("lock")
+            .values()
+            .any(|e| e.rec.lock().expect("lock").image_id == id)
     }
 
     fn of_pod(&self, sandbox_id: &str) -> Vec<String> {

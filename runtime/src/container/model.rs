@@ -154,6 +154,8 @@ impl ExitRecord {
 pub struct Running {
     pub monitor: ProcRef,
     pub init: ProcRef,
+    /// When the container's process was forked (ns since the epoch).
+    pub started_at: i64,
 }
 
 /// Everything peapod knows about a container.

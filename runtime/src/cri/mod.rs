@@ -5,10 +5,15 @@ mod container_status;
 mod convert;
 mod create_container;
 mod exec_sync;
+mod image;
+mod image_fs_info;
+mod image_status;
 mod list_containers;
+mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
 mod remove_container;
+mod remove_image;
 mod remove_pod_sandbox;
 mod reopen_container_log;
 mod run_pod_sandbox;
@@ -34,14 +39,20 @@ use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::Sandboxes;
 
+/// Serves both the RuntimeService and the ImageService (cheap to clone: all shared).
+#[derive(Clone)]
 pub struct CriService {
     pub sandboxes: Arc<Sandboxes>,
     pub containers: Arc<Containers>,
-    /// For the ImageService (the image side's); the container side resolves through
-    /// `containers`.
-    #[allow(dead_code)]
-    pub images: Arc<ImageStore>,
     pub net: Arc<NodeNetwork>,
+    pub images: Arc<ImageStore>,
+}
+
+impl CriService {
+    /// Whether a container uses image `id` (`sha256:…`): RemoveImage refuses to delete it.
+    pub fn image_in_use(&self, id: &str) -> bool {
+        self.containers.uses_image(id)
+    }
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -224,16 +235,41 @@ impl RuntimeService for CriService {
     }
 }
 
-/// Images arrive with the container issue.
-pub struct ImageSvc;
-
 #[tonic::async_trait]
-impl ImageService for ImageSvc {
+impl ImageService for CriService {
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Res<cri::ListImagesResponse> {
+        list_images::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Res<cri::ImageStatusResponse> {
+        image_status::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Res<cri::RemoveImageResponse> {
+        remove_image::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_fs_info(
+        &self,
+        req: Request<cri::ImageFsInfoRequest>,
+    ) -> Res<cri::ImageFsInfoResponse> {
+        image_fs_info::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     not_yet! {
-        list_images: cri::ListImagesRequest => cri::ListImagesResponse;
-        image_status: cri::ImageStatusRequest => cri::ImageStatusResponse;
         pull_image: cri::PullImageRequest => cri::PullImageResponse;
-        remove_image: cri::RemoveImageRequest => cri::RemoveImageResponse;
-        image_fs_info: cri::ImageFsInfoRequest => cri::ImageFsInfoResponse;
     }
 }

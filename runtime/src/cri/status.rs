@@ -46,12 +46,10 @@ fn container_code(e: &ContainerError) -> Code {
         }
         ContainerError::AlreadyExists { .. } => Code::AlreadyExists,
         ContainerError::Unsupported { .. } => Code::Unimplemented,
-        ContainerError::Image(ImageError::NotFound { .. }) => Code::NotFound,
-        ContainerError::Image(ImageError::InvalidReference { .. }) => Code::InvalidArgument,
+        ContainerError::Image(e) => image_code(e),
         ContainerError::ExecTimeout { .. } => Code::DeadlineExceeded,
         ContainerError::Sandbox(e) => code(e),
-        ContainerError::Image(_)
-        | ContainerError::Spawn { .. }
+        ContainerError::Spawn { .. }
         | ContainerError::Start { .. }
         | ContainerError::Kill { .. }
         | ContainerError::Stuck { .. }
@@ -93,6 +91,39 @@ impl From<StoreError> for Status {
     }
 }
 
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::NotFound { .. } | ImageError::NoMatchingPlatform { .. } => Code::NotFound,
+        ImageError::InvalidReference { .. } | ImageError::Archive { .. } => Code::InvalidArgument,
+        ImageError::InUse { .. } => Code::FailedPrecondition,
+        ImageError::UnsupportedMediaType { .. } => Code::Unimplemented,
+        ImageError::DigestMismatch { .. }
+        | ImageError::SizeMismatch { .. }
+        | ImageError::DiffIdMismatch { .. } => Code::DataLoss,
+        ImageError::BadJson { .. }
+        | ImageError::Malformed { .. }
+        | ImageError::Unpack { .. }
+        | ImageError::Vanished { .. }
+        | ImageError::ArchiveRead { .. }
+        | ImageError::ReadContent { .. }
+        | ImageError::Io { .. }
+        | ImageError::Store(_) => Code::Internal,
+    }
+}
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let code = image_code(&e);
+        let msg = e.chain();
+        if code == Code::Internal || code == Code::DataLoss {
+            tracing::error!(error = %msg, "image request failed");
+        } else {
+            tracing::debug!(error = %msg, ?code, "image request refused");
+        }
+        Status::new(code, msg)
+    }
+}
+
 pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by peapod yet"))
 }
@@ -122,5 +153,17 @@ mod tests {
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = ContainerError::Sandbox(SandboxError::NotFound { id: "x".into() }).into();
         assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ImageError::NotFound {
+            image: "busybox".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ImageError::InUse {
+            image: "busybox".into(),
+            containers: vec!["c1".into()],
+        }
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("c1"), "{}", s.message());
     }
 }

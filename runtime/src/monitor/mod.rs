@@ -158,6 +158,7 @@ impl Monitor {
         let running = Running {
             monitor: ProcRef::of(std::process::id() as i32)?,
             init: ProcRef::of(init)?,
+            started_at: now_nanos(),
         };
         store::write_json(&dir.join(MONITOR_FILE), &running).map_err(io::Error::other)?;
         reply(&Reply::Running(running));
