@@ -272,6 +272,31 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     let ps = node.exec_ok(&a, &["ps", "-o", "pid,comm"]).await?;
     ensure!(ps.lines().any(|l| l.trim() == "1 peapod-pause"), "{ps}");
 
+    // In a shared PID namespace a container's children outlive it: stopping it kills them
+    // too (they are in its cgroup), and it can be removed.
+    let mut bg = container_config("bg", BUSYBOX, &["sh", "-c", "sleep 1234 & sleep 999"]);
+    security(&mut bg).namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let bg = node.run_container(&pod, &cfg, bg).await?;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
+        if seen.contains("sleep 1234") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ensure!(seen.contains("sleep 1234"), "{seen}");
+    node.stop_container(&bg, 0).await?;
+    node.remove_container(&bg).await?;
+    let ps = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
+    ensure!(
+        !ps.contains("sleep 1234") && !ps.contains("sleep 999"),
+        "{ps}"
+    );
+
     let mut missing = container_config("b", BUSYBOX, &["true"]);
     security(&mut missing).seccomp = Some(SecurityProfile {
         profile_type: 2,

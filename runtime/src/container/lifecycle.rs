@@ -130,6 +130,7 @@ impl Containers {
         if let (ContainerState::Running, Some(r)) = (rec.state, rec.running) {
             let grace = Duration::from_secs(timeout.max(0) as u64);
             self.kill(&id, r.init, rec.stop_signal, grace)?;
+            self.kill_leftovers(&rec);
             if let Some(fd) = r.monitor.pidfd().ok().flatten() {
                 let _ = wait_exit_blocking(&fd, KILL_WAIT);
             }
@@ -138,6 +139,20 @@ impl Containers {
         }
         *entry.rec.lock().expect("lock") = rec;
         Ok(())
+    }
+
+    /// SIGKILL to whatever is left in the container's cgroup once its process is gone: in a
+    /// shared PID namespace its children outlive it, and so may an ExecSync command. They
+    /// would hold the log pipes open and keep the cgroup busy.
+    fn kill_leftovers(&self, rec: &super::model::ContainerRecord) {
+        let Some(cg) = &rec.cgroup else { return };
+        for (dir, _) in self.sandboxes.cgroups().dirs(&cg.rel) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 
     fn kill(&self, id: &str, p: ProcRef, sig: i32, grace: Duration) -> Result<()> {
