@@ -190,6 +190,36 @@ async fn errors_have_the_cri_codes() -> Result<()> {
             container_id: "0".repeat(64),
         })
         .await?;
+    // A command that does not exist: StartContainer fails and says why, the container has
+    // exited with reason StartError, and it cannot be started again.
+    let bad = node
+        .create_container(
+            &pod,
+            &cfg,
+            container_config("bad", IMAGE, &["/no/such/cmd"]),
+        )
+        .await?;
+    let e = format!("{:#}", node.start_container(&bad).await.unwrap_err());
+    ensure!(e.contains("/no/such/cmd"), "{e}");
+    let s = node.container_status(&bad).await?;
+    ensure!(
+        s.state == ContainerState::ContainerExited as i32
+            && s.reason == "StartError"
+            && s.message.contains("/no/such/cmd"),
+        "{s:?}"
+    );
+    let again = client
+        .start_container(k8s_cri::v1::StartContainerRequest {
+            container_id: bad.clone(),
+        })
+        .await;
+    expect_code(
+        again,
+        Code::FailedPrecondition,
+        "starting an exited container",
+    )?;
+    node.remove_container(&bad).await?;
+
     // A created container that never ran can be removed, and its name is free again.
     node.remove_container(&first).await?;
     node.remove_container(&first).await?;
