@@ -164,7 +164,7 @@ impl Monitor {
         reply(&Reply::Running(running));
         // EOF for the daemon: nothing else holds our stdout.
         nix::unistd::dup2_stdout(File::options().write(true).open("/dev/null")?)?;
-        shed_code_pages();
+        shed_file_pages();
         Ok(Monitor {
             init: Pid::from_raw(init),
             sigfd,
@@ -282,38 +282,44 @@ impl Monitor {
     }
 }
 
-/// Unmaps the code pages start-up touched. The monitor lives as long as its container, but
+/// Unmaps the file pages start-up touched. The monitor lives as long as its container, but
 /// its steady state (poll, read, frame, write) runs a small part of the binary: after this
-/// only the pages the loop uses fault back in. The pages are the page cache's (shared with
-/// the daemon and every other monitor), so nothing is lost but their mapping here. Only
-/// executable mappings are dropped: they are never written, unlike relocated read-only data.
-fn shed_code_pages() {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let file_backed = f.nth(3).is_some_and(|p| p.starts_with('/'));
-        if !file_backed || perms != "r-xp" {
-            continue;
+/// only the pages the loop uses fault back in. Those pages belong to the page cache (shared
+/// with the daemon and every other monitor), so nothing is lost but their mapping here.
+/// Only read-only file mappings without a single private (copied) page are dropped: relocated
+/// data is a private copy, and dropping it would bring back the file's unrelocated bytes.
+fn shed_file_pages() {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut current: Option<(usize, usize, bool)> = None;
+    let shed = |m: Option<(usize, usize, bool)>| {
+        if let Some((start, end, true)) = m {
+            // SAFETY: a read-only, file-backed private mapping of ours with no private page
+            // (Anonymous: 0): MADV_DONTNEED only drops its page-table entries, and every page
+            // touched later faults in again, unchanged, from the page cache.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: the range is a private, never-written file mapping of our own (an
-        // executable segment); MADV_DONTNEED only drops its page-table entries, and any page
-        // touched later is faulted in again, unchanged, from the file.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+    };
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            shed(current.take());
+            let perms = f.next().unwrap_or("");
+            let file = f.nth(3).is_some_and(|p| p.starts_with('/'));
+            current = Some((start, end, file && !perms.contains('w')));
+        } else if first == "Anonymous:"
+            && f.next() != Some("0")
+            && let Some(m) = current.as_mut()
+        {
+            m.2 = false;
         }
     }
+    shed(current);
 }
 
 /// Reaps every exited child; returns the container's (exit code, signal) if it was one.
