@@ -8,6 +8,7 @@ mod image_status;
 mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod pull_image;
 mod remove_image;
 mod remove_pod_sandbox;
 mod run_pod_sandbox;
@@ -203,7 +204,9 @@ impl ImageService for CriService {
             .map(Response::new)
     }
 
-    not_yet! {
-        pull_image: cri::PullImageRequest => cri::PullImageResponse;
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
+        pull_image::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }
