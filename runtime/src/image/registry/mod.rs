@@ -3,6 +3,8 @@
 
 mod auth;
 mod error;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
