@@ -12,6 +12,7 @@ mod list_containers;
 mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod pull_image;
 mod remove_container;
 mod remove_image;
 mod remove_pod_sandbox;
@@ -269,7 +270,9 @@ impl ImageService for CriService {
             .map(Response::new)
     }
 
-    not_yet! {
-        pull_image: cri::PullImageRequest => cri::PullImageResponse;
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
+        pull_image::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

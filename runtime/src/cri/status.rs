@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::container::ContainerError;
-use crate::image::ImageError;
+use crate::image::{ImageError, RegistryError};
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -92,7 +92,17 @@ impl From<StoreError> for Status {
 }
 
 fn image_code(e: &ImageError) -> Code {
-    match e {
+    match e.root() {
+        ImageError::Registry(r) => match r.status() {
+            Some(404) => Code::NotFound,
+            Some(401 | 403) => Code::PermissionDenied,
+            Some(429) | Some(500..) => Code::Unavailable,
+            Some(_) => Code::Unknown,
+            None if matches!(r, RegistryError::Connect { .. }) => Code::Unavailable,
+            None => Code::Unknown,
+        },
+        ImageError::Cancelled => Code::Cancelled,
+        ImageError::BadCredentials { .. } => Code::InvalidArgument,
         ImageError::NotFound { .. } | ImageError::NoMatchingPlatform { .. } => Code::NotFound,
         ImageError::InvalidReference { .. } | ImageError::Archive { .. } => Code::InvalidArgument,
         ImageError::InUse { .. } => Code::FailedPrecondition,
@@ -107,6 +117,8 @@ fn image_code(e: &ImageError) -> Code {
         | ImageError::ArchiveRead { .. }
         | ImageError::ReadContent { .. }
         | ImageError::Io { .. }
+        | ImageError::ClientSetup(_)
+        | ImageError::Pull { .. }
         | ImageError::Store(_) => Code::Internal,
     }
 }
@@ -115,7 +127,7 @@ impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
         let code = image_code(&e);
         let msg = e.chain();
-        if code == Code::Internal || code == Code::DataLoss {
+        if matches!(code, Code::Internal | Code::DataLoss | Code::Unknown) {
             tracing::error!(error = %msg, "image request failed");
         } else {
             tracing::debug!(error = %msg, ?code, "image request refused");
