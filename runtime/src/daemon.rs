@@ -15,6 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 use crate::config::Config;
+use crate::container::Containers;
 use crate::cri::CriService;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
@@ -119,7 +120,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .collect_garbage()
         .context("cannot clean the image store")?;
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
+    let exe = std::env::current_exe().context("cannot find the peapod binary")?;
+    let containers = Containers::new(cfg.clone(), sandboxes.clone(), images.clone(), exe);
     sandboxes.recover().await?;
+    {
+        let containers = containers.clone();
+        tokio::task::spawn_blocking(move || containers.recover())
+            .await
+            .expect("no panic")?;
+    }
     {
         let net = net.clone();
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
@@ -129,6 +138,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!(socket = %cfg.socket.display(), "serving CRI");
     let svc = CriService {
         sandboxes: sandboxes.clone(),
+        containers,
         net,
         images,
     };

@@ -2,11 +2,13 @@
 
 mod client;
 mod config;
+mod container;
 mod cri;
 mod daemon;
 mod fault;
 mod image;
 mod image_cmd;
+mod monitor;
 mod network;
 mod sandbox;
 mod store;
@@ -174,7 +176,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(daemon::serve(cfg))
 }
 
+/// The hidden per-container subcommands, dispatched before any argument parsing so that the
+/// long-lived monitor stays lean: `peapod monitor <container dir>` and
+/// `peapod enter <container dir> <pid> <start time> <command…>`.
+fn internal(args: &[std::ffi::OsString]) -> Option<std::process::ExitCode> {
+    use std::path::Path;
+    let sub = args.get(1)?.to_str()?;
+    match (sub, args.get(2)) {
+        ("monitor", Some(dir)) => Some(monitor::main(Path::new(dir))),
+        ("enter", Some(dir)) => {
+            let num = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
+            let (Some(pid), Some(start_time)) = (num(3), num(4)) else {
+                eprintln!("usage: peapod enter DIR PID START_TIME COMMAND...");
+                return Some(std::process::ExitCode::from(2));
+            };
+            let target = sandbox::process::ProcRef {
+                pid: pid as i32,
+                start_time,
+            };
+            let argv: Vec<String> = args[5..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Some(monitor::enter::main(Path::new(dir), target, &argv))
+        }
+        _ => None,
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = internal(&args) {
+        return code;
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Serve(args) => serve(args),

@@ -13,12 +13,14 @@
 //! The whole thing needs root; [`require_root`] fails loudly otherwise, it never skips.
 
 mod cgroup;
+pub mod containers;
 pub mod cri;
 mod exec;
 pub mod images;
 mod inspect;
 mod node;
 mod pods;
+mod registry;
 mod spawn;
 
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ pub use images::{ImageClient, TestImages, make_test_images_script};
 pub use inspect::{Proc, host_veth};
 pub use node::{Node, NodeBuilder};
 pub use pods::{PodInfo, in_cidr, is_sandbox_id};
+pub use registry::Registry;
 
 /// Panics unless the process runs as root: privileged tests never skip silently.
 pub fn require_root() {

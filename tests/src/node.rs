@@ -44,6 +44,7 @@ pub struct NodeBuilder {
     daemon_args: Vec<String>,
     setup: Vec<Vec<String>>,
     probe: Option<PathBuf>,
+    config: String,
 }
 
 impl NodeBuilder {
@@ -57,6 +58,13 @@ impl NodeBuilder {
     pub fn setup(mut self, command: &[&str]) -> Self {
         self.setup
             .push(command.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// TOML appended to the daemon's config file (e.g. a `[registries."…"]` table).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
         self
     }
 
@@ -97,7 +105,10 @@ impl NodeBuilder {
         let log_level = std::env::var("PEAPOD_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         std::fs::write(
             dir.path().join("config.toml"),
-            format!("# written by the peapod test harness\nlog_level = {log_level:?}\n"),
+            format!(
+                "# written by the peapod test harness\nlog_level = {log_level:?}\n{}",
+                self.config
+            ),
         )?;
         let (holder, pid1) = spawn_holder(dir.path(), &bins.join("peapod-pause"))?;
         let mut node = Node {

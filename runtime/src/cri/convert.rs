@@ -2,6 +2,8 @@
 
 use k8s_cri::v1 as cri;
 
+use crate::container::model::Propagation;
+use crate::container::{ContainerRecord, ContainerState};
 use crate::sandbox::model::{NamespaceOptions, NsMode};
 use crate::sandbox::{PodMetadata, SandboxRecord, SandboxState};
 
@@ -58,5 +60,60 @@ pub fn pod_sandbox(r: &SandboxRecord) -> cri::PodSandbox {
         labels: r.spec.labels.clone().into_iter().collect(),
         annotations: r.spec.annotations.clone().into_iter().collect(),
         runtime_handler: r.spec.runtime_handler.clone(),
+    }
+}
+
+pub fn container_state(s: ContainerState) -> cri::ContainerState {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+    }
+}
+
+/// None for UNKNOWN (peapod always knows) and values outside the enum.
+pub fn container_state_from(v: i32) -> Option<ContainerState> {
+    match cri::ContainerState::try_from(v).ok()? {
+        cri::ContainerState::ContainerCreated => Some(ContainerState::Created),
+        cri::ContainerState::ContainerRunning => Some(ContainerState::Running),
+        cri::ContainerState::ContainerExited => Some(ContainerState::Exited),
+        cri::ContainerState::ContainerUnknown => None,
+    }
+}
+
+pub fn propagation(p: Propagation) -> cri::MountPropagation {
+    match p {
+        Propagation::Private => cri::MountPropagation::PropagationPrivate,
+        Propagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
+        Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+    }
+}
+
+pub fn container_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: r.spec.name.clone(),
+        attempt: r.spec.attempt,
+    }
+}
+
+pub fn image_spec(r: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: r.spec.image.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn container(r: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.sandbox_id.clone(),
+        metadata: Some(container_metadata(r)),
+        image: Some(image_spec(r)),
+        image_ref: r.image_ref.clone(),
+        image_id: r.image_id.clone(),
+        state: container_state(r.state) as i32,
+        created_at: r.created_at,
+        labels: r.spec.labels.clone().into_iter().collect(),
+        annotations: r.spec.annotations.clone().into_iter().collect(),
     }
 }

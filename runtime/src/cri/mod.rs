@@ -1,19 +1,28 @@
 //! Thin gRPC adapters, one file per RPC: proto → domain → proto. Errors become a
 //! `tonic::Status` in one place (`status.rs`).
 
+mod container_status;
 mod convert;
+mod create_container;
+mod exec_sync;
 mod image;
 mod image_fs_info;
 mod image_status;
+mod list_containers;
 mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod pull_image;
+mod remove_container;
 mod remove_image;
 mod remove_pod_sandbox;
+mod reopen_container_log;
 mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_status;
+mod start_container;
 pub mod status;
+mod stop_container;
 mod stop_pod_sandbox;
 mod update_runtime_config;
 pub mod version;
@@ -26,6 +35,7 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::container::Containers;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::Sandboxes;
@@ -34,15 +44,15 @@ use crate::sandbox::Sandboxes;
 #[derive(Clone)]
 pub struct CriService {
     pub sandboxes: Arc<Sandboxes>,
+    pub containers: Arc<Containers>,
     pub net: Arc<NodeNetwork>,
     pub images: Arc<ImageStore>,
 }
 
 impl CriService {
     /// Whether a container uses image `id` (`sha256:…`): RemoveImage refuses to delete it.
-    /// Containers are not there yet; they will answer this.
-    pub fn image_in_use(&self, _id: &str) -> bool {
-        false
+    pub fn image_in_use(&self, id: &str) -> bool {
+        self.containers.uses_image(id)
     }
 }
 
@@ -146,16 +156,73 @@ impl RuntimeService for CriService {
         Err(status::unimplemented("get_container_events"))
     }
 
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Res<cri::CreateContainerResponse> {
+        create_container::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Res<cri::StartContainerResponse> {
+        start_container::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Res<cri::StopContainerResponse> {
+        stop_container::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Res<cri::RemoveContainerResponse> {
+        remove_container::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cri::ListContainersRequest>,
+    ) -> Res<cri::ListContainersResponse> {
+        list_containers::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Res<cri::ContainerStatusResponse> {
+        container_status::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Res<cri::ReopenContainerLogResponse> {
+        reopen_container_log::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
+        exec_sync::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     not_yet! {
-        create_container: cri::CreateContainerRequest => cri::CreateContainerResponse;
-        start_container: cri::StartContainerRequest => cri::StartContainerResponse;
-        stop_container: cri::StopContainerRequest => cri::StopContainerResponse;
-        remove_container: cri::RemoveContainerRequest => cri::RemoveContainerResponse;
-        list_containers: cri::ListContainersRequest => cri::ListContainersResponse;
-        container_status: cri::ContainerStatusRequest => cri::ContainerStatusResponse;
         update_container_resources: cri::UpdateContainerResourcesRequest => cri::UpdateContainerResourcesResponse;
-        reopen_container_log: cri::ReopenContainerLogRequest => cri::ReopenContainerLogResponse;
-        exec_sync: cri::ExecSyncRequest => cri::ExecSyncResponse;
         exec: cri::ExecRequest => cri::ExecResponse;
         attach: cri::AttachRequest => cri::AttachResponse;
         port_forward: cri::PortForwardRequest => cri::PortForwardResponse;
@@ -203,7 +270,9 @@ impl ImageService for CriService {
             .map(Response::new)
     }
 
-    not_yet! {
-        pull_image: cri::PullImageRequest => cri::PullImageResponse;
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
+        pull_image::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -2,7 +2,8 @@
 
 use tonic::{Code, Status};
 
-use crate::image::ImageError;
+use crate::container::ContainerError;
+use crate::image::{ImageError, RegistryError};
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -25,13 +26,14 @@ fn code(e: &SandboxError) -> Code {
         | SandboxError::Network(_)
         | SandboxError::Detach(_)
         | SandboxError::Store(_)
+        | SandboxError::Containers { .. }
         | SandboxError::Teardown { .. } => Code::Internal,
     }
 }
 
 /// A full disk (ENOSPC anywhere in the chain) is an exhausted resource, not an internal bug.
-fn out_of_space(e: &SandboxError) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
     while let Some(err) = src {
         if err
             .downcast_ref::<std::io::Error>()
@@ -44,6 +46,57 @@ fn out_of_space(e: &SandboxError) -> bool {
     false
 }
 
+fn container_code(e: &ContainerError) -> Code {
+    match e {
+        ContainerError::Invalid { .. }
+        | ContainerError::Ambiguous { .. }
+        | ContainerError::User(_)
+        | ContainerError::Capability(_)
+        | ContainerError::SeccompFile { .. }
+        | ContainerError::Seccomp { .. }
+        | ContainerError::MountSource { .. } => Code::InvalidArgument,
+        ContainerError::NotFound { .. } => Code::NotFound,
+        ContainerError::SandboxNotReady { .. } | ContainerError::WrongState { .. } => {
+            Code::FailedPrecondition
+        }
+        ContainerError::AlreadyExists { .. } => Code::AlreadyExists,
+        ContainerError::Unsupported { .. } => Code::Unimplemented,
+        ContainerError::Image(e) => image_code(e),
+        ContainerError::ExecTimeout { .. } => Code::DeadlineExceeded,
+        ContainerError::Sandbox(e) => code(e),
+        ContainerError::Spawn { .. }
+        | ContainerError::Start { .. }
+        | ContainerError::Kill { .. }
+        | ContainerError::Stuck { .. }
+        | ContainerError::Io { .. }
+        | ContainerError::Reopen { .. }
+        | ContainerError::Exec { .. }
+        | ContainerError::Store(_)
+        | ContainerError::Teardown { .. } => Code::Internal,
+    }
+}
+
+/// Logged once, here, where the error leaves the daemon.
+fn to_status(code: Code, msg: String) -> Status {
+    if code == Code::Internal {
+        tracing::error!(error = %msg, "request failed");
+    } else {
+        tracing::debug!(error = %msg, ?code, "request refused");
+    }
+    Status::new(code, msg)
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Status {
+        let code = if out_of_space(&e) {
+            Code::ResourceExhausted
+        } else {
+            container_code(&e)
+        };
+        to_status(code, e.chain())
+    }
+}
+
 impl From<SandboxError> for Status {
     fn from(e: SandboxError) -> Status {
         let code = if out_of_space(&e) {
@@ -52,13 +105,7 @@ impl From<SandboxError> for Status {
             code(&e)
         };
         let msg = e.chain();
-        // Logged once, here, where the error leaves the daemon.
-        if code == Code::Internal {
-            tracing::error!(error = %msg, "request failed");
-        } else {
-            tracing::debug!(error = %msg, ?code, "request refused");
-        }
-        Status::new(code, msg)
+        to_status(code, msg)
     }
 }
 
@@ -69,7 +116,17 @@ impl From<StoreError> for Status {
 }
 
 fn image_code(e: &ImageError) -> Code {
-    match e {
+    match e.root() {
+        ImageError::Registry(r) => match r.status() {
+            Some(404) => Code::NotFound,
+            Some(401 | 403) => Code::PermissionDenied,
+            Some(429) | Some(500..) => Code::Unavailable,
+            Some(_) => Code::Unknown,
+            None if matches!(r, RegistryError::Connect { .. }) => Code::Unavailable,
+            None => Code::Unknown,
+        },
+        ImageError::Cancelled => Code::Cancelled,
+        ImageError::BadCredentials { .. } => Code::InvalidArgument,
         ImageError::NotFound { .. } | ImageError::NoMatchingPlatform { .. } => Code::NotFound,
         ImageError::InvalidReference { .. } | ImageError::Archive { .. } => Code::InvalidArgument,
         ImageError::InUse { .. } => Code::FailedPrecondition,
@@ -84,6 +141,8 @@ fn image_code(e: &ImageError) -> Code {
         | ImageError::ArchiveRead { .. }
         | ImageError::ReadContent { .. }
         | ImageError::Io { .. }
+        | ImageError::ClientSetup(_)
+        | ImageError::Pull { .. }
         | ImageError::Store(_) => Code::Internal,
     }
 }
@@ -92,7 +151,7 @@ impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
         let code = image_code(&e);
         let msg = e.chain();
-        if code == Code::Internal || code == Code::DataLoss {
+        if matches!(code, Code::Internal | Code::DataLoss | Code::Unknown) {
             tracing::error!(error = %msg, "image request failed");
         } else {
             tracing::debug!(error = %msg, ?code, "image request refused");
@@ -102,9 +161,7 @@ impl From<ImageError> for Status {
 }
 
 pub fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented by peapod yet (pod sandboxes only for now)"
-    ))
+    Status::unimplemented(format!("{rpc} is not implemented by peapod yet"))
 }
 
 #[cfg(test)]
@@ -128,6 +185,15 @@ mod tests {
         }
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
+        let s: Status = ContainerError::SandboxNotReady { id: "p".into() }.into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let s: Status = ContainerError::Image(ImageError::NotFound {
+            image: "busybox".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ContainerError::Sandbox(SandboxError::NotFound { id: "x".into() }).into();
+        assert_eq!(s.code(), Code::NotFound);
         let s: Status = ImageError::NotFound {
             image: "busybox".into(),
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::digest::Digest;
+use super::registry::RegistryError;
 use super::unpack::UnpackError;
 use crate::store::StoreError;
 
@@ -89,6 +90,21 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot pull {reference} from {registry}")]
+    Pull {
+        reference: String,
+        registry: String,
+        #[source]
+        source: Box<ImageError>,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the pull was cancelled")]
+    Cancelled,
+    #[error("invalid registry credentials: {reason}")]
+    BadCredentials { reason: String },
+    #[error("cannot set up the registry client")]
+    ClientSetup(#[source] reqwest::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -116,13 +132,26 @@ impl ImageError {
 
     /// The error with its sources, `: `-separated, for logs and gRPC messages.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur = std::error::Error::source(self);
-        while let Some(e) = cur {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            cur = e.source();
-        }
-        s
+        chain(self)
     }
+
+    /// The innermost image error (through pulls), which decides the status code.
+    pub fn root(&self) -> &ImageError {
+        match self {
+            ImageError::Pull { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// Any error with its sources, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
 }

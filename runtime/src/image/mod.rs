@@ -16,9 +16,6 @@
 //! may run beside the daemon. Content that an operation in flight uses is pinned in memory so
 //! that garbage collection (which runs under the lock) leaves it alone.
 
-// Parts of the interface serve containers and pulls, which later commits wire in.
-#![allow(dead_code)]
-
 mod archive;
 mod assemble;
 mod blobs;
@@ -27,7 +24,9 @@ mod error;
 mod hosts;
 mod index;
 mod layers;
+mod pull;
 mod reference;
+mod registry;
 mod scratch;
 mod spec;
 #[cfg(test)]
@@ -47,10 +46,13 @@ use serde::{Deserialize, Serialize};
 pub use digest::Digest;
 pub use error::ImageError;
 pub use hosts::RegistryConfig;
+pub use registry::{Credentials, RegistryError};
 
 use blobs::Blobs;
 use index::{INDEX_VERSION, ImageRecord, IndexDoc, Named};
 use layers::Layers;
+use pull::KeyedLocks;
+use registry::Registries;
 use scratch::Scratch;
 
 pub struct ImageStore {
@@ -58,7 +60,8 @@ pub struct ImageStore {
     blobs: Blobs,
     layers: Layers,
     scratch: Scratch,
-    registries: RegistryConfig,
+    registries: Registries,
+    downloads: KeyedLocks,
     cache: Mutex<Cached>,
     writer: Mutex<()>,
     pins: Pins,
@@ -73,6 +76,7 @@ pub struct ImageInfo {
     pub size: u64,
     /// Unpacked layer directories, bottom layer first: overlayfs lowerdirs (reversed) for a
     /// rootfs.
+    #[allow(dead_code)] // read by containers, which build their rootfs from it
     pub layers: Vec<PathBuf>,
     pub config: RunConfig,
 }
@@ -110,7 +114,8 @@ impl ImageStore {
             layers: Layers::open(root.join("layers"))?,
             scratch: Scratch::open(&root.join("tmp"))?,
             root,
-            registries,
+            registries: Registries::new(registries).map_err(ImageError::ClientSetup)?,
+            downloads: KeyedLocks::default(),
             cache: Mutex::default(),
             writer: Mutex::default(),
             pins: Pins::default(),
@@ -119,10 +124,6 @@ impl ImageStore {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    pub fn registries(&self) -> &RegistryConfig {
-        &self.registries
     }
 
     fn index_path(&self) -> PathBuf {

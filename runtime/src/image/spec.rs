@@ -71,10 +71,6 @@ pub struct Index {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ImageConfig {
     #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
     pub config: Option<ContainerConfig>,
     pub rootfs: RootFs,
 }
@@ -92,8 +88,6 @@ pub struct ContainerConfig {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RootFs {
-    #[serde(rename = "type", default)]
-    pub kind: String,
     #[serde(default)]
     pub diff_ids: Vec<Digest>,
 }

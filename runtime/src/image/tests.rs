@@ -17,7 +17,7 @@ fn require_root() {
     );
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+pub(super) fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();
@@ -32,7 +32,7 @@ fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::fast());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()

@@ -152,6 +152,22 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The directory of `rel` in every hierarchy, with the hierarchy's name under
+    /// `/sys/fs/cgroup` (empty for the v2 unified hierarchy).
+    pub fn dirs(&self, rel: &Path) -> Vec<(PathBuf, String)> {
+        let v2 = self.version() == 2;
+        self.roots()
+            .into_iter()
+            .map(|root| {
+                let name = match (v2, root.file_name()) {
+                    (false, Some(n)) => n.to_string_lossy().into_owned(),
+                    _ => String::new(),
+                };
+                (root.join(rel), name)
+            })
+            .collect()
+    }
+
     /// Moves `pid` into the sandbox cgroup of every hierarchy.
     pub fn place(&self, rec: &CgroupRecord, pid: i32) -> Result<(), SandboxError> {
         for root in self.roots() {

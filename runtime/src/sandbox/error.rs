@@ -77,6 +77,12 @@ pub enum SandboxError {
     Network(#[source] netsetup::NetError),
     #[error("pod network teardown failed")]
     Detach(#[source] netsetup::DetachError),
+    #[error("cannot stop or remove the containers of pod sandbox {id}")]
+    Containers {
+        id: String,
+        #[source]
+        source: super::BoxError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("teardown of sandbox {id} left {} error(s): {}", .errors.len(), join_chains(.errors))]

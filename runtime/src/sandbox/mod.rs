@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod error;
 pub mod files;
 pub mod gc;
+mod hooks;
 pub mod model;
 mod ops;
 pub mod pins;
@@ -12,11 +13,12 @@ pub mod process;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use tracing::{info, warn};
 
 pub use error::SandboxError;
+pub use hooks::{BoxError, PodContainers};
 pub use model::{PodMetadata, PodSpec, SandboxRecord, SandboxState};
 pub use ops::NETNS_DIR;
 use ops::Ops;
@@ -42,6 +44,7 @@ pub struct Sandboxes {
     ops: Arc<Ops>,
     pods: RwLock<HashMap<String, Arc<Entry>>>,
     by_meta: Mutex<HashMap<PodMetadata, Slot>>,
+    containers: OnceLock<Weak<dyn PodContainers>>,
 }
 
 /// A filter for `list`; every set field must match.
@@ -76,7 +79,16 @@ impl Sandboxes {
             ops: Arc::new(Ops { cfg, net, cgroups }),
             pods: RwLock::new(HashMap::new()),
             by_meta: Mutex::new(HashMap::new()),
+            containers: OnceLock::new(),
         })
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.ops.cgroups
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> std::path::PathBuf {
+        self.ops.sandbox_dir(id)
     }
 
     pub fn cgroup_version(&self) -> u8 {
@@ -235,6 +247,8 @@ impl Sandboxes {
         if self.entry(&id).is_none() {
             return Ok(());
         }
+        // The pod's containers go first: stopped for a stop, removed for a removal.
+        self.containers_hook(&id, forget).await?;
         let mut rec = entry.rec.lock().expect("lock").clone();
         let ops = self.ops.clone();
         let (rec, r) = tokio::task::spawn_blocking(move || {

@@ -25,6 +25,12 @@ pub struct ProcRef {
 }
 
 impl ProcRef {
+    /// The process `pid` as it is now (alive or a zombie).
+    pub fn of(pid: i32) -> io::Result<ProcRef> {
+        let (_, start_time) = stat(pid)?;
+        Ok(ProcRef { pid, start_time })
+    }
+
     /// True while the very process we recorded is alive (not a zombie, not a newcomer).
     pub fn is_alive(&self) -> bool {
         matches!(stat(self.pid), Ok((state, start)) if start == self.start_time && state != 'Z' && state != 'X')
@@ -210,7 +216,7 @@ pub fn pidfd_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
 }
 
 /// Waits until the process behind the pidfd has exited; false on timeout.
-fn wait_exit_blocking(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+pub fn wait_exit_blocking(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let deadline = std::time::Instant::now() + timeout;

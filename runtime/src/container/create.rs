@@ -1,0 +1,206 @@
+//! CreateContainer: validation, the image, the pod's /dev/shm, the launch spec, the record.
+
+use std::path::{Component, Path, PathBuf};
+
+use tracing::info;
+
+use super::error::ContainerError;
+use super::launch::{self, CgroupDir};
+use super::model::{ContainerRecord, ContainerSpec, ContainerState};
+use super::{Containers, Filter, Result, new_id, now_nanos};
+use crate::monitor::LAUNCH_FILE;
+use crate::sandbox::SandboxState;
+use crate::sandbox::model::NsMode;
+use crate::store;
+
+fn signal_number(name: &str) -> Option<i32> {
+    let n = name.trim().to_ascii_uppercase();
+    if let Ok(num) = n.parse::<i32>() {
+        return Some(num);
+    }
+    let full = if n.starts_with("SIG") {
+        n
+    } else {
+        format!("SIG{n}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+/// A relative log path without `..`.
+fn check_log_path(p: &str) -> Result<()> {
+    let path = Path::new(p);
+    if path.is_absolute()
+        || path.components().any(|c| c == Component::ParentDir)
+        || p.contains('\0')
+    {
+        return Err(ContainerError::invalid(
+            "log_path",
+            format!("{p:?} must be relative to the pod's log directory, without '..'"),
+        ));
+    }
+    Ok(())
+}
+
+impl Containers {
+    /// CreateContainer (blocking).
+    pub fn create(&self, sandbox_id: &str, spec: ContainerSpec) -> Result<String> {
+        if spec.name.is_empty() {
+            return Err(ContainerError::invalid(
+                "metadata.name",
+                "must not be empty",
+            ));
+        }
+        check_log_path(&spec.log_path)?;
+        let sandbox = self.sandboxes.status(sandbox_id)?;
+        if sandbox.state != SandboxState::Ready
+            || self.closed.lock().expect("lock").contains(&sandbox.id)
+        {
+            return Err(ContainerError::SandboxNotReady { id: sandbox.id });
+        }
+        let key = (sandbox.id.clone(), spec.name.clone(), spec.attempt);
+        if !self.names.lock().expect("lock").insert(key.clone()) {
+            let id = self
+                .list(&Filter {
+                    sandbox_id: Some(sandbox.id.clone()),
+                    ..Default::default()
+                })
+                .into_iter()
+                .find(|c| c.spec.name == spec.name && c.spec.attempt == spec.attempt)
+                .map(|c| c.id)
+                .unwrap_or_else(|| "(being created)".into());
+            return Err(ContainerError::AlreadyExists {
+                name: spec.name,
+                attempt: spec.attempt,
+                sandbox: sandbox.id,
+                id,
+            });
+        }
+        let id = new_id();
+        let r = self.make(&id, &sandbox, spec);
+        if r.is_err() {
+            self.names.lock().expect("lock").remove(&key);
+            let _ = store::remove_dir_all(&self.dir(&id));
+        }
+        r.map(|()| id)
+    }
+
+    fn make(
+        &self,
+        id: &str,
+        sandbox: &crate::sandbox::SandboxRecord,
+        spec: ContainerSpec,
+    ) -> Result<()> {
+        let image = self.images.resolve(&spec.image)?;
+        let dir = self.dir(id);
+        for d in [dir.join("upper"), dir.join("work"), dir.join("rootfs")] {
+            store::create_dir_all(&d)?;
+        }
+        let shm = match (&sandbox.pins.ipc, sandbox.spec.namespaces.ipc) {
+            (Some(_), _) => Some(self.ensure_shm(&sandbox.id)?),
+            (None, NsMode::Node) => Some(PathBuf::from("/dev/shm")),
+            (None, _) => None,
+        };
+        let cg_rel = sandbox
+            .cgroup
+            .as_ref()
+            .map(|c| c.rel.join(id))
+            .ok_or_else(|| ContainerError::SandboxNotReady {
+                id: sandbox.id.clone(),
+            })?;
+        let cgroups = self
+            .sandboxes
+            .cgroups()
+            .dirs(&cg_rel)
+            .into_iter()
+            .map(|(path, name)| CgroupDir { path, name })
+            .collect();
+        let log_path = match (sandbox.spec.log_directory.as_str(), spec.log_path.as_str()) {
+            ("", _) | (_, "") => None,
+            (d, p) => Some(Path::new(d).join(p)),
+        };
+        let launch = launch::build(&launch::Inputs {
+            id,
+            spec: &spec,
+            sandbox,
+            sandbox_dir: &self.sandboxes.sandbox_dir(&sandbox.id),
+            image: &image,
+            dir: &dir,
+            shm,
+            cgroups,
+            log_path: log_path.clone(),
+            control_socket: self.socket(id),
+        })?;
+        store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
+        let stop_signal = image
+            .config
+            .stop_signal
+            .as_deref()
+            .and_then(signal_number)
+            .unwrap_or(libc::SIGTERM);
+        let rec = ContainerRecord {
+            id: id.to_owned(),
+            sandbox_id: sandbox.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            image_id: image.id,
+            spec,
+            log_path: log_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            stop_signal,
+            state: ContainerState::Created,
+            created_at: now_nanos(),
+            started_at: 0,
+            running: None,
+            cgroup: None,
+            exit: None,
+        };
+        self.persist(&rec)?;
+        info!(container = %id, sandbox = %rec.sandbox_id, name = %rec.spec.name, "container created");
+        self.insert(rec);
+        Ok(())
+    }
+
+    fn ensure_shm(&self, sandbox_id: &str) -> Result<PathBuf> {
+        use nix::mount::{MsFlags, mount};
+        let dir = self.shm_dir(sandbox_id);
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == dir.to_str());
+        if !mounted {
+            store::create_dir_all(&dir)?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(
+                Some("shm"),
+                &dir,
+                Some("tmpfs"),
+                flags,
+                Some("mode=1777,size=65536k"),
+            )
+            .map_err(|e| {
+                ContainerError::io("mount the pod's /dev/shm at", dir.clone())(e.into())
+            })?;
+        }
+        Ok(dir)
+    }
+
+    pub(super) fn remove_shm(&self, sandbox_id: &str) -> Result<()> {
+        let dir = self.shm_dir(sandbox_id);
+        match nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(ContainerError::io("unmount", dir)(e.into())),
+        }
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(ContainerError::io("remove", dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}

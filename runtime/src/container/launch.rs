@@ -1,0 +1,331 @@
+//! The launch spec: everything the monitor and the container's init need, fully resolved at
+//! CreateContainer (image config merged in, user resolved, capabilities computed, seccomp
+//! profile read), persisted as `launch.json` in the container dir.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ContainerError;
+use super::model::{ContainerSpec, MountReq, Propagation, SeccompReq};
+use super::seccomp;
+use super::security::{self, DEFAULT_MASKED, DEFAULT_READONLY};
+use super::user::{self, User, UserReq};
+use crate::image::ImageInfo;
+use crate::sandbox::SandboxRecord;
+use crate::sandbox::model::NsMode;
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PidNs {
+    /// A new PID namespace; the container's process is its PID 1.
+    Own,
+    /// Join the namespace pinned at this path (the pod's).
+    Join(PathBuf),
+    /// The node's.
+    Node,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: PidNs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// Image layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// The mount point (inside the container's own mount namespace only).
+    pub target: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+/// A cgroup directory of the container in one hierarchy; `name` is the hierarchy's mount
+/// name under `/sys/fs/cgroup` (empty for the v2 unified hierarchy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupDir {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    pub namespaces: Namespaces,
+    pub rootfs: Rootfs,
+    /// Bind mounts, in mount order (parents before children).
+    pub mounts: Vec<Bind>,
+    /// The pod's `/dev/shm` (None: a tmpfs of the container's own).
+    pub shm: Option<PathBuf>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// Capability names (`CAP_…`): the bounding set, and the effective set of a root process.
+    pub caps: Vec<String>,
+    pub privileged: bool,
+    pub no_new_privs: bool,
+    /// An OCI seccomp profile (JSON); None: unconfined.
+    pub seccomp: Option<String>,
+    pub cgroups: Vec<CgroupDir>,
+    pub oom_score_adj: Option<i32>,
+    pub log_path: Option<PathBuf>,
+    /// The monitor's control socket (log reopen).
+    pub control_socket: PathBuf,
+}
+
+/// What `build` needs besides the request.
+pub struct Inputs<'a> {
+    pub id: &'a str,
+    pub spec: &'a ContainerSpec,
+    pub sandbox: &'a SandboxRecord,
+    pub sandbox_dir: &'a Path,
+    pub image: &'a ImageInfo,
+    pub dir: &'a Path,
+    pub shm: Option<PathBuf>,
+    pub cgroups: Vec<CgroupDir>,
+    pub log_path: Option<PathBuf>,
+    pub control_socket: PathBuf,
+}
+
+/// The kubelet's rule: `command` replaces the image's entrypoint, `args` its cmd.
+pub fn argv(spec: &ContainerSpec, entrypoint: &[String], cmd: &[String]) -> Vec<String> {
+    let (head, tail) = match (spec.command.is_empty(), spec.args.is_empty()) {
+        (false, _) => (&spec.command[..], &spec.args[..]),
+        (true, false) => (entrypoint, &spec.args[..]),
+        (true, true) => (entrypoint, cmd),
+    };
+    head.iter().chain(tail).cloned().collect()
+}
+
+/// The image's env with the request's on top (same key: the request wins), PATH defaulted.
+pub fn env(image_env: &[String], request: &[(String, String)], hostname: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or("").to_owned();
+        out.retain(|e| e.split('=').next() != Some(key.as_str()));
+        out.push(kv);
+    };
+    if !hostname.is_empty() {
+        set(format!("HOSTNAME={hostname}"));
+    }
+    for e in image_env {
+        set(e.clone());
+    }
+    for (k, v) in request {
+        set(format!("{k}={v}"));
+    }
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(0, DEFAULT_PATH.to_owned());
+    }
+    out
+}
+
+fn bind(req: &MountReq) -> Result<Bind, ContainerError> {
+    if std::fs::symlink_metadata(&req.host_path).is_err() {
+        return Err(ContainerError::MountSource {
+            path: req.host_path.clone(),
+        });
+    }
+    Ok(Bind {
+        source: PathBuf::from(&req.host_path),
+        destination: req.container_path.clone(),
+        readonly: req.readonly,
+        propagation: req.propagation,
+    })
+}
+
+fn seccomp_profile(spec: &ContainerSpec) -> Result<Option<String>, ContainerError> {
+    let s = &spec.security;
+    if s.privileged {
+        return Ok(None);
+    }
+    let (name, text) = match &s.seccomp {
+        SeccompReq::Unconfined => return Ok(None),
+        SeccompReq::RuntimeDefault => ("RuntimeDefault".to_owned(), seccomp::runtime_default()),
+        SeccompReq::Localhost(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ContainerError::SeccompFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            (path.display().to_string(), text)
+        }
+    };
+    seccomp::compile(&text).map_err(|source| ContainerError::Seccomp {
+        profile: name,
+        source,
+    })?;
+    Ok(Some(text))
+}
+
+fn namespaces(i: &Inputs<'_>) -> Result<Namespaces, ContainerError> {
+    let pins = &i.sandbox.pins;
+    let pid = match i.spec.security.pid {
+        NsMode::Container => PidNs::Own,
+        NsMode::Node => PidNs::Node,
+        NsMode::Pod => match &pins.pid {
+            Some(p) => PidNs::Join(p.clone()),
+            None => {
+                return Err(ContainerError::invalid(
+                    "linux.security_context.namespace_options.pid",
+                    "POD, but the pod sandbox has no PID namespace of its own",
+                ));
+            }
+        },
+        NsMode::Target => {
+            return Err(ContainerError::Unsupported {
+                what: "namespace_options.pid TARGET".into(),
+            });
+        }
+    };
+    Ok(Namespaces {
+        net: pins.net.clone(),
+        ipc: pins.ipc.clone(),
+        uts: pins.uts.clone(),
+        pid,
+    })
+}
+
+pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
+    let spec = i.spec;
+    let sec = &spec.security;
+    let cfg = &i.image.config;
+    let argv = argv(spec, &cfg.entrypoint, &cfg.cmd);
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(ContainerError::invalid(
+            "command",
+            "no command given and the image has no entrypoint or cmd",
+        ));
+    }
+    let passwd = user::read_from_layers(&i.image.layers, "etc/passwd");
+    let group = user::read_from_layers(&i.image.layers, "etc/group");
+    let user = user::resolve(
+        &UserReq {
+            run_as_user: sec.run_as_user,
+            run_as_group: sec.run_as_group,
+            run_as_username: &sec.run_as_username,
+            supplemental_groups: &sec.supplemental_groups,
+            image_user: &cfg.user,
+        },
+        &passwd,
+        &group,
+    )?;
+    let caps = security::capabilities(sec.privileged, &sec.add_caps, &sec.drop_caps)?;
+    let defaults = |given: &[String], d: &[&str]| -> Vec<String> {
+        match (given.is_empty(), sec.privileged) {
+            (false, _) => given.to_vec(),
+            (true, true) => Vec::new(),
+            (true, false) => d.iter().map(|s| s.to_string()).collect(),
+        }
+    };
+    let mut mounts = Vec::new();
+    let wanted = |dest: &str| !spec.mounts.iter().any(|m| m.container_path == dest);
+    for (file, dest) in [
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+        ("hostname", "/etc/hostname"),
+    ] {
+        let source = i.sandbox_dir.join(file);
+        if wanted(dest) && source.exists() {
+            mounts.push(Bind {
+                source,
+                destination: dest.to_owned(),
+                readonly: sec.readonly_rootfs,
+                propagation: Propagation::Private,
+            });
+        }
+    }
+    let mut user_mounts = spec
+        .mounts
+        .iter()
+        .map(bind)
+        .collect::<Result<Vec<_>, _>>()?;
+    user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
+    mounts.extend(user_mounts);
+    let cwd = match (spec.working_dir.as_str(), cfg.working_dir.as_str()) {
+        ("", "") => "/".to_owned(),
+        ("", w) | (w, _) => w.to_owned(),
+    };
+    Ok(LaunchSpec {
+        id: i.id.to_owned(),
+        argv,
+        env: env(&cfg.env, &spec.envs, &i.sandbox.spec.hostname),
+        cwd,
+        user,
+        namespaces: namespaces(i)?,
+        rootfs: Rootfs {
+            layers: i.image.layers.clone(),
+            upper: i.dir.join("upper"),
+            work: i.dir.join("work"),
+            target: i.dir.join("rootfs"),
+            readonly: sec.readonly_rootfs,
+        },
+        mounts,
+        shm: i.shm.clone(),
+        masked_paths: defaults(&sec.masked_paths, DEFAULT_MASKED),
+        readonly_paths: defaults(&sec.readonly_paths, DEFAULT_READONLY),
+        caps,
+        privileged: sec.privileged,
+        no_new_privs: sec.no_new_privs,
+        seccomp: seccomp_profile(spec)?,
+        cgroups: i.cgroups.clone(),
+        oom_score_adj: (spec.resources.oom_score_adj != 0)
+            .then(|| spec.resources.oom_score_adj.clamp(-1000, 1000) as i32),
+        log_path: i.log_path.clone(),
+        control_socket: i.control_socket.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn command_and_args_follow_the_kubelet() {
+        let (ep, cmd) = (v(&["/ep"]), v(&["c1", "c2"]));
+        let mut spec = ContainerSpec::default();
+        assert_eq!(argv(&spec, &ep, &cmd), v(&["/ep", "c1", "c2"]));
+        spec.args = v(&["a"]);
+        assert_eq!(argv(&spec, &ep, &cmd), v(&["/ep", "a"]));
+        spec.command = v(&["/bin/sh", "-c"]);
+        assert_eq!(argv(&spec, &ep, &cmd), v(&["/bin/sh", "-c", "a"]));
+        spec.args.clear();
+        assert_eq!(argv(&spec, &ep, &cmd), v(&["/bin/sh", "-c"]));
+    }
+
+    #[test]
+    fn env_request_wins_and_path_defaults() {
+        let e = env(
+            &v(&["A=1", "B=2"]),
+            &[("B".into(), "3".into()), ("C".into(), "x=y".into())],
+            "web",
+        );
+        assert_eq!(e[0], DEFAULT_PATH);
+        assert!(e.contains(&"A=1".into()) && e.contains(&"B=3".into()));
+        assert!(e.contains(&"C=x=y".into()) && e.contains(&"HOSTNAME=web".into()));
+        assert!(!e.contains(&"B=2".into()));
+        let e = env(&v(&["PATH=/bin"]), &[], "");
+        assert_eq!(e, v(&["PATH=/bin"]));
+    }
+}

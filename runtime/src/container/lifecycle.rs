@@ -1,0 +1,225 @@
+//! Start, stop and remove (blocking; called from `spawn_blocking` or the pod hooks).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::error::ContainerError;
+use super::model::{ContainerState, ExitRecord};
+use super::{Containers, Result, cgroup, now_nanos};
+use crate::monitor::Reply;
+use crate::sandbox::SandboxState;
+use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
+use crate::store;
+
+/// How long a container may take to exit after SIGKILL, and its monitor to finish after.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl Containers {
+    /// StartContainer: cgroup and limits, then the monitor, which starts the process.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let id = self.resolve(id)?;
+        let entry = self
+            .entry(&id)
+            .ok_or(ContainerError::NotFound { id: id.clone() })?;
+        let _op = entry.op.lock().expect("lock");
+        let mut rec = entry.rec.lock().expect("lock").clone();
+        self.refresh(&mut rec);
+        if !rec.state.can_start() {
+            return Err(ContainerError::WrongState {
+                id,
+                state: rec.state,
+                op: "start",
+            });
+        }
+        let pod = self.sandboxes.status(&rec.sandbox_id)?;
+        if pod.state != SandboxState::Ready {
+            return Err(ContainerError::SandboxNotReady { id: pod.id });
+        }
+        let pod_cg = pod
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| ContainerError::SandboxNotReady { id: pod.id.clone() })?;
+        let cgroups = self.sandboxes.cgroups();
+        let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
+        rec.cgroup = Some(cg.clone());
+        self.persist(&rec)?;
+        let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
+        cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
+        let reply = self.spawn_monitor(&id)?;
+        match reply {
+            Reply::Running(r) => {
+                rec.running = Some(r);
+                rec.state = ContainerState::Running;
+                rec.started_at = r.started_at;
+                self.persist(&rec)?;
+                info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
+                *entry.rec.lock().expect("lock") = rec;
+                Ok(())
+            }
+            Reply::Failed { message } => {
+                rec.state = ContainerState::Exited;
+                self.refresh(&mut rec);
+                if rec.exit.is_none() {
+                    let exit = ExitRecord {
+                        exit_code: 128,
+                        signal: None,
+                        finished_at: now_nanos(),
+                        oom_killed: false,
+                        start_error: Some(message.clone()),
+                    };
+                    store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit)?;
+                    rec.exit = Some(exit);
+                }
+                self.persist(&rec)?;
+                *entry.rec.lock().expect("lock") = rec;
+                Err(ContainerError::Start { id, message })
+            }
+        }
+    }
+
+    /// Runs `peapod monitor <dir>`: its first process exits at once (the monitor is no child of
+    /// ours); the monitor says on the pipe whether the container runs, then closes it.
+    fn spawn_monitor(&self, id: &str) -> Result<Reply> {
+        let dir = self.dir(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("monitor.log"))
+            .map_err(ContainerError::io("open", dir.join("monitor.log")))?;
+        let mut child = Command::new(&self.exe)
+            .arg("monitor")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| ContainerError::Spawn {
+                id: id.to_owned(),
+                source,
+            })?;
+        let mut out = String::new();
+        let read = child.stdout.take().expect("piped").read_to_string(&mut out);
+        let _ = child.wait();
+        read.map_err(|source| ContainerError::Spawn {
+            id: id.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(out.trim()).map_err(|e| ContainerError::Spawn {
+            id: id.to_owned(),
+            source: std::io::Error::other(format!(
+                "unexpected answer from the monitor {out:?}: {e}"
+            )),
+        })
+    }
+
+    /// StopContainer: the stop signal, SIGKILL after `timeout` seconds; an unknown id is OK.
+    pub fn stop(&self, id: &str, timeout: i64) -> Result<()> {
+        let id = match self.resolve(id) {
+            Err(ContainerError::NotFound { .. }) => return Ok(()),
+            other => other?,
+        };
+        let Some(entry) = self.entry(&id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().expect("lock");
+        let mut rec = entry.rec.lock().expect("lock").clone();
+        self.refresh(&mut rec);
+        if let (ContainerState::Running, Some(r)) = (rec.state, rec.running) {
+            let grace = Duration::from_secs(timeout.max(0) as u64);
+            self.kill(&id, r.init, rec.stop_signal, grace)?;
+            self.kill_leftovers(&rec);
+            if let Some(fd) = r.monitor.pidfd().ok().flatten() {
+                let _ = wait_exit_blocking(&fd, KILL_WAIT);
+            }
+            self.refresh(&mut rec);
+            info!(container = %id, exit = ?rec.exit.as_ref().map(|e| e.exit_code), "container stopped");
+        }
+        *entry.rec.lock().expect("lock") = rec;
+        Ok(())
+    }
+
+    /// SIGKILL to whatever is left in the container's cgroup once its process is gone: in a
+    /// shared PID namespace its children outlive it, and so may an ExecSync command. They
+    /// would hold the log pipes open and keep the cgroup busy.
+    fn kill_leftovers(&self, rec: &super::model::ContainerRecord) {
+        let Some(cg) = &rec.cgroup else { return };
+        for (dir, _) in self.sandboxes.cgroups().dirs(&cg.rel) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn kill(&self, id: &str, p: ProcRef, sig: i32, grace: Duration) -> Result<()> {
+        let err = |source| ContainerError::Kill {
+            id: id.to_owned(),
+            pid: p.pid,
+            source,
+        };
+        let Some(fd) = p.pidfd().map_err(err)? else {
+            return Ok(());
+        };
+        if !grace.is_zero() {
+            pidfd_signal(&fd, sig).map_err(err)?;
+            if wait_exit_blocking(&fd, grace).map_err(err)? {
+                return Ok(());
+            }
+        }
+        pidfd_signal(&fd, libc::SIGKILL).map_err(err)?;
+        if !wait_exit_blocking(&fd, KILL_WAIT).map_err(err)? {
+            return Err(ContainerError::Stuck { id: id.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// RemoveContainer: kill if running, then cgroup, socket, dir and record; an unknown id
+    /// is OK.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let id = match self.resolve(id) {
+            Err(ContainerError::NotFound { .. }) => return Ok(()),
+            other => other?,
+        };
+        let Some(entry) = self.entry(&id) else {
+            return Ok(());
+        };
+        self.stop(&id, 0)?;
+        let _op = entry.op.lock().expect("lock");
+        let mut rec = entry.rec.lock().expect("lock").clone();
+        let mut errors = Vec::new();
+        if let Some(cg) = &rec.cgroup {
+            match self.sandboxes.cgroups().remove(cg) {
+                Ok(()) => rec.cgroup = None,
+                Err(e) => errors.push(ContainerError::Sandbox(e)),
+            }
+        }
+        let sock = self.socket(&id);
+        if let Err(e) = std::fs::remove_file(&sock)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(ContainerError::io("remove", sock)(e));
+        }
+        if !errors.is_empty() {
+            let _ = self.persist(&rec);
+            *entry.rec.lock().expect("lock") = rec;
+            return Err(ContainerError::Teardown { id, errors });
+        }
+        if let Err(e) = store::remove_dir_all(&self.dir(&id)) {
+            warn!(container = %id, error = %e, "cannot remove the container dir");
+            return Err(e.into());
+        }
+        self.ctrs.write().expect("lock").remove(&id);
+        let key = (
+            rec.sandbox_id.clone(),
+            rec.spec.name.clone(),
+            rec.spec.attempt,
+        );
+        self.names.lock().expect("lock").remove(&key);
+        info!(container = %id, "container removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,340 @@
+//! Container lifecycle: the registry of containers and their records, CreateContainer's
+//! validation and launch spec, and the pod hooks. Start, stop and remove are in `lifecycle`,
+//! ExecSync and log reopening in `exec`. One lock per container, never one around all.
+//!
+//! A container's truth is on disk: `container.json` (the record) plus, once its process has
+//! ended, the monitor's `exit.json`. State is refreshed from them lazily (status, list), so a
+//! container that exited while the daemon was down reports its exit code after a restart.
+
+pub mod cgroup;
+mod create;
+pub mod error;
+mod exec;
+pub mod launch;
+mod lifecycle;
+pub mod model;
+pub mod seccomp;
+pub mod security;
+pub mod user;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::warn;
+
+pub use error::ContainerError;
+pub use model::{ContainerRecord, ContainerState};
+
+use crate::config::Config;
+use crate::image::ImageStore;
+use crate::monitor::{EXIT_FILE, MONITOR_FILE};
+use crate::sandbox::{SandboxError, Sandboxes};
+use crate::store;
+use model::{ExitRecord, Running};
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+struct Entry {
+    /// Serialises operations on this container (taken on blocking threads).
+    op: Mutex<()>,
+    rec: Mutex<ContainerRecord>,
+}
+
+pub struct Containers {
+    cfg: Config,
+    sandboxes: Arc<Sandboxes>,
+    images: Arc<ImageStore>,
+    /// The peapod binary: `peapod monitor` and `peapod enter`.
+    exe: PathBuf,
+    ctrs: RwLock<std::collections::HashMap<String, Arc<Entry>>>,
+    /// (sandbox, name, attempt) being created or existing: the AlreadyExists check.
+    names: Mutex<HashSet<(String, String, u32)>>,
+    /// Pods being stopped or removed: no new containers.
+    closed: Mutex<HashSet<String>>,
+}
+
+/// A filter for `list`; every set field must match.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub id: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub state: Option<ContainerState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn now_nanos() -> i64 {
+    crate::monitor::log::now_nanos()
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("kernel randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Containers {
+    pub fn new(
+        cfg: Config,
+        sandboxes: Arc<Sandboxes>,
+        images: Arc<ImageStore>,
+        exe: PathBuf,
+    ) -> Arc<Containers> {
+        let c = Arc::new(Containers {
+            cfg,
+            sandboxes: sandboxes.clone(),
+            images,
+            exe,
+            ctrs: RwLock::new(Default::default()),
+            names: Mutex::new(HashSet::new()),
+            closed: Mutex::new(HashSet::new()),
+        });
+        let weak = Arc::downgrade(&c);
+        sandboxes.set_containers(weak);
+        c
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("containers").join(id)
+    }
+
+    fn socket(&self, id: &str) -> PathBuf {
+        self.cfg.run_dir.join("mon").join(format!("{id}.sock"))
+    }
+
+    /// The pod's `/dev/shm`, a tmpfs under the run dir shared by its containers.
+    fn shm_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.cfg.run_dir.join("shm").join(sandbox_id)
+    }
+
+    fn persist(&self, rec: &ContainerRecord) -> Result<()> {
+        Ok(store::write_json(
+            &self.dir(&rec.id).join("container.json"),
+            rec,
+        )?)
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.ctrs.read().expect("lock").get(id).cloned()
+    }
+
+    /// Exact id or a unique prefix of one.
+    pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
+        if id_or_prefix.is_empty() {
+            return Err(ContainerError::invalid("container_id", "must not be empty"));
+        }
+        let ctrs = self.ctrs.read().expect("lock");
+        if ctrs.contains_key(id_or_prefix) {
+            return Ok(id_or_prefix.to_owned());
+        }
+        let mut hits = ctrs.keys().filter(|k| k.starts_with(id_or_prefix));
+        match (hits.next(), hits.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (Some(_), Some(_)) => Err(ContainerError::Ambiguous {
+                prefix: id_or_prefix.to_owned(),
+            }),
+            (None, _) => Err(ContainerError::NotFound {
+                id: id_or_prefix.to_owned(),
+            }),
+        }
+    }
+
+    fn insert(&self, rec: ContainerRecord) {
+        let key = (
+            rec.sandbox_id.clone(),
+            rec.spec.name.clone(),
+            rec.spec.attempt,
+        );
+        self.names.lock().expect("lock").insert(key);
+        let id = rec.id.clone();
+        let e = Arc::new(Entry {
+            op: Mutex::new(()),
+            rec: Mutex::new(rec),
+        });
+        self.ctrs.write().expect("lock").insert(id, e);
+    }
+
+    /// Brings a record up to date with the monitor's files: a running container whose monitor
+    /// wrote `exit.json` (or died) has exited.
+    fn refresh(&self, rec: &mut ContainerRecord) {
+        if rec.state == ContainerState::Exited && rec.exit.is_some() {
+            return;
+        }
+        let dir = self.dir(&rec.id);
+        let read_exit = || {
+            store::read_json_opt::<ExitRecord>(&dir.join(EXIT_FILE))
+                .ok()
+                .flatten()
+        };
+        if rec.state == ContainerState::Created && rec.running.is_none() {
+            // A start a crash interrupted after the monitor answered.
+            if let Ok(Some(r)) = store::read_json_opt::<Running>(&dir.join(MONITOR_FILE)) {
+                rec.running = Some(r);
+                rec.state = ContainerState::Running;
+                rec.started_at = r.started_at;
+            }
+        }
+        if let Some(exit) = read_exit() {
+            rec.state = ContainerState::Exited;
+            rec.exit = Some(exit);
+            return;
+        }
+        if let Some(r) = rec.running
+            && rec.state == ContainerState::Running
+            && !r.monitor.is_alive()
+        {
+            let exit = read_exit().unwrap_or_else(|| ExitRecord {
+                exit_code: 255,
+                signal: None,
+                finished_at: now_nanos(),
+                oom_killed: false,
+                start_error: Some("the container's monitor died".into()),
+            });
+            let _ = store::write_json(&dir.join(EXIT_FILE), &exit);
+            rec.state = ContainerState::Exited;
+            rec.exit = Some(exit);
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Result<ContainerRecord> {
+        let id = self.resolve(id)?;
+        let e = self.entry(&id).ok_or(ContainerError::NotFound { id })?;
+        let mut rec = e.rec.lock().expect("lock");
+        self.refresh(&mut rec);
+        Ok(rec.clone())
+    }
+
+    pub fn list(&self, f: &Filter) -> Vec<ContainerRecord> {
+        let entries: Vec<Arc<Entry>> = self.ctrs.read().expect("lock").values().cloned().collect();
+        let mut out: Vec<ContainerRecord> = entries
+            .iter()
+            .filter_map(|e| {
+                let mut rec = e.rec.lock().expect("lock");
+                self.refresh(&mut rec);
+                let ok = f.id.as_ref().is_none_or(|p| rec.id.starts_with(p.as_str()))
+                    && f.sandbox_id
+                        .as_ref()
+                        .is_none_or(|s| rec.sandbox_id.starts_with(s.as_str()))
+                    && f.state.is_none_or(|s| s == rec.state)
+                    && f.labels
+                        .iter()
+                        .all(|(k, v)| rec.spec.labels.get(k) == Some(v));
+                ok.then(|| rec.clone())
+            })
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// Start-up: load every record; containers whose pod is gone are removed.
+    pub fn recover(&self) -> Result<()> {
+        let dir = self.cfg.state_dir.join("containers");
+        store::create_dir_all(&dir)?;
+        let read = std::fs::read_dir(&dir).map_err(|source| store::StoreError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        for ent in read.flatten() {
+            let path = ent.path().join("container.json");
+            match store::read_json_opt::<ContainerRecord>(&path) {
+                Ok(Some(mut rec)) => {
+                    self.refresh(&mut rec);
+                    self.insert(rec);
+                }
+                Ok(None) => {
+                    warn!(dir = %ent.path().display(), "container dir without a record: removing it");
+                    let _ = store::remove_dir_all(&ent.path());
+                }
+                Err(e) => warn!(error = %e, "skipping unreadable container record"),
+            }
+        }
+        let orphans: Vec<String> = self
+            .list(&Filter::default())
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    self.sandboxes.status(&c.sandbox_id),
+                    Err(SandboxError::NotFound { .. })
+                )
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in orphans {
+            warn!(container = %id, "its pod sandbox is gone: removing the container");
+            if let Err(e) = self.remove(&id) {
+                warn!(container = %id, error = %e.chain(), "cannot remove an orphaned container");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any container (in any state) was made from image `id`.
+    pub fn uses_image(&self, id: &str) -> bool {
+        self.ctrs
+            .read()
+            .expect("lock")
+            .values()
+            .any(|e| e.rec.lock().expect("lock").image_id == id)
+    }
+
+    fn of_pod(&self, sandbox_id: &str) -> Vec<String> {
+        self.ctrs
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|e| {
+                let r = e.rec.lock().expect("lock");
+                (r.sandbox_id == sandbox_id).then(|| r.id.clone())
+            })
+            .collect()
+    }
+}
+
+impl crate::sandbox::PodContainers for Containers {
+    fn stop_all(&self, sandbox_id: &str) -> std::result::Result<(), crate::sandbox::BoxError> {
+        self.closed
+            .lock()
+            .expect("lock")
+            .insert(sandbox_id.to_owned());
+        let mut errors = Vec::new();
+        for id in self.of_pod(sandbox_id) {
+            if let Err(e) = self.stop(&id, 0) {
+                errors.push(e);
+            }
+        }
+        collect(sandbox_id, errors)
+    }
+
+    fn remove_all(&self, sandbox_id: &str) -> std::result::Result<(), crate::sandbox::BoxError> {
+        self.closed
+            .lock()
+            .expect("lock")
+            .insert(sandbox_id.to_owned());
+        let mut errors = Vec::new();
+        for id in self.of_pod(sandbox_id) {
+            if let Err(e) = self.remove(&id) {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = self.remove_shm(sandbox_id) {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            self.closed.lock().expect("lock").remove(sandbox_id);
+        }
+        collect(sandbox_id, errors)
+    }
+}
+
+fn collect(
+    id: &str,
+    errors: Vec<ContainerError>,
+) -> std::result::Result<(), crate::sandbox::BoxError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(Box::new(ContainerError::Teardown {
+        id: id.to_owned(),
+        errors,
+    }))
+}

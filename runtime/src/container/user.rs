@@ -1,0 +1,247 @@
+//! Who the container runs as: `run_as_user` / `run_as_username` / `run_as_group` or the
+//! image's `User`, names resolved against the image's `/etc/passwd` and `/etc/group`, plus the
+//! groups the user is a member of and the request's supplemental groups.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserError {
+    #[error("user {0:?} not found in the image's /etc/passwd")]
+    NoSuchUser(String),
+    #[error("group {0:?} not found in the image's /etc/group")]
+    NoSuchGroup(String),
+    #[error("id {0} is out of range")]
+    Range(i64),
+}
+
+/// What the request asks for.
+#[derive(Debug, Default)]
+pub struct UserReq<'a> {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: &'a str,
+    pub supplemental_groups: &'a [i64],
+    /// The image config's `User`: `name`, `uid`, `name:group`, `uid:gid`, or empty.
+    pub image_user: &'a str,
+}
+
+struct Passwd<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd_entries(text: &str) -> impl Iterator<Item = Passwd<'_>> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some(Passwd {
+            name: f.first()?,
+            uid: f.get(2)?.parse().ok()?,
+            gid: f.get(3)?.parse().ok()?,
+        })
+    })
+}
+
+/// (name, gid, members)
+fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let members = f
+            .get(3)
+            .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        Some((*f.first()?, f.get(2)?.parse().ok()?, members))
+    })
+}
+
+fn id(v: i64) -> Result<u32, UserError> {
+    u32::try_from(v).map_err(|_| UserError::Range(v))
+}
+
+/// Resolves the user from the request, the image's user and the image's passwd/group files.
+pub fn resolve(req: &UserReq<'_>, passwd: &str, group: &str) -> Result<User, UserError> {
+    let by_name = |n: &str| passwd_entries(passwd).find(|p| p.name == n);
+    let by_uid = |u: u32| passwd_entries(passwd).find(|p| p.uid == u);
+    let (mut user_part, mut group_part) = (String::new(), None::<String>);
+    if !req.run_as_username.is_empty() {
+        user_part = req.run_as_username.to_owned();
+    } else if let Some(u) = req.run_as_user {
+        user_part = id(u)?.to_string();
+    } else if !req.image_user.is_empty() {
+        let (u, g) = match req.image_user.split_once(':') {
+            Some((u, g)) => (u, Some(g.to_owned())),
+            None => (req.image_user, None),
+        };
+        user_part = u.to_owned();
+        group_part = g;
+    }
+    let (uid, mut gid, name) = if user_part.is_empty() {
+        (0, 0, by_uid(0).map(|p| p.name.to_owned()))
+    } else if let Ok(uid) = user_part.parse::<u32>() {
+        let e = by_uid(uid);
+        (
+            uid,
+            e.as_ref().map_or(0, |p| p.gid),
+            e.map(|p| p.name.to_owned()),
+        )
+    } else {
+        let e = by_name(&user_part).ok_or_else(|| UserError::NoSuchUser(user_part.clone()))?;
+        (e.uid, e.gid, Some(e.name.to_owned()))
+    };
+    if let Some(g) = group_part.filter(|g| !g.is_empty()) {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entries(group)
+                .find(|(n, _, _)| *n == g)
+                .map(|(_, gid, _)| gid)
+                .ok_or(UserError::NoSuchGroup(g))?,
+        };
+    }
+    if let Some(g) = req.run_as_group {
+        gid = id(g)?;
+    }
+    let mut groups: Vec<u32> = Vec::new();
+    if let Some(name) = &name {
+        for (_, g, members) in group_entries(group) {
+            if members.contains(&name.as_str()) && g != gid && !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    for &g in req.supplemental_groups {
+        let g = id(g)?;
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    Ok(User { uid, gid, groups })
+}
+
+/// Reads `rel` (e.g. `etc/passwd`) from the topmost layer that has it; empty if none does or
+/// a layer whites it out.
+pub fn read_from_layers(layers: &[PathBuf], rel: &str) -> String {
+    let rel = Path::new(rel);
+    let whiteout = rel
+        .file_name()
+        .map(|n| format!(".wh.{}", n.to_string_lossy()))
+        .unwrap_or_default();
+    for layer in layers.iter().rev() {
+        let p = layer.join(rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&p) {
+            if meta.is_file() {
+                return std::fs::read_to_string(&p).unwrap_or_default();
+            }
+            return String::new();
+        }
+        if let Some(parent) = rel.parent()
+            && layer.join(parent).join(&whiteout).exists()
+        {
+            return String::new();
+        }
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+                          daemon:x:1:1::/:/bin/false\n\
+                          app:x:1000:1000::/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nwheel:x:10:app,root\nstaff:x:50:app\napp:x:1000:\n";
+
+    fn r(req: UserReq<'_>) -> Result<User, UserError> {
+        resolve(&req, PASSWD, GROUP)
+    }
+
+    #[test]
+    fn defaults_to_root_with_roots_groups() {
+        let u = r(UserReq::default()).unwrap();
+        assert_eq!((u.uid, u.gid, u.groups), (0, 0, vec![10]));
+    }
+
+    #[test]
+    fn username_and_member_groups() {
+        let u = r(UserReq {
+            run_as_username: "app",
+            supplemental_groups: &[2000, 50],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        assert_eq!(u.groups, vec![10, 50, 2000]);
+    }
+
+    #[test]
+    fn uid_without_entry_gets_gid_0_and_run_as_group_wins() {
+        let u = r(UserReq {
+            run_as_user: Some(4242),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (4242, 0));
+        let u = r(UserReq {
+            run_as_user: Some(1000),
+            run_as_group: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 7));
+    }
+
+    #[test]
+    fn image_user_forms() {
+        let img = |s| {
+            r(UserReq {
+                image_user: s,
+                ..Default::default()
+            })
+        };
+        assert_eq!(img("app:staff").unwrap().gid, 50);
+        assert_eq!(img("1:5").unwrap().gid, 5);
+        assert_eq!(img("daemon").unwrap().uid, 1);
+        assert_eq!(img("nobody"), Err(UserError::NoSuchUser("nobody".into())));
+        assert_eq!(
+            img("app:nogroup"),
+            Err(UserError::NoSuchGroup("nogroup".into()))
+        );
+        assert_eq!(
+            r(UserReq {
+                run_as_user: Some(-1),
+                ..Default::default()
+            }),
+            Err(UserError::Range(-1))
+        );
+    }
+
+    #[test]
+    fn reads_the_topmost_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(a.join("etc")).unwrap();
+        std::fs::create_dir_all(b.join("etc")).unwrap();
+        std::fs::write(a.join("etc/passwd"), "old").unwrap();
+        assert_eq!(
+            read_from_layers(&[a.clone(), b.clone()], "etc/passwd"),
+            "old"
+        );
+        std::fs::write(b.join("etc/passwd"), "new").unwrap();
+        assert_eq!(
+            read_from_layers(&[a.clone(), b.clone()], "etc/passwd"),
+            "new"
+        );
+        std::fs::remove_file(b.join("etc/passwd")).unwrap();
+        std::fs::write(b.join("etc/.wh.passwd"), "").unwrap();
+        assert_eq!(read_from_layers(&[a, b], "etc/passwd"), "");
+    }
+}

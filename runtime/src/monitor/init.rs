@@ -1,0 +1,158 @@
+//! The container's init, forked from the (single-threaded) monitor. It joins the pod's
+//! cgroup and namespaces, makes its own mount (and PID) namespace, and forks the container's
+//! process, which builds the rootfs and execs the command. Joining a PID namespace takes
+//! effect for children only, hence the fork; the init then exits and the monitor, a child
+//! subreaper, inherits the container's process.
+//!
+//! Both report on the status pipe (close-on-exec): the init writes `pid <n>`, the container's
+//! process `error <message>` if it fails before exec. EOF with a pid and no error: it runs.
+// fork() needs unsafe; each block says why it holds.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::unistd::ForkResult;
+
+use super::process;
+use super::rootfs;
+use crate::container::launch::{LaunchSpec, PidNs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot join cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot join namespace {path}")]
+    Setns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the container's namespaces")]
+    Unshare(#[source] nix::errno::Errno),
+    #[error("cannot set up stdio")]
+    Stdio(#[source] nix::errno::Errno),
+    #[error("cannot fork the container's process")]
+    Fork(#[source] nix::errno::Errno),
+    #[error("cannot build the rootfs")]
+    Rootfs(#[from] rootfs::MountError),
+    #[error(transparent)]
+    Exec(#[from] process::ExecError),
+}
+
+/// The pipes the init's process gets as stdio, and the status pipe.
+pub struct InitIo {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub status: File,
+}
+
+fn report(mut status: &File, msg: &str) {
+    let _ = status.write_all(msg.as_bytes());
+}
+
+/// The error with its causes, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Runs in the monitor's fork child; never returns.
+pub fn run(spec: &LaunchSpec, io: InitIo) -> ! {
+    let code = match start(spec, &io) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&io.status, &format!("error {}", chain(&e)));
+            1
+        }
+    };
+    // SAFETY: _exit ends this forked child without running the parent's atexit handlers or
+    // flushing buffers it shares with the monitor.
+    unsafe { libc::_exit(code) }
+}
+
+fn join(path: &Path, kind: CloneFlags) -> Result<(), InitError> {
+    let err = |source| InitError::Setns {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(err)?;
+    nix::sched::setns(f, kind).map_err(|e| err(e.into()))
+}
+
+/// Joins a cgroup by writing our pid (0: the writer) to `cgroup.procs` in every hierarchy.
+pub fn join_cgroups(spec: &LaunchSpec) -> Result<(), InitError> {
+    for c in &spec.cgroups {
+        let procs = c.path.join("cgroup.procs");
+        std::fs::write(&procs, "0").map_err(|source| InitError::Cgroup {
+            path: procs.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
+    nix::unistd::dup2_stdin(&io.stdin).map_err(InitError::Stdio)?;
+    nix::unistd::dup2_stdout(&io.stdout).map_err(InitError::Stdio)?;
+    nix::unistd::dup2_stderr(&io.stderr).map_err(InitError::Stdio)?;
+    join_cgroups(spec)?;
+    if let Some(adj) = spec.oom_score_adj {
+        // Best effort: lowering it needs CAP_SYS_RESOURCE, which root may lack.
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+    let ns = &spec.namespaces;
+    for (pin, kind) in [
+        (&ns.ipc, CloneFlags::CLONE_NEWIPC),
+        (&ns.uts, CloneFlags::CLONE_NEWUTS),
+        (&ns.net, CloneFlags::CLONE_NEWNET),
+    ] {
+        if let Some(p) = pin {
+            join(p, kind)?;
+        }
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    match &ns.pid {
+        PidNs::Join(p) => join(p, CloneFlags::CLONE_NEWPID)?,
+        PidNs::Own => flags |= CloneFlags::CLONE_NEWPID,
+        PidNs::Node => {}
+    }
+    nix::sched::unshare(flags).map_err(InitError::Unshare)?;
+    // SAFETY: this process has a single thread (a fork child of the single-threaded
+    // monitor), so the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(InitError::Fork)? {
+        ForkResult::Parent { child } => {
+            report(&io.status, &format!("pid {}\n", child.as_raw()));
+            Ok(())
+        }
+        ForkResult::Child => {
+            let e = container_process(spec);
+            report(&io.status, &format!("error {}", chain(&e)));
+            // SAFETY: as in `run`.
+            unsafe { libc::_exit(127) }
+        }
+    }
+}
+
+/// The container's process: rootfs, then the command. Returns only on failure.
+fn container_process(spec: &LaunchSpec) -> InitError {
+    // Our own status fd must not leak into the container: it is close-on-exec.
+    if let Err(e) = rootfs::setup(spec) {
+        return e.into();
+    }
+    process::become_command(spec, &spec.argv, &spec.env, &spec.cwd, false).into()
+}

@@ -1,0 +1,379 @@
+//! `peapod monitor <container dir>`: the per-container parent process. No tokio, one thread,
+//! std + poll. Started by the daemon, it forks once more and the first process exits, so the
+//! monitor is no child of the daemon; it makes its own session, becomes a child subreaper,
+//! forks the container's init (see `init`), and tells the daemon on its stdout (one JSON line,
+//! then EOF) whether the container runs. Then it holds the container's stdout and stderr,
+//! writes them to the CRI log, answers `reopen` on its control socket, and when the container
+//! ends drains the pipes and writes `exit.json` atomically. It outlives the daemon.
+// fork() needs unsafe; each block says why it holds.
+#![allow(unsafe_code)]
+
+pub mod enter;
+pub mod init;
+pub mod log;
+pub mod process;
+pub mod rootfs;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use crate::container::launch::LaunchSpec;
+use crate::container::model::{ExitRecord, Running};
+use crate::sandbox::process::ProcRef;
+use crate::store;
+use log::{Framer, LogFile, Stream, now_nanos, rfc3339_nano};
+
+/// How long the monitor keeps reading the pipes after the container's process exited (other
+/// processes may still hold them).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The monitor's one line to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Running(Running),
+    Failed { message: String },
+}
+
+pub const LAUNCH_FILE: &str = "launch.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const MONITOR_FILE: &str = "monitor.json";
+
+fn reply(r: &Reply) {
+    let mut line = serde_json::to_vec(r).expect("serializes");
+    line.push(b'\n');
+    let _ = io::stdout().write_all(&line);
+    let _ = io::stdout().flush();
+}
+
+/// Entry point of `peapod monitor`.
+pub fn main(dir: &Path) -> ExitCode {
+    let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
+        Ok(s) => s,
+        Err(e) => {
+            reply(&Reply::Failed {
+                message: init::chain(&e),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: `peapod monitor` is single-threaded (no runtime is started for it), so the
+    // child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { .. }) => return ExitCode::SUCCESS,
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            reply(&Reply::Failed {
+                message: format!("cannot fork the monitor: {e}"),
+            });
+            return ExitCode::FAILURE;
+        }
+    }
+    match Monitor::start(dir, &spec) {
+        Ok(m) => m.run(dir, &spec),
+        Err(e) => {
+            let message = init::chain(&e);
+            let _ = record_exit(dir, None, false, Some(message.clone()));
+            reply(&Reply::Failed { message });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Monitor {
+    init: Pid,
+    sigfd: SignalFd,
+    out: Option<File>,
+    err: Option<File>,
+    listener: UnixListener,
+    log: LogFile,
+}
+
+fn pipe() -> io::Result<(File, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((File::from(r), w))
+}
+
+impl Monitor {
+    fn start(dir: &Path, spec: &LaunchSpec) -> io::Result<Monitor> {
+        nix::unistd::setsid()?;
+        nix::sys::prctl::set_child_subreaper(true)?;
+        std::env::set_current_dir("/")?;
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block()?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let log = LogFile::open(spec.log_path.clone())?;
+        let sock = &spec.control_socket;
+        if let Some(parent) = sock.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(sock);
+        let listener = UnixListener::bind(sock)?;
+        listener.set_nonblocking(true)?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (mut status_r, status_w) = pipe()?;
+        let io = init::InitIo {
+            stdin: File::open("/dev/null")?.into(),
+            stdout: out_w,
+            stderr: err_w,
+            status: File::from(status_w),
+        };
+        // SAFETY: single-threaded, as in `main`.
+        match unsafe { nix::unistd::fork() }? {
+            ForkResult::Child => init::run(spec, io),
+            ForkResult::Parent { .. } => drop(io),
+        }
+        let mut status = String::new();
+        status_r.read_to_string(&mut status)?;
+        if let Some(i) = status.find("error ") {
+            reap_all();
+            let _ = std::fs::remove_file(sock);
+            return Err(io::Error::other(status[i + 6..].trim().to_owned()));
+        }
+        let pid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()));
+        let init = pid.ok_or_else(|| io::Error::other("the init reported no pid"))?;
+        let running = Running {
+            monitor: ProcRef::of(std::process::id() as i32)?,
+            init: ProcRef::of(init)?,
+            started_at: now_nanos(),
+        };
+        store::write_json(&dir.join(MONITOR_FILE), &running).map_err(io::Error::other)?;
+        reply(&Reply::Running(running));
+        // EOF for the daemon: nothing else holds our stdout.
+        nix::unistd::dup2_stdout(File::options().write(true).open("/dev/null")?)?;
+        shed_file_pages();
+        Ok(Monitor {
+            init: Pid::from_raw(init),
+            sigfd,
+            out: Some(out_r),
+            err: Some(err_r),
+            listener,
+            log,
+        })
+    }
+
+    fn run(mut self, dir: &Path, spec: &LaunchSpec) -> ExitCode {
+        let mut framers = [Framer::new(Stream::Stdout), Framer::new(Stream::Stderr)];
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut records = Vec::with_capacity(64 * 1024);
+        let mut exit: Option<(i32, Option<i32>)> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if exit.is_some() && (self.out.is_none() && self.err.is_none()) {
+                break;
+            }
+            let timeout = match deadline {
+                Some(d) if Instant::now() >= d => break,
+                Some(d) => PollTimeout::try_from(d - Instant::now()).unwrap_or(PollTimeout::ZERO),
+                None => PollTimeout::NONE,
+            };
+            let (ready_out, ready_err, ready_sig, ready_ctl) = {
+                let mut fds = vec![
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                let pipes = [&self.out, &self.err];
+                for p in pipes.iter().copied().flatten() {
+                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Err(nix::errno::Errno::EINTR) | Ok(0) => continue,
+                    Err(_) => break,
+                    Ok(_) => {}
+                }
+                let hit = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let mut next = 2;
+                let mut pipe_hit = [false; 2];
+                for (slot, p) in pipes.iter().enumerate() {
+                    if p.is_some() {
+                        pipe_hit[slot] = hit(next);
+                        next += 1;
+                    }
+                }
+                (pipe_hit[0], pipe_hit[1], hit(0), hit(1))
+            };
+            let now = rfc3339_nano(now_nanos());
+            for (slot, ready) in [(0, ready_out), (1, ready_err)] {
+                if !ready {
+                    continue;
+                }
+                let pipe = if slot == 0 {
+                    &mut self.out
+                } else {
+                    &mut self.err
+                };
+                let Some(f) = pipe else { continue };
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        framers[slot].finish(&now, &mut records);
+                        *pipe = None;
+                    }
+                    Ok(n) => framers[slot].feed(&buf[..n], &now, &mut records),
+                }
+            }
+            self.log.write(&records);
+            records.clear();
+            if ready_sig {
+                while let Ok(Some(_)) = self.sigfd.read_signal() {}
+                if let Some(e) = reap(self.init) {
+                    exit = Some(e);
+                    deadline = Some(Instant::now() + DRAIN);
+                }
+            }
+            if ready_ctl {
+                self.control();
+            }
+        }
+        let now = rfc3339_nano(now_nanos());
+        for f in &mut framers {
+            f.finish(&now, &mut records);
+        }
+        self.log.write(&records);
+        let oom = oom_killed(spec);
+        let _ = record_exit(dir, exit, oom, None);
+        let _ = std::fs::remove_file(&spec.control_socket);
+        ExitCode::SUCCESS
+    }
+
+    /// One request on the control socket: `reopen` → `ok` or `error <why>`.
+    fn control(&mut self) {
+        let Ok((mut conn, _)) = self.listener.accept() else {
+            return;
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut req = [0u8; 64];
+        let n = conn.read(&mut req).unwrap_or(0);
+        let answer = match std::str::from_utf8(&req[..n]).map(str::trim) {
+            Ok("reopen") => match self.log.reopen() {
+                Ok(()) => "ok\n".to_owned(),
+                Err(e) => format!("error {e}\n"),
+            },
+            _ => "error unknown request\n".to_owned(),
+        };
+        let _ = conn.write_all(answer.as_bytes());
+    }
+}
+
+/// Unmaps the file pages start-up touched. The monitor lives as long as its container, but
+/// its steady state (poll, read, frame, write) runs a small part of the binary: after this
+/// only the pages the loop uses fault back in. Those pages belong to the page cache (shared
+/// with the daemon and every other monitor), so nothing is lost but their mapping here.
+/// Only read-only file mappings without a single private (copied) page are dropped: relocated
+/// data is a private copy, and dropping it would bring back the file's unrelocated bytes.
+fn shed_file_pages() {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut current: Option<(usize, usize, bool)> = None;
+    let shed = |m: Option<(usize, usize, bool)>| {
+        if let Some((start, end, true)) = m {
+            // SAFETY: a read-only, file-backed private mapping of ours with no private page
+            // (Anonymous: 0): MADV_DONTNEED only drops its page-table entries, and every page
+            // touched later faults in again, unchanged, from the page cache.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    };
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            shed(current.take());
+            let perms = f.next().unwrap_or("");
+            let file = f.nth(3).is_some_and(|p| p.starts_with('/'));
+            current = Some((start, end, file && !perms.contains('w')));
+        } else if first == "Anonymous:"
+            && f.next() != Some("0")
+            && let Some(m) = current.as_mut()
+        {
+            m.2 = false;
+        }
+    }
+    shed(current);
+}
+
+/// Reaps every exited child; returns the container's (exit code, signal) if it was one.
+fn reap(init: Pid) -> Option<(i32, Option<i32>)> {
+    let mut out = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == init => out = Some((code, None)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                out = Some((128 + sig as i32, Some(sig as i32)))
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return out,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reap_all() {
+    while waitpid(None, None).is_ok() {}
+}
+
+/// Whether the kernel OOM-killed a process in the container's memory cgroup.
+fn oom_killed(spec: &LaunchSpec) -> bool {
+    spec.cgroups.iter().any(|c| {
+        ["memory.oom_control", "memory.events"].iter().any(|f| {
+            std::fs::read_to_string(c.path.join(f))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    })
+}
+
+fn record_exit(
+    dir: &Path,
+    exit: Option<(i32, Option<i32>)>,
+    oom_killed: bool,
+    start_error: Option<String>,
+) -> Result<(), store::StoreError> {
+    let (exit_code, signal) = match (exit, &start_error) {
+        (Some(e), _) => e,
+        (None, Some(_)) => (128, None),
+        // The monitor lost track of its container (should not happen).
+        (None, None) => (255, None),
+    };
+    store::write_json(
+        &dir.join(EXIT_FILE),
+        &ExitRecord {
+            exit_code,
+            signal,
+            finished_at: now_nanos(),
+            oom_killed,
+            start_error,
+        },
+    )
+}

@@ -1,0 +1,384 @@
+//! The container's filesystem, built by its init inside its own mount namespace: the overlay
+//! rootfs, /proc, /dev, /sys, the bind mounts, masked and read-only paths, then pivot_root.
+//! Everything is mounted in a namespace that dies with the container: nothing can leak into
+//! the node's mount table.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+
+use crate::container::launch::{Bind, LaunchSpec};
+use crate::container::model::Propagation;
+
+/// A failed step, naming what it did to which path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}")]
+pub struct MountError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+type Result<T = ()> = std::result::Result<T, MountError>;
+
+fn err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
+    move |e| MountError {
+        what,
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+fn ioerr<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MountError + 'a {
+    move |source| MountError {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result {
+    mount(src, target, fstype, flags, data).map_err(err("mount", target))
+}
+
+fn mkdir_p(p: &Path) -> Result {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(ioerr("create", p))
+}
+
+/// `dest` (an absolute path in the container) resolved inside `root`: symlinks are followed
+/// as if `root` were `/`, so that no path can lead out of the rootfs.
+pub fn resolve_in(root: &Path, dest: &str) -> PathBuf {
+    let mut todo: Vec<String> = comps(dest);
+    todo.reverse();
+    let mut cur = PathBuf::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = cur.join(&c);
+        match fs::read_link(root.join(&next)) {
+            Ok(target) if hops < 40 => {
+                hops += 1;
+                let t = target.to_string_lossy().into_owned();
+                if t.starts_with('/') {
+                    cur = PathBuf::new();
+                }
+                let mut more = comps(&t);
+                more.reverse();
+                todo.extend(more);
+            }
+            _ => cur = next,
+        }
+    }
+    root.join(cur)
+}
+
+fn comps(p: &str) -> Vec<String> {
+    Path::new(p)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Builds the rootfs at `spec.rootfs.target` and pivots into it.
+pub fn setup(spec: &LaunchSpec) -> Result {
+    // Nothing we mount from here on propagates back to the node.
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None,
+    )?;
+    let r = &spec.rootfs;
+    for d in [&r.upper, &r.work, &r.target] {
+        mkdir_p(d)?;
+    }
+    let lower: Vec<String> = r
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        r.upper.display(),
+        r.work.display()
+    );
+    let root = r.target.as_path();
+    mnt(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    )?;
+    proc_and_dev(spec, root)?;
+    sys(spec, root)?;
+    for b in &spec.mounts {
+        bind(root, b)?;
+    }
+    for p in &spec.masked_paths {
+        mask(root, p)?;
+    }
+    for p in &spec.readonly_paths {
+        readonly(root, p)?;
+    }
+    mkdir_p(&resolve_in(root, &spec.cwd))?;
+    pivot(root)?;
+    if r.readonly {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mnt(None, Path::new("/"), None, flags, None)?;
+    }
+    Ok(())
+}
+
+fn proc_and_dev(spec: &LaunchSpec, root: &Path) -> Result {
+    let nse = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir)?;
+    mnt(Some("proc"), &proc_dir, Some("proc"), nse, None)?;
+    let dev = root.join("dev");
+    mkdir_p(&dev)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    mnt(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        let made = mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        );
+        match made {
+            Ok(()) => {
+                // mknod honours the umask; the nodes are world read-write.
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                    .map_err(ioerr("chmod", &p))?;
+            }
+            Err(_) => {
+                fs::File::create(&p).map_err(ioerr("create", &p))?;
+                let host = Path::new("/dev").join(name);
+                mnt(host.to_str(), &p, None, MsFlags::MS_BIND, None)?;
+            }
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(target, &p).map_err(ioerr("symlink", &p))?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts)?;
+    let opts = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(opts),
+    )?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    match &spec.shm {
+        Some(src) => mnt(src.to_str(), &shm, None, MsFlags::MS_BIND, None)?,
+        None => mnt(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            nse,
+            Some("mode=1777,size=65536k"),
+        )?,
+    }
+    let mq = dev.join("mqueue");
+    mkdir_p(&mq)?;
+    mnt(Some("mqueue"), &mq, Some("mqueue"), nse, None)
+}
+
+fn sys(spec: &LaunchSpec, root: &Path) -> Result {
+    let sys = root.join("sys");
+    mkdir_p(&sys)?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !spec.privileged {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if mount(Some("sysfs"), &sys, Some("sysfs"), flags, None::<&str>).is_err() {
+        // Not allowed in this network namespace: the node's, read-only.
+        mnt(
+            Some("/sys"),
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        remount_ro(&sys)?;
+    }
+    if spec.cgroups.is_empty() {
+        return Ok(());
+    }
+    let cg = sys.join("fs/cgroup");
+    let v2 = spec.cgroups.iter().any(|c| c.name.is_empty());
+    if !v2 {
+        let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mnt(Some("cgroup"), &cg, Some("tmpfs"), f, Some("mode=755"))?;
+    }
+    for c in &spec.cgroups {
+        let at = if c.name.is_empty() {
+            cg.clone()
+        } else {
+            cg.join(&c.name)
+        };
+        mkdir_p(&at)?;
+        mnt(c.path.to_str(), &at, None, MsFlags::MS_BIND, None)?;
+        if !spec.privileged {
+            remount_ro(&at)?;
+        }
+    }
+    if !v2 {
+        let f = MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mnt(Some("cgroup"), &cg, Some("tmpfs"), f, Some("mode=755"))?;
+    }
+    Ok(())
+}
+
+fn remount_ro(p: &Path) -> Result {
+    let f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mnt(None, p, None, f, None)
+}
+
+fn bind(root: &Path, b: &Bind) -> Result {
+    let dest = resolve_in(root, &b.destination);
+    let is_dir = fs::metadata(&b.source)
+        .map_err(ioerr("stat", &b.source))?
+        .is_dir();
+    if is_dir {
+        mkdir_p(&dest)?;
+    } else {
+        if let Some(parent) = dest.parent() {
+            mkdir_p(parent)?;
+        }
+        if !dest.exists() {
+            fs::File::create(&dest).map_err(ioerr("create", &dest))?;
+        }
+    }
+    mnt(
+        b.source.to_str(),
+        &dest,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if b.readonly {
+        remount_ro(&dest)?;
+    }
+    let prop = match b.propagation {
+        Propagation::Private => MsFlags::MS_PRIVATE,
+        Propagation::HostToContainer => MsFlags::MS_SLAVE,
+        Propagation::Bidirectional => MsFlags::MS_SHARED,
+    };
+    mnt(None, &dest, None, prop | MsFlags::MS_REC, None)
+}
+
+fn mask(root: &Path, p: &str) -> Result {
+    let at = resolve_in(root, p);
+    match fs::metadata(&at) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => mnt(
+            Some("tmpfs"),
+            &at,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0"),
+        ),
+        Ok(_) => mnt(Some("/dev/null"), &at, None, MsFlags::MS_BIND, None),
+    }
+}
+
+fn readonly(root: &Path, p: &str) -> Result {
+    let at = resolve_in(root, p);
+    if !at.exists() {
+        return Ok(());
+    }
+    let s = at.to_str();
+    mnt(s, &at, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    remount_ro(&at)
+}
+
+fn pivot(root: &Path) -> Result {
+    std::env::set_current_dir(root).map_err(ioerr("chdir to", root))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root to", root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the old root under", root))?;
+    std::env::set_current_dir("/").map_err(ioerr("chdir to", Path::new("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_leave_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("etc/up")).unwrap();
+        assert_eq!(resolve_in(root, "/abs/passwd"), root.join("etc/passwd"));
+        assert_eq!(resolve_in(root, "/etc/up/x"), root.join("x"));
+        assert_eq!(resolve_in(root, "/../../tmp"), root.join("tmp"));
+        assert_eq!(resolve_in(root, "/new/dir"), root.join("new/dir"));
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let _ = resolve_in(root, "/loop/x"); // terminates
+    }
+}

@@ -1,0 +1,236 @@
+//! Container lifecycle across daemon crashes, the CRI's error codes, and removal leaving
+//! nothing behind.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::expect_code;
+use k8s_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
+    CreateContainerRequest, ListContainersRequest, RemoveContainerRequest,
+    ReopenContainerLogRequest, StopContainerRequest,
+};
+use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
+use tonic::Code;
+
+fn ticks(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(" stdout F tick")).count()
+}
+
+#[tokio::test]
+async fn containers_survive_a_daemon_crash_and_removal_leaves_nothing() -> Result<()> {
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("life");
+    let pod = node.run_pod(&cfg).await?;
+    let ticker = container_config(
+        "ticker",
+        IMAGE,
+        &["sh", "-c", "while true; do echo tick; sleep 0.1; done"],
+    );
+    let ticker = node.run_container(&pod, &cfg, ticker).await?;
+    let late = container_config("late", IMAGE, &["sh", "-c", "sleep 1; exit 7"]);
+    let late = node.run_container(&pod, &cfg, late).await?;
+    node.wait_log(&cfg, "ticker.log", "tick", Duration::from_secs(10))
+        .await?;
+    let pid_before = node.container_pid(&ticker).await?;
+
+    node.kill_daemon().await?;
+    let before = ticks(&node.container_log(&cfg, "ticker.log"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = ticks(&node.container_log(&cfg, "ticker.log"));
+    ensure!(
+        during > before,
+        "the log stopped with the daemon ({before} → {during})"
+    );
+    node.start_daemon().await?;
+
+    let s = node.container_status(&ticker).await?;
+    ensure!(s.state == ContainerState::ContainerRunning as i32, "{s:?}");
+    ensure!(
+        node.container_pid(&ticker).await? == pid_before,
+        "the ticker is another process"
+    );
+    let s = node.wait_exited(&late, Duration::from_secs(5)).await?;
+    ensure!(
+        s.exit_code == 7 && s.reason == "Error",
+        "exited while the daemon was down: {s:?}"
+    );
+    let r = node.exec_ok(&ticker, &["echo", "still here"]).await?;
+    ensure!(r == "still here\n", "{r}");
+
+    // Log rotation: move the file away, reopen, the monitor writes a new one.
+    let log = std::path::Path::new(&cfg.log_directory).join("ticker.log");
+    std::fs::rename(&log, log.with_extension("log.1"))?;
+    node.client()
+        .await?
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: ticker.clone(),
+        })
+        .await?;
+    node.wait_log(&cfg, "ticker.log", "tick", Duration::from_secs(5))
+        .await?;
+
+    // Filters.
+    let running = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerRunning as i32,
+                }),
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(running.len() == 1 && running[0].id == ticker, "{running:?}");
+    let by_prefix = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                id: late[..12].to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(
+        by_prefix.len() == 1 && by_prefix[0].id == late,
+        "{by_prefix:?}"
+    );
+
+    // Removing the pod removes its containers, their monitors, cgroups and mounts.
+    node.stop_and_remove(&pod).await?;
+    let procs = node.processes().await?;
+    let peapods = procs.iter().filter(|p| p.comm == "peapod").count();
+    ensure!(
+        peapods == 1,
+        "only the daemon may be left, no monitor: {procs:?}"
+    );
+    ensure!(
+        !procs.iter().any(|p| p.comm == "sleep" || p.comm == "sh"),
+        "{procs:?}"
+    );
+    let dirs: Vec<_> = std::fs::read_dir(node.state_dir().join("containers"))?.collect();
+    ensure!(dirs.is_empty(), "container dirs left: {dirs:?}");
+    let mounts = node.mounts().await?;
+    ensure!(
+        !mounts
+            .iter()
+            .any(|m| m.contains(&pod) || m.contains("overlay")),
+        "{mounts:?}"
+    );
+    let list = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest::default())
+        .await?;
+    ensure!(list.into_inner().containers.is_empty());
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn errors_have_the_cri_codes() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("errs");
+    let pod = node.run_pod(&cfg).await?;
+    let mut client = node.client().await?;
+    let req = |pod: &str, c: k8s_cri::v1::ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: pod.to_owned(),
+        config: Some(c),
+        sandbox_config: Some(cfg.build()),
+    };
+    let r = client
+        .create_container(req(&pod, container_config("x", "no-such-image", &["true"])))
+        .await;
+    expect_code(r, Code::NotFound, "unknown image")?;
+    let r = client
+        .create_container(req(
+            &"f".repeat(64),
+            container_config("x", IMAGE, &["true"]),
+        ))
+        .await;
+    expect_code(r, Code::NotFound, "unknown sandbox")?;
+    let mut bad_log = container_config("x", IMAGE, &["true"]);
+    bad_log.log_path = "../../etc/escape.log".into();
+    let r = client.create_container(req(&pod, bad_log)).await;
+    expect_code(r, Code::InvalidArgument, "log path with ..")?;
+
+    let first = node
+        .create_container(&pod, &cfg, container_config("dup", IMAGE, &["true"]))
+        .await?;
+    let r = client
+        .create_container(req(&pod, container_config("dup", IMAGE, &["true"])))
+        .await;
+    expect_code(r, Code::AlreadyExists, "same name and attempt")?;
+    let r = client
+        .container_status(ContainerStatusRequest {
+            container_id: "0".repeat(64),
+            verbose: false,
+        })
+        .await;
+    expect_code(r, Code::NotFound, "status of an unknown container")?;
+    client
+        .stop_container(StopContainerRequest {
+            container_id: "0".repeat(64),
+            timeout: 0,
+        })
+        .await?;
+    client
+        .remove_container(RemoveContainerRequest {
+            container_id: "0".repeat(64),
+        })
+        .await?;
+    // A command that does not exist: StartContainer fails and says why, the container has
+    // exited with reason StartError, and it cannot be started again.
+    let bad = node
+        .create_container(
+            &pod,
+            &cfg,
+            container_config("bad", IMAGE, &["/no/such/cmd"]),
+        )
+        .await?;
+    let e = format!("{:#}", node.start_container(&bad).await.unwrap_err());
+    ensure!(e.contains("/no/such/cmd"), "{e}");
+    let s = node.container_status(&bad).await?;
+    ensure!(
+        s.state == ContainerState::ContainerExited as i32
+            && s.reason == "StartError"
+            && s.message.contains("/no/such/cmd"),
+        "{s:?}"
+    );
+    let again = client
+        .start_container(k8s_cri::v1::StartContainerRequest {
+            container_id: bad.clone(),
+        })
+        .await;
+    expect_code(
+        again,
+        Code::FailedPrecondition,
+        "starting an exited container",
+    )?;
+    node.remove_container(&bad).await?;
+
+    // A created container that never ran can be removed, and its name is free again.
+    node.remove_container(&first).await?;
+    node.remove_container(&first).await?;
+    node.create_container(&pod, &cfg, container_config("dup", IMAGE, &["true"]))
+        .await?;
+
+    node.stop_pod(&pod).await?;
+    let r = client
+        .create_container(req(&pod, container_config("late", IMAGE, &["true"])))
+        .await;
+    expect_code(r, Code::FailedPrecondition, "a stopped pod")?;
+    node.remove_pod(&pod).await?;
+    node.assert_empty().await
+}

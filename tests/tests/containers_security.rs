@@ -1,0 +1,318 @@
+//! What a container gets, checked from inside: env, args, working dir, user and groups,
+//! read-only rootfs, capabilities, no_new_privs, seccomp, masked paths, mounts, cgroup limits.
+
+mod common;
+
+use anyhow::{Result, ensure};
+use k8s_cri::v1::{Capability, Int64Value, LinuxContainerResources, Mount, SecurityProfile};
+use peapod_tests::containers::{BUSYBOX, VARIANT, container_config, env, security};
+
+/// CapEff of /proc/self/status as a bit mask.
+fn cap_eff(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX)
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_container_gets_what_it_asked_for() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("sec");
+    let pod = node.run_pod(&cfg).await?;
+    let host_dir = node.dir().join("shared");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("file"), "from the node\n")?;
+
+    // The variant's entrypoint (`/bin/sh -c`) + request args, env merged (the request wins),
+    // the request's working dir.
+    let mut c = container_config("main", VARIANT, &[]);
+    c.args = vec!["echo \"$FOO $BAR $PWD\"; exec sleep 1000".into()];
+    c.envs = vec![env("FOO", "request"), env("BAR", "x")];
+    c.working_dir = "/var/www".into();
+    c.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let sc = security(&mut c);
+    sc.run_as_username = "app".into();
+    sc.supplemental_groups = vec![4242];
+    sc.no_new_privs = true;
+    sc.readonly_rootfs = true;
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: 0, // RuntimeDefault
+        localhost_ref: String::new(),
+    });
+    c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 48 << 20,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        cpu_shares: 512,
+        unified: [("pids.max".to_owned(), "64".to_owned())].into(),
+        ..Default::default()
+    });
+    let main = node.run_container(&pod, &cfg, c).await?;
+    let log = node
+        .wait_log(
+            &cfg,
+            "main.log",
+            "stdout F",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    ensure!(log.contains("stdout F request x /var/www"), "{log}");
+
+    let id = node.exec_ok(&main, &["id"]).await?;
+    ensure!(
+        id.contains("uid=1000(app) gid=1000(app) groups=4242"),
+        "{id}"
+    );
+    let status = node.exec_ok(&main, &["cat", "/proc/self/status"]).await?;
+    ensure!(
+        cap_eff(&status) == 0,
+        "a non-root user has no effective caps: {status}"
+    );
+    ensure!(field(&status, "NoNewPrivs:") == "1", "{status}");
+    ensure!(field(&status, "Seccomp:") == "2", "{status}");
+    let touch = node.exec_sync(&main, &["touch", "/newfile"], 10).await?;
+    ensure!(touch.exit_code != 0, "the rootfs is read-only");
+    let data = node.exec_ok(&main, &["cat", "/data/file"]).await?;
+    ensure!(data == "from the node\n", "{data}");
+    let w = node
+        .exec_sync(&main, &["sh", "-c", "echo x > /data/new"], 10)
+        .await?;
+    ensure!(w.exit_code != 0, "the mount is read-only");
+    // /proc/timer_list exists on every kernel we run on; masked, it is /dev/null.
+    let masked = node
+        .exec_ok(
+            &main,
+            &[
+                "sh",
+                "-c",
+                "wc -c < /proc/timer_list; ls /proc/acpi | wc -l",
+            ],
+        )
+        .await?;
+    ensure!(
+        masked.split_whitespace().collect::<Vec<_>>() == ["0", "0"],
+        "masked: {masked}"
+    );
+    let sysrq = node.exec_ok(&main, &["cat", "/proc/mounts"]).await?;
+    ensure!(
+        sysrq
+            .lines()
+            .any(|l| l.starts_with("proc /proc/sys proc ro,")),
+        "/proc/sys is read-only:\n{sysrq}"
+    );
+    let etc = node.exec_ok(&main, &["cat", "/etc/hostname"]).await?;
+    let variant = node.exec_ok(&main, &["cat", "/etc/variant"]).await;
+    ensure!(
+        variant.is_ok(),
+        "the variant's upper layer is in the rootfs: {variant:?}"
+    );
+    ensure!(etc == "sec\n", "{etc}");
+    let mem = node
+        .exec_ok(
+            &main,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        )
+        .await?;
+    ensure!(mem.trim() == (48u64 << 20).to_string(), "{mem}");
+    let quota = node
+        .exec_ok(
+            &main,
+            &[
+                "cat",
+                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu/cpu.shares",
+            ],
+        )
+        .await?;
+    ensure!(
+        quota.split_whitespace().collect::<Vec<_>>() == ["50000", "512"],
+        "{quota}"
+    );
+    let pids = node
+        .exec_ok(&main, &["cat", "/sys/fs/cgroup/pids/pids.max"])
+        .await?;
+    ensure!(pids.trim() == "64", "{pids}");
+    let ps = node.exec_ok(&main, &["ps", "-o", "pid,comm"]).await?;
+    ensure!(
+        ps.lines().any(|l| l.trim() == "1 sleep"),
+        "own PID namespace:\n{ps}"
+    );
+
+    // Root with the default capabilities, one dropped and one added.
+    let mut r = container_config("root", VARIANT, &["sleep", "1000"]);
+    security(&mut r).capabilities = Some(Capability {
+        add_capabilities: vec!["NET_ADMIN".into()],
+        drop_capabilities: vec!["CHOWN".into()],
+        ..Default::default()
+    });
+    security(&mut r).run_as_user = Some(Int64Value { value: 0 });
+    let root = node.run_container(&pod, &cfg, r).await?;
+    let status = node.exec_ok(&root, &["cat", "/proc/self/status"]).await?;
+    let eff = cap_eff(&status);
+    const CHOWN: u64 = 1 << 0;
+    const KILL: u64 = 1 << 5;
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_ADMIN: u64 = 1 << 21;
+    ensure!(
+        eff & CHOWN == 0 && eff & KILL != 0 && eff & NET_ADMIN != 0,
+        "{eff:x}"
+    );
+    ensure!(
+        eff & SYS_ADMIN == 0 && field(&status, "NoNewPrivs:") == "0",
+        "{status}"
+    );
+    ensure!(
+        field(&status, "Seccomp:") == "0",
+        "unconfined by default: {status}"
+    );
+    ensure!(node.exec_ok(&root, &["touch", "/newfile"]).await.is_ok());
+
+    // The image's user, working dir and stop signal (SIGUSR1, which this one traps).
+    let script =
+        "trap 'echo got USR1; exit 0' USR1; echo $(id -u) $PWD; while true; do sleep 0.1; done";
+    let img = node
+        .run_container(
+            &pod,
+            &cfg,
+            container_config("img", VARIANT, &["sh", "-c", script]),
+        )
+        .await?;
+    let log = node
+        .wait_log(
+            &cfg,
+            "img.log",
+            "stdout F",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    ensure!(log.contains("stdout F 1000 /home/app"), "{log}");
+    let started = std::time::Instant::now();
+    node.stop_container(&img, 30).await?;
+    let s = node.container_status(&img).await?;
+    ensure!(
+        s.exit_code == 0 && started.elapsed().as_secs() < 10,
+        "stopped by SIGUSR1: {s:?}"
+    );
+    ensure!(
+        node.container_log(&cfg, "img.log")
+            .contains("stdout F got USR1")
+    );
+
+    // A missing host path is a clear error.
+    let mut bad = container_config("bad", BUSYBOX, &["true"]);
+    bad.mounts = vec![Mount {
+        container_path: "/x".into(),
+        host_path: "/no/such/dir".into(),
+        ..Default::default()
+    }];
+    let err = format!(
+        "{:#}",
+        node.create_container(&pod, &cfg, bad).await.unwrap_err()
+    );
+    ensure!(
+        err.contains("/no/such/dir") && err.contains("invalid argument"),
+        "{err}"
+    );
+
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node
+        .pod_config("shared")
+        .pid(k8s_cri::v1::NamespaceMode::Pod);
+    let pod = node.run_pod(&cfg).await?;
+
+    let profile = node.dir().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )?;
+    let mut c = container_config("a", BUSYBOX, &["sleep", "1000"]);
+    let sc = security(&mut c);
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: 2, // Localhost
+        localhost_ref: profile.display().to_string(),
+    });
+    sc.namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let a = node.run_container(&pod, &cfg, c).await?;
+    let r = node.exec_sync(&a, &["mkdir", "/tmp/x"], 10).await?;
+    let err = String::from_utf8_lossy(&r.stderr);
+    ensure!(
+        r.exit_code != 0 && err.contains("ermission denied"),
+        "{r:?}"
+    );
+    ensure!(node.exec_ok(&a, &["touch", "/tmp/y"]).await.is_ok());
+
+    // The pod's PID namespace: the pause is PID 1, and the container sees it.
+    let ps = node.exec_ok(&a, &["ps", "-o", "pid,comm"]).await?;
+    ensure!(ps.lines().any(|l| l.trim() == "1 peapod-pause"), "{ps}");
+
+    // In a shared PID namespace a container's children outlive it: stopping it kills them
+    // too (they are in its cgroup), and it can be removed.
+    let mut bg = container_config("bg", BUSYBOX, &["sh", "-c", "sleep 1234 & sleep 999"]);
+    security(&mut bg).namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let bg = node.run_container(&pod, &cfg, bg).await?;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
+        if seen.contains("sleep 1234") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ensure!(seen.contains("sleep 1234"), "{seen}");
+    node.stop_container(&bg, 0).await?;
+    node.remove_container(&bg).await?;
+    let ps = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
+    ensure!(
+        !ps.contains("sleep 1234") && !ps.contains("sleep 999"),
+        "{ps}"
+    );
+
+    let mut missing = container_config("b", BUSYBOX, &["true"]);
+    security(&mut missing).seccomp = Some(SecurityProfile {
+        profile_type: 2,
+        localhost_ref: "/no/such/profile.json".into(),
+    });
+    let e = format!(
+        "{:#}",
+        node.create_container(&pod, &cfg, missing)
+            .await
+            .unwrap_err()
+    );
+    ensure!(
+        e.contains("/no/such/profile.json") && e.contains("invalid argument"),
+        "{e}"
+    );
+
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
