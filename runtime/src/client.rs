@@ -10,6 +10,11 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub async fn connect(socket: &Path) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel to the daemon's unix socket, for any of its services.
+pub async fn channel(socket: &Path) -> anyhow::Result<Channel> {
     let path: PathBuf = socket.to_owned();
     let channel = Endpoint::try_from("http://[::]:0")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -22,7 +27,7 @@ pub async fn connect(socket: &Path) -> anyhow::Result<RuntimeServiceClient<Chann
         }))
         .await
         .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 #[derive(clap::Subcommand)]

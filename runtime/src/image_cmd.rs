@@ -1,10 +1,14 @@
-//! `peapod image …`: works on the image store in the state dir directly, beside a running
-//! daemon or without one (writers take the store's lock; the daemon re-reads the index when
-//! it changes). Pulls go through the daemon, which has the registry config.
+//! `peapod image …`: import and ls work on the image store in the state dir directly, beside a
+//! running daemon or without one (writers take the store's lock; the daemon re-reads the index
+//! when it changes). pull and rm go through the daemon's CRI socket: it has the registry
+//! config, and knows which images its containers use.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use tonic::transport::Channel;
 
 use crate::image::{ImageInfo, ImageStore, RegistryConfig};
 
@@ -15,14 +19,21 @@ pub enum ImageCmd {
     Import { file: PathBuf },
     /// List the images.
     Ls,
+    /// Pull an image through the daemon; prints its id.
+    Pull {
+        image: String,
+        /// Registry credentials, USER:PASSWORD.
+        #[arg(long)]
+        creds: Option<String>,
+    },
+    /// Remove an image (or one of its names) through the daemon.
+    Rm { image: String },
 }
 
-pub fn run(state_dir: &Path, cmd: ImageCmd) -> anyhow::Result<()> {
-    let store = ImageStore::open(state_dir, RegistryConfig::default())
-        .with_context(|| format!("cannot open the image store in {}", state_dir.display()))?;
+pub fn run(state_dir: &Path, socket: &Path, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Import { file } => {
-            let images = store
+            let images = open(state_dir)?
                 .import(&file)
                 .with_context(|| format!("cannot import {}", file.display()))?;
             for i in images {
@@ -31,7 +42,7 @@ pub fn run(state_dir: &Path, cmd: ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Ls => {
             println!("{:<45} {:<12} {:<13} SIZE", "IMAGE", "TAG", "IMAGE ID");
-            for i in store.list()? {
+            for i in open(state_dir)?.list()? {
                 for (name, tag) in names(&i) {
                     println!(
                         "{name:<45} {tag:<12} {:<13} {}",
@@ -41,8 +52,69 @@ pub fn run(state_dir: &Path, cmd: ImageCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        ImageCmd::Pull { image, creds } => {
+            let auth = creds.map(|c| {
+                let (username, password) = c.split_once(':').unwrap_or((&c, ""));
+                cri::AuthConfig {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                    ..Default::default()
+                }
+            });
+            let req = cri::PullImageRequest {
+                image: Some(spec(image)),
+                auth,
+                sandbox_config: None,
+            };
+            let r = block_on(async {
+                client(socket)
+                    .await?
+                    .pull_image(req)
+                    .await
+                    .map_err(Into::into)
+            })?;
+            println!("{}", r.into_inner().image_ref);
+        }
+        ImageCmd::Rm { image } => {
+            let req = cri::RemoveImageRequest {
+                image: Some(spec(image.clone())),
+            };
+            block_on(async {
+                client(socket)
+                    .await?
+                    .remove_image(req)
+                    .await
+                    .map_err(Into::into)
+            })?;
+            println!("{image}");
+        }
     }
     Ok(())
+}
+
+fn open(state_dir: &Path) -> anyhow::Result<ImageStore> {
+    ImageStore::open(state_dir, RegistryConfig::default())
+        .with_context(|| format!("cannot open the image store in {}", state_dir.display()))
+}
+
+async fn client(socket: &Path) -> anyhow::Result<ImageServiceClient<Channel>> {
+    Ok(ImageServiceClient::new(
+        crate::client::channel(socket).await?,
+    ))
+}
+
+fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn spec(image: String) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image,
+        ..Default::default()
+    }
 }
 
 /// (repository, tag) pairs; `<none>` for an image without tags.

@@ -68,6 +68,14 @@ enum Cmd {
             env = "PEAPOD_STATE_DIR"
         )]
         state_dir: PathBuf,
+        /// CRI socket of the daemon (pull, rm).
+        #[arg(
+            long,
+            global = true,
+            default_value = "/run/peapod/peapod.sock",
+            env = "PEAPOD_SOCKET"
+        )]
+        socket: PathBuf,
         #[command(subcommand)]
         cmd: image_cmd::ImageCmd,
     },
@@ -218,7 +226,11 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(client::run(&socket, cmd))),
-        Cmd::Image { state_dir, cmd } => image_cmd::run(&state_dir, cmd),
+        Cmd::Image {
+            state_dir,
+            socket,
+            cmd,
+        } => image_cmd::run(&state_dir, &socket, cmd),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

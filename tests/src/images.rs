@@ -79,23 +79,29 @@ impl Node {
         ))
     }
 
-    /// `peapod image import FILE` on this node's state dir; returns its output.
-    pub async fn import_image(&self, file: &Path) -> Result<String> {
+    /// `peapod image ARGS…` with this node's state dir and socket; returns its stdout.
+    pub async fn image_cmd(&self, args: &[&str]) -> Result<String> {
         let out = tokio::process::Command::new(self.bin_dir().join("peapod"))
             .arg("image")
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("import")
-            .arg(file)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
             .output()
             .await?;
         ensure!(
             out.status.success(),
-            "peapod image import {} failed: {}",
-            file.display(),
+            "peapod image {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `peapod image import FILE` on this node's state dir; returns its output.
+    pub async fn import_image(&self, file: &Path) -> Result<String> {
+        let file = file.to_str().context("non-UTF-8 path")?;
+        self.image_cmd(&["import", file]).await
     }
 
     /// ImageStatus of `image`: `None` when the node does not have it.

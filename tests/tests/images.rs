@@ -18,6 +18,14 @@ async fn imported_archives_are_listed_and_described() -> Result<()> {
 
     let list = node.list_images().await?;
     ensure!(list.len() == 2, "two images expected: {list:?}");
+    let ls = node.image_cmd(&["ls"]).await?;
+    for tag in ["latest", "variant"] {
+        let listed = ls.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 4 && f[0] == "peapod.test/busybox" && f[1] == tag
+        });
+        ensure!(listed, "`peapod image ls` lacks {tag}:\n{ls}");
+    }
     let busybox = node
         .image_status("peapod.test/busybox")
         .await?

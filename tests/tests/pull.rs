@@ -201,6 +201,14 @@ async fn a_mirror_serves_the_image_under_the_name_asked_for() -> Result<()> {
         status.repo_digests[0].starts_with("example.test/library/busybox@sha256:"),
         "{status:?}"
     );
+    // The same through the CLI, which talks to the daemon.
+    node.image_cmd(&["rm", "example.test/library/busybox:1"])
+        .await?;
+    ensure!(node.list_images().await?.is_empty());
+    let out = node
+        .image_cmd(&["pull", "example.test/library/busybox:1"])
+        .await?;
+    ensure!(out.trim() == id, "peapod image pull said {out:?}");
     Ok(())
 }
 

@@ -127,7 +127,7 @@ impl ImageStore {
 
     /// Removes what a failed operation created, unless an image or another operation in
     /// flight uses it. The failed operation's own pin must be dropped first.
-    pub(super) fn discard(&self, lock: &WriteLock<'_>, created: Created) {
+    pub(super) fn discard(&self, _lock: &WriteLock<'_>, created: Created) {
         let Ok(doc) = self.doc() else { return };
         let pins = self.pins.0.lock().expect("pins lock");
         let used = |d: &Digest| {
@@ -147,6 +147,5 @@ impl ImageStore {
                 tracing::warn!(error = %e.chain(), "cannot remove a failed operation's layer");
             }
         }
-        let _ = lock;
     }
 }

@@ -158,8 +158,8 @@ impl ImageStore {
             digest: Some(&digest),
             size: None,
         };
+        job.pin().add(&digest); // before it may be found in the store, so GC leaves it
         let got = self.blobs.ingest(&self.scratch, &bytes[..], expect)?;
-        job.pin().add(&got.digest);
         if got.created {
             job.created().blob(&got.digest);
         }

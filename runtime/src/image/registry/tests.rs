@@ -13,6 +13,9 @@ use super::super::tests::{gzip, tar_of};
 use super::super::{Digest, ImageError, ImageStore, RegistryConfig, spec};
 use super::Credentials;
 
+/// The content type of a route answered only after 10 s.
+const SLOW: &str = "application/x-slow";
+
 /// path → (content type, body) served to a request bearing `Bearer good-token`; the token
 /// service at `/token` hands that token out for `user:pass` only.
 struct Server {
@@ -41,6 +44,9 @@ impl Server {
                     }
                     let head = String::from_utf8_lossy(&buf).into_owned();
                     let (status, extra, ctype, body) = answer(&head, &routes, port);
+                    if ctype == SLOW {
+                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    }
                     let reply = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
                          Connection: close\r\n{extra}\r\n",
@@ -196,6 +202,42 @@ async fn the_bearer_token_flow_with_credentials() {
     let info = store.pull(&image, Some(&creds)).await.unwrap();
     assert_eq!(info.id, id.to_string());
     assert_eq!(info.repo_tags, [image]);
+}
+
+#[tokio::test]
+async fn a_cancelled_pull_leaves_nothing() {
+    let mut routes = HashMap::new();
+    app_image(&mut routes);
+    // The layer comes slowly: the pull is dropped while it waits, the config already stored.
+    for (path, (ctype, body)) in routes.iter_mut() {
+        if path.starts_with("/v2/app/blobs/") && body.starts_with(&[0x1f, 0x8b]) {
+            *ctype = SLOW;
+        }
+    }
+    let server = Server::start(routes).await;
+    let (dir, store) = store_for(&server);
+    let creds = Credentials {
+        username: "user".into(),
+        password: "pass".into(),
+        ..Default::default()
+    };
+    let image = format!("{}/app:1", server.host());
+    let pull = store.pull(&image, Some(&creds));
+    let timed_out = tokio::time::timeout(std::time::Duration::from_millis(500), pull).await;
+    assert!(
+        timed_out.is_err(),
+        "the pull should still be waiting for its layer"
+    );
+    let blobs = dir.path().join("images/blobs/sha256");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_dir(&blobs).unwrap().count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled pull's blobs stay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(store.list().unwrap().is_empty());
 }
 
 #[tokio::test]
