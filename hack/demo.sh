@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# peapod's main job on a fresh machine: a node runs peapod, which gives each pod its own
-# network namespace, an IP on the node bridge and a route out; pods reach each other by IP.
+# peapod's main job on a fresh machine: the classic pod. A web server and a busybox client run
+# in one pod and share its IP and localhost; a container in a second pod reaches the server at
+# that IP. peapod gives each pod its network namespace (held by a tiny pause), an IP on the
+# node bridge and a route out.
 #
 # Everything happens in a throwaway node (hack/lib/node.sh): its own network, mount and pid
 # namespaces, so the host's network is never touched. peapod runs there on its defaults
@@ -62,28 +64,42 @@ node_wait "$bin/peapod" pod ls
 echo "peapod is serving CRI on /run/peapod/peapod.sock (inside the node)"
 
 pod() { node_exec "$bin/peapod" pod "$@"; }
+ctr() { node_exec "$bin/peapod" ctr "$@"; }
 field() { pod inspect "$1" | jq -r "$2"; }
 
-step "two pods"
+step "an image: busybox, built from Debian's busybox-static (no registry needed)"
+hack/make-test-images.sh "$NODE_DIR/images" >/dev/null
+node_exec "$bin/peapod" image import "$NODE_DIR/images/busybox.oci.tar"
+image=peapod.test/busybox:latest
+
+step "pod-a: a web server and a client in one pod; pod-b: another pod"
 a=$(pod run pod-a)
 b=$(pod run pod-b)
 ip_a=$(field "$a" .status.network.ip)
 ip_b=$(field "$b" .status.network.ip)
-pid_b=$(field "$b" .info.info.pid)
 echo "pod-a  $a  $ip_a"
 echo "pod-b  $b  $ip_b"
+web=$(ctr run "$a" web "$image" -- httpd -f -p 80 -h /var/www)
+client=$(ctr run "$a" client "$image" -- sleep 3600)
+visitor=$(ctr run "$b" visitor "$image" -- sleep 3600)
+ctr ls
 
-step "pod-a connects to pod-b by its IP"
-# The listener runs in pod B's network and UTS namespaces, so it greets with B's hostname.
-node_exec nsenter -t "$pid_b" -n -u -- "$bin/peapod-probe" listen "$ip_b:8080" >"$NODE_DIR/listener.out" &
-listener=$!
-for _ in $(seq 100); do
-    grep -q listening "$NODE_DIR/listener.out" && break
-    sleep 0.05
+step "the two containers of pod-a share one IP: the pod's"
+for c in "$web" "$client"; do
+    echo "\$ peapod ctr exec ${c:0:12} -- ip -4 -o addr show eth0"
+    ctr exec "$c" -- ip -4 -o addr show eth0 | awk '{print "  " $2, $4}'
 done
-echo "\$ ip netns exec peapod-${a:0:12}... peapod-probe connect $ip_b:8080"
-node_exec ip netns exec "peapod-$a" "$bin/peapod-probe" connect "$ip_b:8080"
-wait "$listener"
+
+step "the client reaches the web server over localhost"
+echo "\$ peapod ctr exec ${client:0:12} -- wget -qO- http://localhost/"
+for _ in $(seq 50); do
+    ctr exec "$client" -- wget -qO- http://localhost/ 2>/dev/null && break
+    sleep 0.1
+done
+
+step "a container of pod-b reaches pod-a at its IP"
+echo "\$ peapod ctr exec ${visitor:0:12} -- wget -qO- http://$ip_a/"
+ctr exec "$visitor" -- wget -qO- "http://$ip_a/"
 
 step "the node: network namespaces, the bridge and its veths, the pods"
 echo "\$ ip netns"
@@ -104,11 +120,12 @@ node_exec ip -br link
 echo "\$ peapod pod ls"
 pod ls
 
-step "stop and remove the pods"
+step "stop and remove the pods (their containers go with them)"
 for id in "$a" "$b"; do
     pod stop "$id" >/dev/null
     pod rm "$id" >/dev/null
 done
+ctr ls
 pod ls
 echo "netns left in the node: $(node_exec ip netns | wc -l)"
 

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod container;
 mod cri;
+mod ctr_client;
 mod daemon;
 mod fault;
 mod image;
@@ -57,6 +58,19 @@ enum Cmd {
         socket: PathBuf,
         #[command(subcommand)]
         cmd: client::PodCmd,
+    },
+    /// Run and inspect containers of a running daemon's pods.
+    Ctr {
+        /// CRI socket of the daemon.
+        #[arg(
+            long,
+            global = true,
+            default_value = "/run/peapod/peapod.sock",
+            env = "PEAPOD_SOCKET"
+        )]
+        socket: PathBuf,
+        #[command(subcommand)]
+        cmd: ctr_client::CtrCmd,
     },
     /// Import and list images in the image store.
     Image {
@@ -218,14 +232,22 @@ fn main() -> std::process::ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    let r = match cli.cmd {
-        Cmd::Serve(args) => serve(args),
-        Cmd::Gc { dry_run, serve } => gc(serve, dry_run),
-        Cmd::Pod { socket, cmd } => tokio::runtime::Builder::new_current_thread()
+    let client_rt = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(client::run(&socket, cmd))),
+    };
+    let mut exit = 0;
+    let r = match cli.cmd {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Gc { dry_run, serve } => gc(serve, dry_run),
+        Cmd::Pod { socket, cmd } => {
+            client_rt().and_then(|rt| rt.block_on(client::run(&socket, cmd)))
+        }
+        Cmd::Ctr { socket, cmd } => client_rt()
+            .and_then(|rt| rt.block_on(ctr_client::run(&socket, cmd)))
+            .map(|code| exit = code),
         Cmd::Image {
             state_dir,
             socket,
@@ -233,7 +255,7 @@ fn main() -> std::process::ExitCode {
         } => image_cmd::run(&state_dir, &socket, cmd),
     };
     match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::from(exit),
         // `peapod pod ls | head`: a reader that went away is no failure of ours.
         Err(e)
             if e.downcast_ref::<std::io::Error>()
