@@ -64,15 +64,25 @@ fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Every live process carrying `PEAPOD_SANDBOX_ID` in its environment (the pauses), with
-/// the sandbox it names.
+/// Every live pause: a `peapod-pause` process carrying `PEAPOD_SANDBOX_ID` in its environment
+/// (the name matters: a container's image could set any variable), with the sandbox it names.
 pub fn sandbox_processes() -> Vec<(String, ProcRef)> {
+    processes_with_sandbox_env(Some("peapod-pause"))
+}
+
+fn processes_with_sandbox_env(comm: Option<&str>) -> Vec<(String, ProcRef)> {
     const VAR: &[u8] = b"PEAPOD_SANDBOX_ID=";
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            comm.is_none_or(|want| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == want)
+            })
+        })
         .filter_map(|pid| {
             let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
             let id = env.split(|b| *b == 0).find_map(|v| v.strip_prefix(VAR))?;
@@ -86,7 +96,11 @@ pub fn sandbox_processes() -> Vec<(String, ProcRef)> {
 /// The processes started for sandbox `id`: finds a pause whose pid a crash kept from
 /// reaching the record.
 pub fn find_by_sandbox(id: &str) -> Vec<ProcRef> {
-    sandbox_processes()
+    find_by_sandbox_in(id, sandbox_processes())
+}
+
+fn find_by_sandbox_in(id: &str, procs: Vec<(String, ProcRef)>) -> Vec<ProcRef> {
+    procs
         .into_iter()
         .filter(|(s, _)| s == id)
         .map(|(_, p)| p)
@@ -288,16 +302,21 @@ mod tests {
         // Spawn returns once the child is in exec, which may be before the kernel has set up
         // its new environment block: give it a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut found = find_by_sandbox(&id);
+        let scan = || find_by_sandbox_in(&id, processes_with_sandbox_env(None));
+        let mut found = scan();
         while found.is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            found = find_by_sandbox(&id);
+            found = scan();
         }
+        // A process that is not peapod-pause is never taken for one.
+        assert!(find_by_sandbox(&id).is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].pid, child.id() as i32);
-        assert!(find_by_sandbox(&format!("{id}-other")).is_empty());
+        assert!(
+            find_by_sandbox_in(&format!("{id}-other"), processes_with_sandbox_env(None)).is_empty()
+        );
     }
 
     #[test]
