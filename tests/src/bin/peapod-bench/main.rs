@@ -1,4 +1,4 @@
-//! peapod-bench: measures a CRI runtime's pod-sandbox path over its unix socket.
+//! peapod-bench: measures a CRI runtime's pod-sandbox and container paths over its unix socket.
 //!
 //! It talks plain CRI, so any runtime can be measured with the same client
 //! (`--endpoint unix:///run/containerd/containerd.sock`). Phases, in order:
@@ -6,10 +6,13 @@
 //! 2. `--pods` sequential RunPodSandbox, then StopPodSandbox + RemovePodSandbox per pod;
 //!    the daemon's RSS is read while they all exist (with `--daemon-pid`);
 //! 3. create+stop+remove cycles from `--clients` concurrent clients: cycles/s;
-//! 4. ListPodSandbox and PodSandboxStatus latency with `--list-pods` pods.
+//! 4. ListPodSandbox and PodSandboxStatus latency with `--list-pods` pods;
+//! 5. containers (see `containers`): `--containers` pods of one `--image` container each,
+//!    create+start and end-to-end latency, per-pod RSS; skipped if the image is absent.
 //!
-//! Every pod it made is removed at the end, also after an error.
+//! Every pod and container it made is removed at the end, also after an error.
 
+mod containers;
 mod report;
 mod soak;
 
@@ -23,14 +26,15 @@ use clap::Parser;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
-use peapod_tests::{Client, PodConfig, connect, cri::endpoint_path, random_hex};
+use peapod_tests::cri::{channel, endpoint_path};
+use peapod_tests::{Client, PodConfig, random_hex};
 use report::{Row, Samples, Target, Value};
 use tokio::task::JoinSet;
 
 #[derive(Parser)]
 #[command(
     name = "peapod-bench",
-    about = "Benchmark a CRI runtime's pod sandbox path"
+    about = "Benchmark a CRI runtime's pod sandbox and container paths"
 )]
 struct Args {
     /// CRI endpoint of the runtime under test.
@@ -64,6 +68,12 @@ struct Args {
     /// then check the daemon (needs `--daemon-pid`) and the node are back at their baseline.
     #[arg(long)]
     soak_secs: Option<u64>,
+    /// Image of the container rows; they are skipped if the runtime does not have it.
+    #[arg(long, default_value = "peapod.test/busybox:latest")]
+    image: String,
+    /// Pods of one container each for the container rows (>= 50).
+    #[arg(long, default_value_t = 50)]
+    containers: usize,
 }
 
 /// Makes pods with unique names and remembers every one not yet removed.
@@ -86,7 +96,15 @@ impl Pods {
     }
 
     async fn run(&self, client: &mut Client) -> Result<(String, Duration)> {
-        let config = self.config();
+        self.run_config(client, &self.config()).await
+    }
+
+    /// RunPodSandbox of `config` (from [`Pods::config`]).
+    async fn run_config(
+        &self,
+        client: &mut Client,
+        config: &PodConfig,
+    ) -> Result<(String, Duration)> {
         let start = Instant::now();
         let response = client.run_pod_sandbox(config.request()).await;
         let took = start.elapsed();
@@ -363,7 +381,8 @@ async fn measure(
 async fn main() -> Result<()> {
     let args = Args::parse();
     let socket = endpoint_path(&args.endpoint)?;
-    let mut client = connect(&socket).await?;
+    let channel = channel(&socket).await?;
+    let mut client = Client::new(channel.clone());
     let pods = Arc::new(Pods {
         run: random_hex(3),
         cgroup_parent: args.cgroup_parent.clone(),
@@ -388,15 +407,40 @@ async fn main() -> Result<()> {
         });
     }
     let started = Instant::now();
-    let result = measure(&args, &pods, &mut client, &mut rows).await;
+    let ctrs = containers::Containers::new(&args.image)?;
+    let mut note = None;
+    let mut result = measure(&args, &pods, &mut client, &mut rows).await;
+    if result.is_ok() {
+        result = match containers::image_present(channel, &args.image).await {
+            Ok(true) => {
+                ctrs.measure(args.containers, &pods, &mut client, &mut rows)
+                    .await
+            }
+            Ok(false) => {
+                note = Some(format!(
+                    "container rows skipped: the runtime has no image {} (import or pull it, \
+                     or pass --image)",
+                    args.image
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+    }
     if result.is_err() {
         let left = pods.live.lock().expect("poisoned").len();
-        eprintln!("peapod-bench: failed; removing the {left} pods it left");
+        eprintln!("peapod-bench: failed; removing the containers and {left} pods it left");
+        if let Err(err) = ctrs.remove_all(&mut client).await {
+            eprintln!("peapod-bench: removing containers failed too: {err:#}");
+        }
         if let Err(err) = pods.remove_all(&client, args.clients).await {
             eprintln!("peapod-bench: cleanup failed too: {err:#}");
         }
     }
     print!("{}", report::table(&rows));
+    if let Some(note) = note {
+        println!("{note}");
+    }
     println!(
         "({} in {:.1}s)",
         args.endpoint,

@@ -1,0 +1,205 @@
+//! The container rows: `--containers` pods, one after the other, each RunPodSandbox +
+//! CreateContainer + StartContainer of one `sleep 3600` container of `--image`; then the
+//! per-pod RSS overhead (pause + the container's monitor) while they all run; then
+//! StopContainer + RemoveContainer per container and the pods go.
+//!
+//! The image must be on the runtime already: without it (ImageStatus answers no image) the
+//! rows are skipped with a note. Container logs go to a temp dir removed at the end.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{
+    ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
+};
+use peapod_tests::Client;
+use peapod_tests::containers::container_config;
+use tonic::transport::Channel;
+
+use super::report::{Row, Samples, Target, Value};
+use super::{Pods, ms, pause_pid, rss_bytes};
+
+/// Remembers every container made and not yet removed, and where their logs go.
+pub struct Containers {
+    image: String,
+    logs: tempfile::TempDir,
+    live: Mutex<Vec<String>>,
+}
+
+/// Whether the runtime has `image` (ImageStatus returns one).
+pub async fn image_present(channel: Channel, image: &str) -> Result<bool> {
+    let request = ImageStatusRequest {
+        image: Some(ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    let response = ImageServiceClient::new(channel)
+        .image_status(request)
+        .await
+        .with_context(|| format!("ImageStatus {image}"))?;
+    Ok(response.into_inner().image.is_some())
+}
+
+/// The monitor pid from a container's verbose status (`info["info"].monitorPid`): peapod
+/// reports it; other runtimes do not, and the RSS row says n/a.
+async fn monitor_pid(client: &mut Client, id: &str) -> Option<u32> {
+    let request = ContainerStatusRequest {
+        container_id: id.to_owned(),
+        verbose: true,
+    };
+    let info = client
+        .container_status(request)
+        .await
+        .ok()?
+        .into_inner()
+        .info;
+    let json: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+    json.get("monitorPid")?.as_u64()?.try_into().ok()
+}
+
+/// Pause + monitor VmRSS of one pod, if both pids are known.
+async fn pod_overhead(client: &mut Client, pod: &str, container: &str) -> Option<u64> {
+    let pause = rss_bytes(pause_pid(client, pod).await?)?;
+    let monitor = rss_bytes(monitor_pid(client, container).await?)?;
+    Some(pause + monitor)
+}
+
+impl Containers {
+    pub fn new(image: &str) -> Result<Containers> {
+        let logs = tempfile::Builder::new()
+            .prefix("peapod-bench-logs-")
+            .tempdir()
+            .context("make a temp dir for the container logs")?;
+        Ok(Containers {
+            image: image.to_owned(),
+            logs,
+            live: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// RunPodSandbox, then CreateContainer + StartContainer; returns (pod, container, the
+    /// time of create+start, the time of all three).
+    async fn run_pod_with_container(
+        &self,
+        pods: &Pods,
+        client: &mut Client,
+    ) -> Result<(String, String, Duration, Duration)> {
+        let mut config = pods.config();
+        config.log_directory = self.logs.path().join(&config.name).display().to_string();
+        let start = Instant::now();
+        let (pod, _) = pods.run_config(client, &config).await?;
+        let created = Instant::now();
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("sleep", &self.image, &["sleep", "3600"])),
+            sandbox_config: Some(config.build()),
+        };
+        let id = client
+            .create_container(request)
+            .await
+            .with_context(|| format!("CreateContainer in {pod}"))?
+            .into_inner()
+            .container_id;
+        self.live.lock().expect("poisoned").push(id.clone());
+        client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {id}"))?;
+        let end = Instant::now();
+        Ok((pod, id, end - created, end - start))
+    }
+
+    /// StopContainer (no grace: `sleep` would not mind) + RemoveContainer.
+    async fn remove(&self, client: &mut Client, id: &str) -> Result<Duration> {
+        let start = Instant::now();
+        client
+            .stop_container(StopContainerRequest {
+                container_id: id.to_owned(),
+                timeout: 0,
+            })
+            .await
+            .with_context(|| format!("StopContainer {id}"))?;
+        client
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_owned(),
+            })
+            .await
+            .with_context(|| format!("RemoveContainer {id}"))?;
+        self.live.lock().expect("poisoned").retain(|c| c != id);
+        Ok(start.elapsed())
+    }
+
+    /// Stops and removes every container still alive (before their pods go); tries them all.
+    pub async fn remove_all(&self, client: &mut Client) -> Result<()> {
+        let ids: Vec<String> = self.live.lock().expect("poisoned").clone();
+        let mut first = None;
+        for id in ids {
+            if let Err(e) = self.remove(client, &id).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Measures and appends the container rows; removes what it made.
+    pub async fn measure(
+        &self,
+        n: usize,
+        pods: &Pods,
+        client: &mut Client,
+        rows: &mut Vec<Row>,
+    ) -> Result<()> {
+        let (mut create_start, mut end_to_end) = (Samples::default(), Samples::default());
+        let mut made = Vec::new();
+        for _ in 0..n {
+            let (pod, id, cs, all) = self.run_pod_with_container(pods, client).await?;
+            create_start.push(cs);
+            end_to_end.push(all);
+            made.push((pod, id));
+        }
+        let mut sums = Vec::new();
+        for (pod, id) in &made {
+            sums.push(pod_overhead(client, pod, id).await);
+        }
+        // The median pod; n/a if any pod lacks a pid.
+        let overhead = sums.into_iter().collect::<Option<Vec<u64>>>();
+        let overhead = overhead.and_then(|mut v| {
+            v.sort_unstable();
+            v.get(v.len().saturating_sub(1) / 2).copied()
+        });
+        let mut teardown = Samples::default();
+        for (pod, id) in &made {
+            teardown.push(self.remove(client, id).await?);
+            pods.stop(client, pod).await?;
+            pods.remove(client, pod).await?;
+        }
+        rows.push(Row {
+            what: format!("CreateContainer + StartContainer, {n} pods"),
+            value: Value::Latency(create_start),
+            target: Target::P50Under(ms(20)),
+        });
+        rows.push(Row {
+            what: "pod end to end: RunPodSandbox + Create + Start".into(),
+            value: Value::Latency(end_to_end),
+            target: Target::P50Under(ms(35)),
+        });
+        rows.push(Row {
+            what: "StopContainer + RemoveContainer".into(),
+            value: Value::Latency(teardown),
+            target: Target::None,
+        });
+        rows.push(Row {
+            what: format!("per-pod RSS, pause + monitor (median of {n})"),
+            value: Value::Bytes(overhead),
+            target: Target::BytesUnder(2 << 20),
+        });
+        Ok(())
+    }
+}
