@@ -102,10 +102,19 @@ impl ImageStore {
             pin: Some(self.pin([])),
             created: Some(Created::default()),
         };
-        let (digest, manifest, names) = self
-            .download(&reference, creds, &mut job)
-            .await
-            .map_err(wrap)?;
+        let (digest, manifest, names) = match self.download(&reference, creds, &mut job).await {
+            Ok(got) => got,
+            Err(e) => {
+                // Clean before answering: a failed pull leaves nothing visible when it returns.
+                // (Dropping the job cleans too, in the background, for a cancelled pull.)
+                drop(job.pin.take());
+                if let Some(created) = job.created.take() {
+                    let store = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.discard_now(created)).await;
+                }
+                return Err(wrap(e));
+            }
+        };
         let rec = self
             .finish(job, digest, manifest, names)
             .await
