@@ -4,7 +4,9 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{Capability, Int64Value, LinuxContainerResources, Mount, SecurityProfile};
+use k8s_cri::v1::{
+    Capability, Int64Value, LinuxContainerResources, Mount, MountPropagation, SecurityProfile,
+};
 use peapod_tests::containers::{BUSYBOX, VARIANT, container_config, env, security};
 
 /// CapEff of /proc/self/status as a bit mask.
@@ -314,5 +316,123 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     );
 
     node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+/// The node's mount table, as seen from inside the node.
+async fn node_mounts(node: &peapod_tests::Node) -> Result<String> {
+    node.exec(&["cat", "/proc/self/mountinfo"]).await
+}
+
+/// Whether `mountinfo` has a mount at `path`.
+fn mounted(mountinfo: &str, path: &str) -> bool {
+    mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+#[tokio::test]
+async fn bidirectional_mounts_reach_the_node_and_host_to_container_ones_do_not() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("prop");
+    let pod = node.run_pod(&cfg).await?;
+    let dir = |name: &str| -> Result<String> {
+        let d = node.dir().join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d.display().to_string())
+    };
+    let (bidi, h2c, private) = (dir("bidi")?, dir("h2c")?, dir("private")?);
+    // Both sources are shared mounts of the node, so only the propagation mode tells them apart.
+    for d in [&bidi, &h2c] {
+        node.exec(&["mount", "--bind", d, d]).await?;
+        node.exec(&["mount", "--make-shared", d]).await?;
+    }
+
+    let mut c = container_config("mounter", BUSYBOX, &["sleep", "1000"]);
+    c.mounts = vec![
+        Mount {
+            container_path: "/shared".into(),
+            host_path: bidi.clone(),
+            propagation: MountPropagation::PropagationBidirectional as i32,
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/h2c".into(),
+            host_path: h2c.clone(),
+            propagation: MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        },
+    ];
+    // mount(2) needs CAP_SYS_ADMIN (not `privileged`: this node's bounding set may lack
+    // capabilities a privileged container asks for).
+    let sc = security(&mut c);
+    sc.capabilities = Some(Capability {
+        add_capabilities: vec!["SYS_ADMIN".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: 1, // Unconfined
+        localhost_ref: String::new(),
+    });
+    let id = node.run_container(&pod, &cfg, c).await?;
+
+    // Container → node: only through the Bidirectional mount.
+    let mount_in = "mkdir -p /shared/sub /h2c/sub && mount -t tmpfs tmpfs /shared/sub \
+                    && mount -t tmpfs tmpfs /h2c/sub";
+    node.exec_ok(&id, &["sh", "-c", mount_in]).await?;
+    let seen = node_mounts(&node).await?;
+    let (bidi_sub, h2c_sub) = (format!("{bidi}/sub"), format!("{h2c}/sub"));
+    ensure!(
+        mounted(&seen, &bidi_sub),
+        "no {bidi_sub} on the node:\n{seen}"
+    );
+    ensure!(
+        !mounted(&seen, &h2c_sub),
+        "{h2c_sub} leaked to the node:\n{seen}"
+    );
+
+    // Node → container: through both.
+    for d in [&bidi, &h2c] {
+        let at = format!("{d}/fromnode");
+        std::fs::create_dir_all(&at)?;
+        node.exec(&["mount", "-t", "tmpfs", "tmpfs", &at]).await?;
+    }
+    let inside = node.exec_ok(&id, &["cat", "/proc/self/mountinfo"]).await?;
+    for p in [
+        "/shared/fromnode",
+        "/h2c/fromnode",
+        "/shared/sub",
+        "/h2c/sub",
+    ] {
+        ensure!(mounted(&inside, p), "no {p} in the container:\n{inside}");
+    }
+
+    // A Bidirectional mount of a source that is not a shared mount is refused.
+    let mut bad = container_config("bad", BUSYBOX, &["true"]);
+    bad.mounts = vec![Mount {
+        container_path: "/x".into(),
+        host_path: private.clone(),
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let err = format!(
+        "{:#}",
+        node.create_container(&pod, &cfg, bad).await.unwrap_err()
+    );
+    ensure!(
+        err.contains("not a shared mount") && err.contains("invalid argument"),
+        "{err}"
+    );
+
+    node.stop_and_remove(&pod).await?;
+    for m in [
+        bidi_sub,
+        format!("{bidi}/fromnode"),
+        format!("{h2c}/fromnode"),
+        bidi,
+        h2c,
+    ] {
+        node.exec(&["umount", &m]).await?;
+    }
+    ensure!(!node_mounts(&node).await?.contains("/bidi"));
     node.assert_empty().await
 }

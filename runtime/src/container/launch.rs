@@ -143,12 +143,92 @@ fn bind(req: &MountReq) -> Result<Bind, ContainerError> {
             path: req.host_path.clone(),
         });
     }
+    if req.propagation == Propagation::Bidirectional {
+        shared_source(&req.host_path)?;
+    }
     Ok(Bind {
         source: PathBuf::from(&req.host_path),
         destination: req.container_path.clone(),
         readonly: req.readonly,
         propagation: req.propagation,
     })
+}
+
+/// A Bidirectional mount must come from a shared mount of the node, as with containerd:
+/// otherwise nothing mounted in the container could reach the node.
+fn shared_source(host_path: &str) -> Result<(), ContainerError> {
+    let (mount_point, shared) = mount_of(Path::new(host_path))
+        .map_err(ContainerError::io("find the mount of", host_path))?;
+    if shared {
+        return Ok(());
+    }
+    Err(ContainerError::invalid(
+        "mounts.propagation",
+        format!(
+            "Bidirectional, but path {host_path} is mounted on {mount_point} \
+             and it is not a shared mount (make it one: mount --make-shared {mount_point})"
+        ),
+    ))
+}
+
+/// The mount point of the mount `path` is on, and whether that mount is shared, from
+/// `/proc/self/mountinfo` (the mount is found by the id the kernel reports for an `O_PATH` fd).
+fn mount_of(path: &Path) -> std::io::Result<(String, bool)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", f.as_raw_fd()))?;
+    let id = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .map(str::trim)
+        .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').next() == Some(id))
+        .ok_or_else(|| std::io::Error::other(format!("mount {id} not in mountinfo")))?;
+    Ok(parse_mountinfo(line))
+}
+
+/// The mount point (unescaped) and whether the mount is shared, from one mountinfo line.
+fn parse_mountinfo(line: &str) -> (String, bool) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let mount_point = fields.get(4).copied().unwrap_or("");
+    let shared = fields
+        .iter()
+        .skip(6)
+        .take_while(|f| **f != "-")
+        .any(|f| f.starts_with("shared:"));
+    (unescape(mount_point), shared)
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in a mountinfo path.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn seccomp_profile(spec: &ContainerSpec) -> Result<Option<String>, ContainerError> {
@@ -296,6 +376,16 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_says_whether_a_mount_is_shared() {
+        let shared = "36 35 98:0 /mnt1 /mnt\\040a rw,noatime master:1 shared:7 - ext3 /dev/root rw";
+        assert_eq!(parse_mountinfo(shared), ("/mnt a".to_owned(), true));
+        let slave = "36 35 98:0 / /data rw master:1 - ext3 /dev/root rw,shared:3";
+        assert_eq!(parse_mountinfo(slave), ("/data".to_owned(), false));
+        let private = "36 35 98:0 / / rw - ext3 /dev/root rw";
+        assert_eq!(parse_mountinfo(private), ("/".to_owned(), false));
+    }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

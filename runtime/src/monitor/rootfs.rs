@@ -1,10 +1,14 @@
 //! The container's filesystem, built by its init inside its own mount namespace: the overlay
 //! rootfs, /proc, /dev, /sys, the bind mounts, masked and read-only paths, then pivot_root.
 //! Everything is mounted in a namespace that dies with the container: nothing can leak into
-//! the node's mount table.
+//! the node's mount table, but what is mounted under a Bidirectional mount, a peer of its
+//! source on the node.
 
+use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -110,7 +114,17 @@ fn comps(p: &str) -> Vec<String> {
 
 /// Builds the rootfs at `spec.rootfs.target` and pivots into it.
 pub fn setup(spec: &LaunchSpec) -> Result {
-    // Nothing we mount from here on propagates back to the node.
+    // A Bidirectional mount must stay a peer of its source on the node. The copies made by
+    // unshare are still peers: clone them now, before they become slaves below.
+    let peers = spec
+        .mounts
+        .iter()
+        .map(|b| match b.propagation {
+            Propagation::Bidirectional => clone_tree(&b.source).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Nothing we mount from here on propagates back to the node (but under those clones).
     mnt(
         None,
         Path::new("/"),
@@ -144,8 +158,8 @@ pub fn setup(spec: &LaunchSpec) -> Result {
     )?;
     proc_and_dev(spec, root)?;
     sys(spec, root)?;
-    for b in &spec.mounts {
-        bind(root, b)?;
+    for (b, peer) in spec.mounts.iter().zip(peers) {
+        bind(root, b, peer)?;
     }
     for p in &spec.masked_paths {
         mask(root, p)?;
@@ -298,7 +312,55 @@ fn remount_ro(p: &Path) -> Result {
     mnt(None, p, None, f, None)
 }
 
-fn bind(root: &Path, b: &Bind) -> Result {
+/// A detached copy of the mount tree at `source` (`open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`):
+/// like a bind mount, each copy is in the peer group of the mount it copies.
+fn clone_tree(source: &Path) -> Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let path = CString::new(source.as_os_str().as_bytes()).map_err(|e| MountError {
+        what: "clone the mount tree at",
+        path: source.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: open_tree reads a NUL-terminated path; the fd it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(ioerr("clone the mount tree at", source)(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a new fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches the detached tree `tree` at `dest` (`move_mount`); the mounts keep their peers.
+fn attach_tree(tree: OwnedFd, dest: &Path) -> Result {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let empty = c"";
+    let to = CString::new(dest.as_os_str().as_bytes()).map_err(|e| MountError {
+        what: "mount",
+        path: dest.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: both paths are NUL-terminated; `tree` is a valid fd for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(ioerr("mount", dest)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn bind(root: &Path, b: &Bind, peer: Option<OwnedFd>) -> Result {
     let dest = resolve_in(root, &b.destination);
     let is_dir = fs::metadata(&b.source)
         .map_err(ioerr("stat", &b.source))?
@@ -313,13 +375,16 @@ fn bind(root: &Path, b: &Bind) -> Result {
             fs::File::create(&dest).map_err(ioerr("create", &dest))?;
         }
     }
-    mnt(
-        b.source.to_str(),
-        &dest,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    match peer {
+        Some(tree) => attach_tree(tree, &dest)?,
+        None => mnt(
+            b.source.to_str(),
+            &dest,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+    }
     if b.readonly {
         remount_ro(&dest)?;
     }
