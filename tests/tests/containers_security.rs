@@ -183,6 +183,26 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
         field(&status, "Seccomp:") == "0",
         "unconfined by default: {status}"
     );
+
+    // Privileged: every capability the runtime itself has (its bounding set, which on this
+    // machine lacks CAP_SYS_RESOURCE), and it starts.
+    let mut p = container_config("privileged", BUSYBOX, &["sleep", "1000"]);
+    security(&mut p).privileged = true;
+    let privileged = node.run_container(&pod, &cfg, p).await?;
+    let status = node
+        .exec_ok(&privileged, &["cat", "/proc/self/status"])
+        .await?;
+    let node_status = node.exec(&["cat", "/proc/1/status"]).await?;
+    let bounding = node_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    ensure!(
+        cap_eff(&status) == bounding,
+        "privileged CapEff {:x}, the node's bounding set {bounding:x}",
+        cap_eff(&status)
+    );
     ensure!(node.exec_ok(&root, &["touch", "/newfile"]).await.is_ok());
 
     // The image's user, working dir and stop signal (SIGUSR1, which this one traps).

@@ -66,7 +66,8 @@ fn is_all(s: &str) -> bool {
     s.eq_ignore_ascii_case("ALL")
 }
 
-/// The container's capability names: all for privileged containers, otherwise the defaults
+/// The container's capability names: all (that the runtime has) for privileged containers,
+/// otherwise the defaults
 /// with the request's drops (`ALL` drops every default) and adds (`ALL` adds every one) applied,
 /// in containerd's order. Sorted and deduplicated.
 pub fn capabilities(
@@ -74,7 +75,14 @@ pub fn capabilities(
     add: &[String],
     drop: &[String],
 ) -> Result<Vec<String>, UnknownCap> {
-    let all: Vec<Capability> = caps::all().into_iter().collect();
+    // "All" is what this process may hand out: its bounding set (as containerd does for
+    // privileged containers). A host whose root lacks a capability (here CAP_SYS_RESOURCE)
+    // would otherwise fail every privileged start with EPERM from capset.
+    let bounding = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
+    let all: Vec<Capability> = caps::all()
+        .into_iter()
+        .filter(|c| bounding.contains(c))
+        .collect();
     let mut set: Vec<Capability> = if privileged || add.iter().any(|a| is_all(a)) {
         all.clone()
     } else {
@@ -127,10 +135,11 @@ mod tests {
         assert_eq!(c, s(&["CAP_NET_BIND_SERVICE"]));
         let c = capabilities(false, &s(&["ALL"]), &s(&["SYS_ADMIN"])).unwrap();
         assert!(c.len() > 30 && !c.contains(&"CAP_SYS_ADMIN".into()));
-        assert_eq!(
-            capabilities(true, &[], &s(&["ALL"])).unwrap().len(),
-            caps::all().len()
-        );
+        // Privileged: everything in our bounding set (root here lacks CAP_SYS_RESOURCE).
+        let bounding = caps::read(None, caps::CapSet::Bounding).unwrap();
+        let p = capabilities(true, &[], &s(&["ALL"])).unwrap();
+        assert_eq!(p.len(), bounding.len());
+        assert!(p.iter().all(|c| bounding.contains(&parse_cap(c).unwrap())));
         assert_eq!(
             capabilities(false, &s(&["BOGUS"]), &[]),
             Err(UnknownCap("BOGUS".into()))
