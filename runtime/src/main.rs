@@ -6,6 +6,7 @@ mod container;
 mod cri;
 mod ctr_client;
 mod daemon;
+mod errors;
 mod fault;
 mod image;
 mod image_cmd;

@@ -92,19 +92,11 @@ pub enum ContainerError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("teardown of container {id} left {} error(s): {}", .errors.len(), join_chains(.errors))]
+    #[error("teardown of container {id} left {} error(s): {}", .errors.len(), crate::errors::join_chains(.errors))]
     Teardown {
         id: String,
         errors: Vec<ContainerError>,
     },
-}
-
-fn join_chains(errors: &[ContainerError]) -> String {
-    errors
-        .iter()
-        .map(ContainerError::chain)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl ContainerError {
@@ -122,13 +114,6 @@ impl ContainerError {
 
     /// The error with its whole source chain.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        crate::errors::chain(self)
     }
 }

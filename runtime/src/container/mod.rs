@@ -120,23 +120,21 @@ impl Containers {
 
     /// Exact id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
-        if id_or_prefix.is_empty() {
-            return Err(ContainerError::invalid("container_id", "must not be empty"));
-        }
         let ctrs = self.ctrs.read().expect("lock");
         if ctrs.contains_key(id_or_prefix) {
             return Ok(id_or_prefix.to_owned());
         }
-        let mut hits = ctrs.keys().filter(|k| k.starts_with(id_or_prefix));
-        match (hits.next(), hits.next()) {
-            (Some(id), None) => Ok(id.clone()),
-            (Some(_), Some(_)) => Err(ContainerError::Ambiguous {
+        crate::errors::resolve_prefix(ctrs.keys(), id_or_prefix).map_err(|e| match e {
+            crate::errors::Lookup::Empty => {
+                ContainerError::invalid("container_id", "must not be empty")
+            }
+            crate::errors::Lookup::Ambiguous => ContainerError::Ambiguous {
                 prefix: id_or_prefix.to_owned(),
-            }),
-            (None, _) => Err(ContainerError::NotFound {
+            },
+            crate::errors::Lookup::NotFound => ContainerError::NotFound {
                 id: id_or_prefix.to_owned(),
-            }),
-        }
+            },
+        })
     }
 
     fn insert(&self, rec: ContainerRecord) {

@@ -59,17 +59,7 @@ fn report(mut status: &File, msg: &str) {
     let _ = status.write_all(msg.as_bytes());
 }
 
-/// The error with its causes, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+pub use crate::errors::chain;
 
 /// Runs in the monitor's fork child; never returns.
 pub fn run(spec: &LaunchSpec, io: InitIo) -> ! {

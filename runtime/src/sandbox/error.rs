@@ -85,19 +85,11 @@ pub enum SandboxError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("teardown of sandbox {id} left {} error(s): {}", .errors.len(), join_chains(.errors))]
+    #[error("teardown of sandbox {id} left {} error(s): {}", .errors.len(), crate::errors::join_chains(.errors))]
     Teardown {
         id: String,
         errors: Vec<SandboxError>,
     },
-}
-
-fn join_chains(errors: &[SandboxError]) -> String {
-    errors
-        .iter()
-        .map(SandboxError::chain)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl SandboxError {
@@ -110,13 +102,6 @@ impl SandboxError {
 
     /// Renders the error with its whole source chain, for lists of errors.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        crate::errors::chain(self)
     }
 }

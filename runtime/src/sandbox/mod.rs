@@ -24,6 +24,7 @@ pub use ops::NETNS_DIR;
 use ops::Ops;
 
 use crate::config::Config;
+use crate::errors::Lookup;
 use crate::network::NodeNetwork;
 use cgroup::Cgroups;
 
@@ -125,23 +126,19 @@ impl Sandboxes {
 
     /// Exact id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
-        if id_or_prefix.is_empty() {
-            return Err(SandboxError::invalid("pod_sandbox_id", "must not be empty"));
-        }
         let pods = self.pods.read().expect("lock");
         if pods.contains_key(id_or_prefix) {
             return Ok(id_or_prefix.to_owned());
         }
-        let mut hits = pods.keys().filter(|k| k.starts_with(id_or_prefix));
-        match (hits.next(), hits.next()) {
-            (Some(id), None) => Ok(id.clone()),
-            (Some(_), Some(_)) => Err(SandboxError::Ambiguous {
+        crate::errors::resolve_prefix(pods.keys(), id_or_prefix).map_err(|e| match e {
+            Lookup::Empty => SandboxError::invalid("pod_sandbox_id", "must not be empty"),
+            Lookup::Ambiguous => SandboxError::Ambiguous {
                 prefix: id_or_prefix.to_owned(),
-            }),
-            (None, _) => Err(SandboxError::NotFound {
+            },
+            Lookup::NotFound => SandboxError::NotFound {
                 id: id_or_prefix.to_owned(),
-            }),
-        }
+            },
+        })
     }
 
     /// A fresh id whose host-veth prefix (8 hex) no other pod uses.
