@@ -285,3 +285,133 @@ fn layers_cannot_forge_overlay_xattrs() {
     unpack_into(b.dir("d"), dir.path()).unwrap();
     assert_eq!(lget(&dir.path().join("d"), OPAQUE_XATTR).unwrap(), None);
 }
+
+/// Fuzzing by property: layers of random, often hostile entries (`..`, absolute names,
+/// symlinks and hardlinks pointing out, whiteouts, entries through symlinked parents), and
+/// truncated archives. Unpacking may refuse them, but never panics and never writes outside
+/// its layer: a sibling directory and the parent stay exactly as they were.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OUTSIDE: &str = "@OUTSIDE@";
+
+    fn component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just(".wh.a".to_owned()),
+            Just(".wh..wh..opq".to_owned()),
+            Just("link".to_owned()),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        (any::<bool>(), proptest::collection::vec(component(), 1..4)).prop_map(|(abs, parts)| {
+            let joined = parts.join("/");
+            if abs { format!("/{joined}") } else { joined }
+        })
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        prop_oneof![
+            name(),
+            Just(OUTSIDE.to_owned()),
+            Just(format!("{OUTSIDE}/sentinel")),
+            Just("../../..".to_owned()),
+            Just("/".to_owned()),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Entry {
+        File(String),
+        Dir(String),
+        Symlink(String, String),
+        Hardlink(String, String),
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            name().prop_map(Entry::File),
+            name().prop_map(Entry::Dir),
+            (name(), target()).prop_map(|(n, t)| Entry::Symlink(n, t)),
+            (name(), target()).prop_map(|(n, t)| Entry::Hardlink(n, t)),
+        ]
+    }
+
+    /// Every path below `dir`, with file contents, for before/after comparison.
+    fn snapshot(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                let meta = fs::symlink_metadata(&p).unwrap();
+                let data = meta.is_file().then(|| fs::read(&p).unwrap());
+                if meta.is_dir() {
+                    stack.push(p.clone());
+                }
+                out.push((p.display().to_string(), data));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn hostile_layers_never_escape(entries in proptest::collection::vec(entry(), 1..12),
+                                       cut in proptest::option::of(0usize..4096)) {
+            require_root();
+            let dir = tempfile::tempdir().unwrap();
+            let outside = dir.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("sentinel"), "untouched").unwrap();
+            let root = dir.path().join("layer");
+            fs::create_dir(&root).unwrap();
+            let parent_before = snapshot(dir.path());
+            let outside_before = snapshot(&outside);
+
+            let real = |t: &str| t.replace(OUTSIDE, &outside.display().to_string());
+            let mut tar = Tar::new();
+            for e in &entries {
+                tar = match e {
+                    // Names longer than the old header's 100 bytes are not what is tested.
+                    Entry::File(n) if n.len() < 100 => tar.file(n, "payload"),
+                    Entry::Dir(n) if n.len() < 100 => tar.dir(n),
+                    Entry::Symlink(n, t) if n.len() < 100 && real(t).len() < 100 => {
+                        tar.link(EntryType::Symlink, n, &real(t))
+                    }
+                    Entry::Hardlink(n, t) if n.len() < 100 && real(t).len() < 100 => {
+                        tar.link(EntryType::Link, n, &real(t))
+                    }
+                    _ => tar,
+                };
+            }
+            // Then write through whatever the links made, the classic escape.
+            tar = tar.file("link/escaped", "payload").file("a/link/escaped", "payload");
+            let mut bytes = tar.bytes();
+            if let Some(cut) = cut {
+                bytes.truncate(cut.min(bytes.len()));
+            }
+            let _ = unpack(&bytes[..], &root);
+
+            prop_assert_eq!(snapshot(&outside), outside_before);
+            // Nothing new beside the layer: everything else under the parent is unchanged.
+            let parent_after: Vec<_> = snapshot(dir.path())
+                .into_iter()
+                .filter(|(p, _)| !p.starts_with(&root.display().to_string()))
+                .collect();
+            let parent_before: Vec<_> = parent_before
+                .into_iter()
+                .filter(|(p, _)| !p.starts_with(&root.display().to_string()))
+                .collect();
+            prop_assert_eq!(parent_after, parent_before);
+        }
+    }
+}
