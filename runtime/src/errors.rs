@@ -29,18 +29,18 @@ pub enum Lookup {
     Ambiguous,
 }
 
-/// The one key that is `id_or_prefix` or starts with it.
-pub fn resolve_prefix<'a>(
-    keys: impl Iterator<Item = &'a String> + Clone,
+/// The one key of `map` that is `id_or_prefix` or starts with it.
+pub fn resolve_prefix<V>(
+    map: &std::collections::HashMap<String, V>,
     id_or_prefix: &str,
 ) -> Result<String, Lookup> {
     if id_or_prefix.is_empty() {
         return Err(Lookup::Empty);
     }
-    if let Some(exact) = keys.clone().find(|k| *k == id_or_prefix) {
-        return Ok(exact.clone());
+    if map.contains_key(id_or_prefix) {
+        return Ok(id_or_prefix.to_owned());
     }
-    let mut hits = keys.filter(|k| k.starts_with(id_or_prefix));
+    let mut hits = map.keys().filter(|k| k.starts_with(id_or_prefix));
     match (hits.next(), hits.next()) {
         (Some(id), None) => Ok(id.clone()),
         (Some(_), Some(_)) => Err(Lookup::Ambiguous),
@@ -56,11 +56,14 @@ mod tests {
     fn chains_and_prefixes() {
         let e = std::io::Error::other("inner");
         assert_eq!(chain(&e), "inner");
-        let keys: Vec<String> = vec!["abc1".into(), "abc2".into(), "abd".into()];
-        assert_eq!(resolve_prefix(keys.iter(), "abd"), Ok("abd".into()));
-        assert_eq!(resolve_prefix(keys.iter(), "abc1"), Ok("abc1".into()));
-        assert_eq!(resolve_prefix(keys.iter(), "abc"), Err(Lookup::Ambiguous));
-        assert_eq!(resolve_prefix(keys.iter(), "x"), Err(Lookup::NotFound));
-        assert_eq!(resolve_prefix(keys.iter(), ""), Err(Lookup::Empty));
+        let keys: std::collections::HashMap<String, ()> = ["abc1", "abc2", "abd"]
+            .into_iter()
+            .map(|k| (k.to_owned(), ()))
+            .collect();
+        assert_eq!(resolve_prefix(&keys, "abd"), Ok("abd".into()));
+        assert_eq!(resolve_prefix(&keys, "abc1"), Ok("abc1".into()));
+        assert_eq!(resolve_prefix(&keys, "abc"), Err(Lookup::Ambiguous));
+        assert_eq!(resolve_prefix(&keys, "x"), Err(Lookup::NotFound));
+        assert_eq!(resolve_prefix(&keys, ""), Err(Lookup::Empty));
     }
 }

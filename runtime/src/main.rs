@@ -49,27 +49,15 @@ enum Cmd {
     },
     /// Talk to a running daemon about pod sandboxes.
     Pod {
-        /// CRI socket of the daemon.
-        #[arg(
-            long,
-            global = true,
-            default_value = "/run/peapod/peapod.sock",
-            env = "PEAPOD_SOCKET"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
         #[command(subcommand)]
         cmd: client::PodCmd,
     },
     /// Run and inspect containers of a running daemon's pods.
     Ctr {
-        /// CRI socket of the daemon.
-        #[arg(
-            long,
-            global = true,
-            default_value = "/run/peapod/peapod.sock",
-            env = "PEAPOD_SOCKET"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
         #[command(subcommand)]
         cmd: ctr_client::CtrCmd,
     },
@@ -94,6 +82,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: image_cmd::ImageCmd,
     },
+}
+
+/// The daemon's socket, for the client commands.
+#[derive(clap::Args)]
+struct SocketArg {
+    /// CRI socket of the daemon.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/peapod/peapod.sock",
+        env = "PEAPOD_SOCKET"
+    )]
+    socket: PathBuf,
 }
 
 /// Every flag overrides the same key of the config file.
@@ -244,10 +245,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve(args) => serve(args),
         Cmd::Gc { dry_run, serve } => gc(serve, dry_run),
         Cmd::Pod { socket, cmd } => {
-            client_rt().and_then(|rt| rt.block_on(client::run(&socket, cmd)))
+            client_rt().and_then(|rt| rt.block_on(client::run(&socket.socket, cmd)))
         }
         Cmd::Ctr { socket, cmd } => client_rt()
-            .and_then(|rt| rt.block_on(ctr_client::run(&socket, cmd)))
+            .and_then(|rt| rt.block_on(ctr_client::run(&socket.socket, cmd)))
             .map(|code| exit = code),
         Cmd::Image {
             state_dir,

@@ -413,6 +413,19 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
         node.bridge_ports().await?,
     );
     let (dirs, leases) = (ls("sandboxes").await?, ls("ipam/peapod").await?);
+    // After a refused pod: nothing made, and the running pod untouched.
+    let unchanged = || async {
+        ensure!(node.pauses().await?.len() == pauses, "a pause was left");
+        ensure!(node.pins().await? == pins, "a pin was left");
+        node.assert_empty_of_extra_ports(&ports).await?;
+        ensure!(ls("sandboxes").await? == dirs, "a sandbox dir was left");
+        ensure!(ls("ipam/peapod").await? == leases, "a lease was left");
+        ensure!(
+            state_of(&node, &keep).await? == PodSandboxState::SandboxReady as i32,
+            "the running pod was touched"
+        );
+        Ok::<(), anyhow::Error>(())
+    };
 
     let mut client = node.client().await?;
     let result = client
@@ -422,15 +435,7 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
         Err(s) if s.code() == Code::ResourceExhausted && s.message().contains("No space") => {}
         other => anyhow::bail!("a pod on a full disk: expected ResourceExhausted, got {other:?}"),
     }
-    ensure!(node.pauses().await?.len() == pauses, "a pause was left");
-    ensure!(node.pins().await? == pins, "a pin was left");
-    node.assert_empty_of_extra_ports(&ports).await?;
-    ensure!(ls("sandboxes").await? == dirs, "a sandbox dir was left");
-    ensure!(ls("ipam/peapod").await? == leases, "a lease was left");
-    ensure!(
-        state_of(&node, &keep).await? == PodSandboxState::SandboxReady as i32,
-        "the running pod was touched"
-    );
+    unchanged().await?;
 
     node.exec(&["rm", &format!("{state}/filler")]).await?;
 
@@ -447,15 +452,7 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
         Err(s) if s.message().contains("Read-only file system") => {}
         other => anyhow::bail!("a pod on a read-only state dir: got {other:?}"),
     }
-    ensure!(node.pauses().await?.len() == pauses, "a pause was left");
-    ensure!(node.pins().await? == pins, "a pin was left");
-    node.assert_empty_of_extra_ports(&ports).await?;
-    ensure!(ls("sandboxes").await? == dirs, "a sandbox dir was left");
-    ensure!(ls("ipam/peapod").await? == leases, "a lease was left");
-    ensure!(
-        state_of(&node, &keep).await? == PodSandboxState::SandboxReady as i32,
-        "the running pod was touched"
-    );
+    unchanged().await?;
 
     let next = node.run_pod(&node.pod_config("room-again")).await?;
     for id in [&keep, &next] {

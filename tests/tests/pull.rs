@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::AuthConfig;
-use peapod_tests::{Node, TestImages};
+use peapod_tests::{Node, Registry, TestImages};
 use tonic::Code;
 
 const INSECURE: &str = "[registries.\"127.0.0.1:5000\"]\ninsecure = true";
@@ -14,6 +14,16 @@ const REGISTRY: &str = "127.0.0.1:5000";
 
 async fn node_with(config: &str) -> Result<Node> {
     common::builder().config(config).start().await
+}
+
+/// The test images, `node`, a registry on 127.0.0.1:5000 in it, and the test image `source`
+/// (a tag of the test layout) pushed there as `dest`.
+async fn pushed(node: Node, source: &str, dest: &str) -> Result<(TestImages, Node, Registry)> {
+    let images = TestImages::build()?;
+    let registry = node.start_registry(REGISTRY, None).await?;
+    node.push_image(&images.path("layout"), source, dest, None)
+        .await?;
+    Ok((images, node, registry))
 }
 
 /// Nothing of a failed pull is left: no image, blob or layer.
@@ -29,17 +39,13 @@ fn assert_store_empty(node: &Node) -> Result<()> {
 
 #[tokio::test]
 async fn pull_by_tag_and_by_digest() -> Result<()> {
-    let images = TestImages::build()?;
-    let node = node_with(INSECURE).await?;
-    let _registry = node.start_registry(REGISTRY, None).await?;
-    let layout = images.path("layout");
-    node.push_image(
-        &layout,
+    let (images, node, _registry) = pushed(
+        node_with(INSECURE).await?,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
-        None,
     )
     .await?;
+    let layout = images.path("layout");
     node.push_image(
         &layout,
         "peapod.test/busybox:variant",
@@ -118,14 +124,10 @@ async fn pull_by_tag_and_by_digest() -> Result<()> {
 
 #[tokio::test]
 async fn an_index_resolves_to_this_architecture() -> Result<()> {
-    let images = TestImages::build()?;
-    let node = node_with(INSECURE).await?;
-    let _registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(
-        &images.path("layout"),
+    let (images, node, _registry) = pushed(
+        node_with(INSECURE).await?,
         "peapod.test/busybox:multi",
         "127.0.0.1:5000/multi/busybox:1",
-        None,
     )
     .await?;
     let id = node
@@ -148,14 +150,10 @@ async fn an_index_resolves_to_this_architecture() -> Result<()> {
 
 #[tokio::test]
 async fn plain_http_is_refused_unless_the_host_is_insecure() -> Result<()> {
-    let images = TestImages::build()?;
-    let node = common::node().await?;
-    let _registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(
-        &images.path("layout"),
+    let (_images, node, _registry) = pushed(
+        common::node().await?,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
-        None,
     )
     .await?;
     let err = node
@@ -174,15 +172,10 @@ async fn plain_http_is_refused_unless_the_host_is_insecure() -> Result<()> {
 
 #[tokio::test]
 async fn a_mirror_serves_the_image_under_the_name_asked_for() -> Result<()> {
-    let images = TestImages::build()?;
-    let node =
-        node_with("[registries.\"example.test\"]\nmirrors = [\"http://127.0.0.1:5000\"]").await?;
-    let _registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(
-        &images.path("layout"),
+    let (images, node, _registry) = pushed(
+        node_with("[registries.\"example.test\"]\nmirrors = [\"http://127.0.0.1:5000\"]").await?,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
-        None,
     )
     .await?;
     let id = node
@@ -261,14 +254,10 @@ async fn basic_auth_from_the_auth_config() -> Result<()> {
 
 #[tokio::test]
 async fn a_corrupted_blob_is_refused_and_nothing_is_stored() -> Result<()> {
-    let images = TestImages::build()?;
-    let node = node_with(INSECURE).await?;
-    let registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(
-        &images.path("layout"),
+    let (images, node, registry) = pushed(
+        node_with(INSECURE).await?,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
-        None,
     )
     .await?;
     // Flip bytes of the layer blob on the registry's disk; the registry serves it as is.
@@ -302,14 +291,10 @@ async fn a_corrupted_blob_is_refused_and_nothing_is_stored() -> Result<()> {
 
 #[tokio::test]
 async fn concurrent_pulls_of_one_image_both_succeed() -> Result<()> {
-    let images = TestImages::build()?;
-    let node = node_with(INSECURE).await?;
-    let _registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(
-        &images.path("layout"),
+    let (images, node, _registry) = pushed(
+        node_with(INSECURE).await?,
         "peapod.test/busybox:variant",
         "127.0.0.1:5000/library/variant:1",
-        None,
     )
     .await?;
     let image = "127.0.0.1:5000/library/variant:1";

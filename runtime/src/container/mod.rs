@@ -121,10 +121,7 @@ impl Containers {
     /// Exact id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
         let ctrs = self.ctrs.read().expect("lock");
-        if ctrs.contains_key(id_or_prefix) {
-            return Ok(id_or_prefix.to_owned());
-        }
-        crate::errors::resolve_prefix(ctrs.keys(), id_or_prefix).map_err(|e| match e {
+        crate::errors::resolve_prefix(&ctrs, id_or_prefix).map_err(|e| match e {
             crate::errors::Lookup::Empty => {
                 ContainerError::invalid("container_id", "must not be empty")
             }
@@ -288,32 +285,33 @@ impl Containers {
     }
 }
 
-impl crate::sandbox::PodContainers for Containers {
-    fn stop_all(&self, sandbox_id: &str) -> std::result::Result<(), crate::sandbox::BoxError> {
+impl Containers {
+    /// Refuses new containers in the pod, then applies `op` to each of its containers,
+    /// carrying on past failures; returns them all.
+    fn close_pod_and(
+        &self,
+        sandbox_id: &str,
+        op: impl Fn(&str) -> Result<()>,
+    ) -> Vec<ContainerError> {
         self.closed
             .lock()
             .expect("lock")
             .insert(sandbox_id.to_owned());
-        let mut errors = Vec::new();
-        for id in self.of_pod(sandbox_id) {
-            if let Err(e) = self.stop(&id, 0) {
-                errors.push(e);
-            }
-        }
+        self.of_pod(sandbox_id)
+            .iter()
+            .filter_map(|id| op(id).err())
+            .collect()
+    }
+}
+
+impl crate::sandbox::PodContainers for Containers {
+    fn stop_all(&self, sandbox_id: &str) -> std::result::Result<(), crate::sandbox::BoxError> {
+        let errors = self.close_pod_and(sandbox_id, |id| self.stop(id, 0));
         collect(sandbox_id, errors)
     }
 
     fn remove_all(&self, sandbox_id: &str) -> std::result::Result<(), crate::sandbox::BoxError> {
-        self.closed
-            .lock()
-            .expect("lock")
-            .insert(sandbox_id.to_owned());
-        let mut errors = Vec::new();
-        for id in self.of_pod(sandbox_id) {
-            if let Err(e) = self.remove(&id) {
-                errors.push(e);
-            }
-        }
+        let mut errors = self.close_pod_and(sandbox_id, |id| self.remove(id));
         if let Err(e) = self.remove_shm(sandbox_id) {
             errors.push(e);
         }

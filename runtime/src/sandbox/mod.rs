@@ -127,10 +127,7 @@ impl Sandboxes {
     /// Exact id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String> {
         let pods = self.pods.read().expect("lock");
-        if pods.contains_key(id_or_prefix) {
-            return Ok(id_or_prefix.to_owned());
-        }
-        crate::errors::resolve_prefix(pods.keys(), id_or_prefix).map_err(|e| match e {
+        crate::errors::resolve_prefix(&pods, id_or_prefix).map_err(|e| match e {
             Lookup::Empty => SandboxError::invalid("pod_sandbox_id", "must not be empty"),
             Lookup::Ambiguous => SandboxError::Ambiguous {
                 prefix: id_or_prefix.to_owned(),
