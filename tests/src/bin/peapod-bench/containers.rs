@@ -6,13 +6,14 @@
 //! The image must be on the runtime already: without it (ImageStatus answers no image) the
 //! rows are skipped with a note. Container logs go to a temp dir removed at the end.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest,
     RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
 };
 use peapod_tests::Client;
@@ -27,6 +28,17 @@ pub struct Containers {
     image: String,
     logs: tempfile::TempDir,
     live: Mutex<Vec<String>>,
+}
+
+/// A pod with its one container, just started.
+struct Made {
+    pod: String,
+    id: String,
+    log_dir: PathBuf,
+    /// CreateContainer + StartContainer.
+    create_start: Duration,
+    /// RunPodSandbox + CreateContainer + StartContainer.
+    end_to_end: Duration,
 }
 
 /// Whether the runtime has `image` (ImageStatus returns one).
@@ -82,15 +94,10 @@ impl Containers {
         })
     }
 
-    /// RunPodSandbox, then CreateContainer + StartContainer; returns (pod, container, the
-    /// time of create+start, the time of all three).
-    async fn run_pod_with_container(
-        &self,
-        pods: &Pods,
-        client: &mut Client,
-    ) -> Result<(String, String, Duration, Duration)> {
+    /// RunPodSandbox, then CreateContainer + StartContainer.
+    async fn run_pod_with_container(&self, pods: &Pods, client: &mut Client) -> Result<Made> {
         let mut config = pods.config();
-        config.log_directory = self.logs.path().join(&config.name).display().to_string();
+        config.log_directory = self.log_dir(&config.name).display().to_string();
         let start = Instant::now();
         let (pod, _) = pods.run_config(client, &config).await?;
         let created = Instant::now();
@@ -113,7 +120,13 @@ impl Containers {
             .await
             .with_context(|| format!("StartContainer {id}"))?;
         let end = Instant::now();
-        Ok((pod, id, end - created, end - start))
+        Ok(Made {
+            log_dir: self.log_dir(&config.name),
+            pod,
+            id,
+            create_start: end - created,
+            end_to_end: end - start,
+        })
     }
 
     /// StopContainer (no grace: `sleep` would not mind) + RemoveContainer.
@@ -134,6 +147,47 @@ impl Containers {
             .with_context(|| format!("RemoveContainer {id}"))?;
         self.live.lock().expect("poisoned").retain(|c| c != id);
         Ok(start.elapsed())
+    }
+
+    /// One soak cycle, the kubelet's two ways: RunPodSandbox + CreateContainer +
+    /// StartContainer, on every fourth cycle an ExecSync, then either StopContainer +
+    /// RemoveContainer before the pod goes (`explicit`), or StopPodSandbox +
+    /// RemovePodSandbox alone, which must take the container with them. The pod's log dir
+    /// goes too, as the kubelet's log manager would remove it.
+    pub async fn soak_cycle(&self, pods: &Pods, client: &mut Client, n: usize) -> Result<()> {
+        let Made {
+            pod, id, log_dir, ..
+        } = self.run_pod_with_container(pods, client).await?;
+        if n.is_multiple_of(4) {
+            let reply = client
+                .exec_sync(ExecSyncRequest {
+                    container_id: id.clone(),
+                    cmd: vec!["cat".into(), "/etc/hostname".into()],
+                    timeout: 10,
+                })
+                .await
+                .with_context(|| format!("ExecSync in {id}"))?
+                .into_inner();
+            anyhow::ensure!(
+                reply.exit_code == 0 && !reply.stdout.is_empty(),
+                "ExecSync in {id}: exit {} stdout {:?} stderr {:?}",
+                reply.exit_code,
+                String::from_utf8_lossy(&reply.stdout),
+                String::from_utf8_lossy(&reply.stderr)
+            );
+        }
+        if n.is_multiple_of(2) {
+            self.remove(client, &id).await?;
+        }
+        pods.stop(client, &pod).await?;
+        pods.remove(client, &pod).await?;
+        self.live.lock().expect("poisoned").retain(|c| c != &id);
+        let _ = std::fs::remove_dir_all(log_dir);
+        Ok(())
+    }
+
+    fn log_dir(&self, pod_name: &str) -> PathBuf {
+        self.logs.path().join(pod_name)
     }
 
     /// Stops and removes every container still alive (before their pods go); tries them all.
@@ -159,10 +213,10 @@ impl Containers {
         let (mut create_start, mut end_to_end) = (Samples::default(), Samples::default());
         let mut made = Vec::new();
         for _ in 0..n {
-            let (pod, id, cs, all) = self.run_pod_with_container(pods, client).await?;
-            create_start.push(cs);
-            end_to_end.push(all);
-            made.push((pod, id));
+            let m = self.run_pod_with_container(pods, client).await?;
+            create_start.push(m.create_start);
+            end_to_end.push(m.end_to_end);
+            made.push((m.pod, m.id));
         }
         let mut sums = Vec::new();
         for (pod, id) in &made {

@@ -64,8 +64,9 @@ struct Args {
     /// The pause binary, to report its size.
     #[arg(long)]
     pause_binary: Option<PathBuf>,
-    /// Soak instead of the table: churn pods with `--clients` clients for this many seconds,
-    /// then check the daemon (needs `--daemon-pid`) and the node are back at their baseline.
+    /// Soak instead of the table: churn pods, each with a container of `--image` if the
+    /// runtime has it, with `--clients` clients for this many seconds, then check the daemon
+    /// (needs `--daemon-pid`) and the node are back at their baseline.
     #[arg(long)]
     soak_secs: Option<u64>,
     /// Image of the container rows; they are skipped if the runtime does not have it.
@@ -391,8 +392,29 @@ async fn main() -> Result<()> {
     });
     if let Some(secs) = args.soak_secs {
         let pid = args.daemon_pid.context("--soak-secs needs --daemon-pid")?;
-        let result = soak::soak(&pods, &client, args.clients, secs, pid).await;
+        let containers = if containers::image_present(channel.clone(), &args.image).await? {
+            Some(Arc::new(containers::Containers::new(&args.image)?))
+        } else {
+            println!(
+                "soak: pods only: the runtime has no image {} (import or pull it, or pass --image)",
+                args.image
+            );
+            None
+        };
+        let s = soak::Soak {
+            pods: &pods,
+            containers: containers.clone(),
+            client: &client,
+            clients: args.clients,
+            daemon_pid: pid,
+            cgroup_dir: PathBuf::from("/sys/fs/cgroup/memory")
+                .join(args.cgroup_parent.trim_start_matches('/')),
+        };
+        let result = soak::soak(&s, secs).await;
         if result.is_err() {
+            if let Some(c) = &containers {
+                let _ = c.remove_all(&mut client).await;
+            }
             let _ = pods.remove_all(&client, args.clients).await;
         }
         return result;
