@@ -207,8 +207,15 @@ pub fn apply(dirs: &[PathBuf], r: &Resources, v2: bool) -> Result<(), ContainerE
         Some(dir) if v2 => controllers(dir),
         _ => Vec::new(),
     };
-    let hugetlb = if v2 {
-        available.iter().any(|c| c == "hugetlb")
+    // Whether the node has hugetlb at all (v2: the hierarchy's root has it); where it has,
+    // a container cgroup without it is an error like any other missing controller.
+    let hugetlb = if let (true, Some(dir)) = (v2, dirs.first()) {
+        let root = dir
+            .ancestors()
+            .take_while(|p| p.join("cgroup.controllers").exists())
+            .last()
+            .unwrap_or(dir);
+        controllers(root).iter().any(|c| c == "hugetlb")
     } else {
         dirs.iter().any(|d| has_file_of(d, "hugetlb"))
     };

@@ -35,8 +35,8 @@ pub enum ContainerError {
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
     #[error(
-        "{field} needs the {controller} cgroup controller, which this node does not offer \
-         (available: {available})"
+        "{field} needs the {controller} cgroup controller, which the container's cgroup \
+         cannot have on this node (available: {available})"
     )]
     ControllerMissing {
         field: String,
