@@ -10,8 +10,13 @@ host_traces() {
         grep peapod /proc/mounts | sed 's/^/mount: /'
         ps -eo pid=,comm=,args= | awk '$2 ~ /^peapod(-pause|-probe|-bench)?$/' | sed 's/^ */process: /'
         nft list tables 2>/dev/null | grep peapod | sed 's/^/nftables: /'
-        find /sys/fs/cgroup -mindepth 1 -maxdepth 3 -type d \
-            \( -name 'peapod-test-*' -o -name 'peapod-bench-*' \) 2>/dev/null | sed 's/^/cgroup: /'
+        # In every cgroup hierarchy, v1 and v2 (the cgroup2 one is /sys/fs/cgroup/unified on a
+        # hybrid host, /sys/fs/cgroup on a pure v2 one): the parents of the tests and benches,
+        # and peapod's default parent.
+        awk '/ - cgroup2? / { print $5 }' /proc/self/mountinfo | while read -r h; do
+            find "$h" -mindepth 1 -maxdepth 2 -type d \( -name 'peapod-test-*' \
+                -o -name 'peapod-bench-*' -o -path "$h/peapod" \) 2>/dev/null
+        done | sed 's/^/cgroup: /'
         find /tmp -maxdepth 1 \( -name 'peapod-test-*' -o -name 'peapod-node-*' \) 2>/dev/null |
             sed 's/^/temp dir: /'
     } || true

@@ -17,6 +17,16 @@ pub fn hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where the host mounts the cgroup2 hierarchy, if it does.
+pub fn v2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mountpoint = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mountpoint))
+    })
+}
+
 /// The directories of `cgroup` (e.g. `/peapod-test-1234/<id>`) that exist in any hierarchy.
 pub fn existing(cgroup: &str) -> Vec<PathBuf> {
     hierarchies()

@@ -19,18 +19,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// PID 1 of the node: mounts its private `/run` (tmpfs) and its own sysfs (keeping the cgroup
-/// hierarchies reachable under it), brings `lo` up, says `ready` and becomes `$0`, the holder
+/// hierarchies reachable under it, or with `$1` = `v2` mounting the cgroup2 hierarchy alone
+/// at `/sys/fs/cgroup`), brings `lo` up, says `ready` and becomes `$0`, the holder
 /// (`peapod-pause`), which reaps the node's orphans until the node is killed.
 const HOLDER_SCRIPT: &str = r#"set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
-if mountpoint -q /sys/fs/cgroup; then
-    mkdir /run/.cgroup
-    mount --rbind /sys/fs/cgroup /run/.cgroup
-fi
-mount -t sysfs sysfs /sys
-if [ -d /run/.cgroup ]; then
-    mount --move /run/.cgroup /sys/fs/cgroup
-    rmdir /run/.cgroup
+if [ "$1" = v2 ]; then
+    mount -t sysfs sysfs /sys
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+    if mountpoint -q /sys/fs/cgroup; then
+        mkdir /run/.cgroup
+        mount --rbind /sys/fs/cgroup /run/.cgroup
+    fi
+    mount -t sysfs sysfs /sys
+    if [ -d /run/.cgroup ]; then
+        mount --move /run/.cgroup /sys/fs/cgroup
+        rmdir /run/.cgroup
+    fi
 fi
 ip link set lo up
 echo ready
@@ -45,6 +51,7 @@ pub struct NodeBuilder {
     setup: Vec<Vec<String>>,
     probe: Option<PathBuf>,
     config: String,
+    cgroup_v2: bool,
 }
 
 impl NodeBuilder {
@@ -71,6 +78,15 @@ impl NodeBuilder {
     /// The `peapod-probe` binary (tests pass `env!("CARGO_BIN_EXE_peapod-probe")`).
     pub fn probe(mut self, path: impl Into<PathBuf>) -> Self {
         self.probe = Some(path.into());
+        self
+    }
+
+    /// A pure cgroup v2 node: inside the node's mount namespace only, `/sys/fs/cgroup` is the
+    /// host's cgroup2 hierarchy (on this kind of machine the one mounted at
+    /// `/sys/fs/cgroup/unified`) instead of the v1 controllers. It is the real, shared
+    /// hierarchy: the node's cgroup parent keeps it apart from other nodes.
+    pub fn cgroup_v2(mut self) -> Self {
+        self.cgroup_v2 = true;
         self
     }
 
@@ -110,7 +126,13 @@ impl NodeBuilder {
                 self.config
             ),
         )?;
-        let (holder, pid1) = spawn_holder(dir.path(), &bins.join("peapod-pause"))?;
+        // The host must see the hierarchy too, to clean up after a node that failed.
+        ensure!(
+            !self.cgroup_v2 || cgroup::v2_root().is_some(),
+            "a cgroup v2 node needs the host's cgroup2 hierarchy mounted (e.g. at \
+             /sys/fs/cgroup/unified)"
+        );
+        let (holder, pid1) = spawn_holder(dir.path(), &bins.join("peapod-pause"), self.cgroup_v2)?;
         let mut node = Node {
             cgroup_parent: format!("/peapod-test-{}", crate::random_hex(4)),
             probe: self.probe.unwrap_or_else(|| bins.join("peapod-probe")),
@@ -135,7 +157,7 @@ impl NodeBuilder {
 
 /// Starts the node's PID 1 under `unshare` and returns the `unshare` child and the host pid of
 /// the node's PID 1 once it is ready.
-fn spawn_holder(dir: &Path, holder: &Path) -> Result<(Child, u32)> {
+fn spawn_holder(dir: &Path, holder: &Path, cgroup_v2: bool) -> Result<(Child, u32)> {
     let log = File::create(dir.join("node.log"))?;
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -153,6 +175,7 @@ fn spawn_holder(dir: &Path, holder: &Path) -> Result<(Child, u32)> {
         HOLDER_SCRIPT,
     ])
     .arg(holder)
+    .arg(if cgroup_v2 { "v2" } else { "v1" })
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(log);
@@ -236,6 +259,14 @@ impl Node {
     /// The cgroup parent for this node's pods (unique per node), as used in requests.
     pub fn cgroup_parent(&self) -> &str {
         &self.cgroup_parent
+    }
+
+    /// Where the host reaches `rel` (e.g. `<cgroup_parent>/<id>`) of the cgroup hierarchy the
+    /// node sees at `/sys/fs/cgroup` (through its PID 1's root): for a
+    /// [`NodeBuilder::cgroup_v2`] node, its cgroup2 dir.
+    pub fn node_cgroup(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", self.pid1))
+            .join(rel.trim_start_matches('/'))
     }
 
     /// Host pid of the node's PID 1.

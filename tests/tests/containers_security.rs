@@ -5,7 +5,8 @@ mod common;
 
 use anyhow::{Result, ensure};
 use k8s_cri::v1::{
-    Capability, Int64Value, LinuxContainerResources, Mount, MountPropagation, SecurityProfile,
+    Capability, HugepageLimit, Int64Value, LinuxContainerResources, Mount, MountPropagation,
+    SecurityProfile,
 };
 use peapod_tests::containers::{BUSYBOX, VARIANT, container_config, env, security};
 
@@ -63,6 +64,12 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
         cpu_period: 100_000,
         cpu_shares: 512,
         unified: [("pids.max".to_owned(), "64".to_owned())].into(),
+        // As the kubelet sends it for every page size the kernel has; written where a v1
+        // hugetlb hierarchy is mounted, and where none is (this machine) no reason to fail.
+        hugepage_limits: vec![HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 0,
+        }],
         ..Default::default()
     });
     let main = node.run_container(&pod, &cfg, c).await?;

@@ -7,7 +7,7 @@ use tracing::info;
 use super::error::ContainerError;
 use super::launch::{self, CgroupDir};
 use super::model::{ContainerRecord, ContainerSpec, ContainerState};
-use super::{Containers, Filter, Result, new_id, now_nanos};
+use super::{Containers, Filter, Result, cgroup, new_id, now_nanos};
 use crate::monitor::LAUNCH_FILE;
 use crate::sandbox::SandboxState;
 use crate::sandbox::model::NsMode;
@@ -59,6 +59,11 @@ impl Containers {
         {
             return Err(ContainerError::SandboxNotReady { id: sandbox.id });
         }
+        cgroup::check(
+            self.sandboxes.cgroups(),
+            sandbox.cgroup.as_ref(),
+            &spec.resources,
+        )?;
         let key = (sandbox.id.clone(), spec.name.clone(), spec.attempt);
         if !self.names.lock().expect("lock").insert(key.clone()) {
             let id = self

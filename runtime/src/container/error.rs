@@ -34,6 +34,15 @@ pub enum ContainerError {
     },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
+    #[error(
+        "{field} needs the {controller} cgroup controller, which the container's cgroup \
+         cannot have on this node (available: {available})"
+    )]
+    ControllerMissing {
+        field: String,
+        controller: String,
+        available: String,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("cannot resolve the container's user")]

@@ -42,6 +42,9 @@ pub struct Resources {
     pub memory_limit: i64,
     pub memory_swap_limit: i64,
     pub oom_score_adj: i64,
+    /// Huge page size as the kernel names it (`2MB`, `1GB`) → limit in bytes.
+    #[serde(default)]
+    pub hugepage_limits: BTreeMap<String, u64>,
     /// Raw cgroup files (`pids.max`, …): the CRI's `unified` map, written on v1 too into the
     /// hierarchy that has the file.
     pub unified: BTreeMap<String, String>,

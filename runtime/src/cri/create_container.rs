@@ -124,6 +124,11 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
             memory_limit: res.memory_limit_in_bytes,
             memory_swap_limit: res.memory_swap_limit_in_bytes,
             oom_score_adj: res.oom_score_adj,
+            hugepage_limits: res
+                .hugepage_limits
+                .into_iter()
+                .map(|h| (h.page_size, h.limit))
+                .collect(),
             unified: res.unified.into_iter().collect(),
         },
         security: SecurityReq {

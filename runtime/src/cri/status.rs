@@ -56,9 +56,9 @@ fn container_code(e: &ContainerError) -> Code {
         | ContainerError::Seccomp { .. }
         | ContainerError::MountSource { .. } => Code::InvalidArgument,
         ContainerError::NotFound { .. } => Code::NotFound,
-        ContainerError::SandboxNotReady { .. } | ContainerError::WrongState { .. } => {
-            Code::FailedPrecondition
-        }
+        ContainerError::SandboxNotReady { .. }
+        | ContainerError::WrongState { .. }
+        | ContainerError::ControllerMissing { .. } => Code::FailedPrecondition,
         ContainerError::AlreadyExists { .. } => Code::AlreadyExists,
         ContainerError::Unsupported { .. } => Code::Unimplemented,
         ContainerError::Image(e) => image_code(e),

@@ -2,6 +2,10 @@
 //! kind of machine runs cgroup v1 controllers; modern hosts run the v2 unified hierarchy.
 //! Which one is detected at start.
 //!
+//! On v2 the pause sits in a leaf of its own, `<cgroup_parent>/<sandbox id>/pause`: a cgroup
+//! with processes cannot hand controllers to its children, the containers. Every controller a
+//! cgroup has is enabled for its children on the way down (see [`v2`]).
+//!
 //! Parent cgroups that peapod had to create (the kubelet makes its own; `crictl` users often
 //! name one that does not exist) are remembered in `cgroup-parents.json`, so that whichever
 //! pod leaves last removes them.
@@ -17,9 +21,15 @@ use serde::{Deserialize, Serialize};
 use super::error::SandboxError;
 use crate::store;
 
+mod v2;
+
+pub use v2::controllers;
+
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Used when a request names no cgroup_parent.
 pub const DEFAULT_PARENT: &str = "peapod";
+/// v2: the pause's cgroup below its pod's.
+pub const PAUSE_LEAF: &str = "pause";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hierarchy {
@@ -128,13 +138,19 @@ impl Cgroups {
         r.map(|()| rec)
     }
 
+    /// Makes `rel` and the parents it lacks; on v2, every cgroup above `rel`, from the root
+    /// down, hands all the controllers it has to its children.
     fn make_dirs(&self, rel: &Path) -> Result<(), SandboxError> {
+        let v2 = self.version() == 2;
         for root in self.roots() {
             let cpuset = root.join("cpuset.cpus").exists();
             let mut dir = root.to_path_buf();
             let mut rel_dir = PathBuf::new();
             for comp in rel.components() {
                 let parent_dir = dir.clone();
+                if v2 {
+                    v2::enable_all(&parent_dir);
+                }
                 dir.push(comp);
                 rel_dir.push(comp);
                 match fs::create_dir(&dir) {
@@ -168,22 +184,39 @@ impl Cgroups {
             .collect()
     }
 
-    /// Moves `pid` into the sandbox cgroup of every hierarchy.
+    /// The pause's cgroup in the sandbox cgroup `rec`: the sandbox cgroup itself on v1, its
+    /// [`PAUSE_LEAF`] on v2.
+    pub fn pause_rel(&self, rec: &CgroupRecord) -> PathBuf {
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => rec.rel.clone(),
+            Hierarchy::V2 { .. } => rec.rel.join(PAUSE_LEAF),
+        }
+    }
+
+    /// Moves the pause `pid` into its cgroup (see [`Cgroups::pause_rel`]) in every hierarchy.
     pub fn place(&self, rec: &CgroupRecord, pid: i32) -> Result<(), SandboxError> {
+        let rel = self.pause_rel(rec);
+        if rel != rec.rel {
+            self.make_dirs(&rel)?;
+        }
         for root in self.roots() {
-            let procs = root.join(&rec.rel).join("cgroup.procs");
+            let procs = root.join(&rel).join("cgroup.procs");
             fs::write(&procs, pid.to_string()).map_err(err(&procs))?;
         }
         Ok(())
     }
 
-    /// Removes the sandbox cgroup, then every parent peapod created that is now empty.
+    /// Removes the cgroup `rec` (a sandbox's, with its pause leaf, or a container's) after
+    /// killing what is left in it, then every parent peapod created that is now empty.
     pub fn remove(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
         for root in self.roots() {
             let leaf = root.join(&rec.rel);
-            match rmdir_retrying(&leaf) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(&leaf)(e)),
-                _ => {}
+            kill_all(&leaf)?;
+            for dir in [leaf.join(PAUSE_LEAF), leaf] {
+                match rmdir_retrying(&dir) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(&dir)(e)),
+                    _ => {}
+                }
             }
         }
         let mut parent = rec.rel.parent();
@@ -242,9 +275,11 @@ impl Cgroups {
     }
 
     /// Removes a sandbox cgroup with everything below it (container cgroups), deepest first,
-    /// then the parents peapod made that are left empty.
+    /// after killing every process left in it, then the parents peapod made that are left
+    /// empty.
     pub fn remove_tree(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
         for root in self.roots() {
+            kill_all(&root.join(&rec.rel))?;
             let mut dirs = Vec::new();
             let mut stack = vec![root.join(&rec.rel)];
             while let Some(d) = stack.pop() {
@@ -262,6 +297,31 @@ impl Cgroups {
         }
         self.remove(rec)
     }
+}
+
+/// Kills every process in `dir` and below: `cgroup.kill` where the kernel has it, else a
+/// SIGKILL to each pid listed (v1). A cgroup that is gone is no error.
+fn kill_all(dir: &Path) -> Result<(), SandboxError> {
+    match v2::kill(dir) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(dir)(e)),
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Ok(entries) = fs::read_dir(&d) {
+            stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    Ok(())
 }
 
 /// A process that just exited may still be accounted for a moment: retry busy for ~1 s.
