@@ -234,3 +234,119 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     node.remove_pod(&pod).await?;
     node.assert_empty().await
 }
+
+/// Whether `pid` (as the node sees it) is a live process.
+async fn runs(node: &peapod_tests::Node, pid: u64) -> Result<bool> {
+    let procs = node.processes().await?;
+    Ok(procs
+        .iter()
+        .any(|p| u64::from(p.pid) == pid && !p.is_zombie()))
+}
+
+/// A container's monitor, or its process, killed from outside: ContainerStatus says Exited
+/// promptly with a reason (never hangs, never stays Running), ListContainers agrees, the
+/// container's process does not run on unsupervised, and Stop and Remove of the containers
+/// and of the pod leave nothing: no process, cgroup, dir, socket or shm mount.
+#[tokio::test]
+async fn a_monitor_or_process_killed_from_outside_makes_the_container_exited() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("victims");
+    let pod = node.run_pod(&cfg).await?;
+    let sleeper = |name| container_config(name, IMAGE, &["sleep", "1000"]);
+    let orphan = node.run_container(&pod, &cfg, sleeper("orphan")).await?;
+    let killed = node.run_container(&pod, &cfg, sleeper("killed")).await?;
+    let mut cgroups = Vec::new();
+    for id in [&orphan, &killed] {
+        let info = node.container_info(id).await?;
+        cgroups.push(info["cgroupPath"].as_str().unwrap_or_default().to_owned());
+    }
+    ensure!(
+        cgroups
+            .iter()
+            .all(|c| !peapod_tests::cgroup_dirs(c).is_empty()),
+        "no container cgroups: {cgroups:?}"
+    );
+
+    let info = node.container_info(&orphan).await?;
+    let (monitor, pid) = (
+        info["monitorPid"].as_u64().unwrap_or_default(),
+        info["pid"].as_u64().unwrap_or_default(),
+    );
+    node.exec(&["kill", "-KILL", &monitor.to_string()]).await?;
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.wait_exited(&orphan, Duration::from_secs(5)),
+    )
+    .await??;
+    ensure!(
+        s.reason == "MonitorDied" && s.message.contains("monitor") && s.exit_code != 0,
+        "a container whose monitor was killed: {s:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while runs(&node, pid).await? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the container's process runs on without its monitor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pid = node.container_pid(&killed).await?;
+    node.exec(&["kill", "-KILL", &pid.to_string()]).await?;
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.wait_exited(&killed, Duration::from_secs(5)),
+    )
+    .await??;
+    ensure!(
+        s.exit_code == 137 && s.reason == "Error",
+        "a container whose process was killed: {s:?}"
+    );
+
+    let exited = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerExited as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    let mut ids: Vec<&str> = exited.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![orphan.as_str(), killed.as_str()];
+    want.sort();
+    ensure!(ids == want, "ListContainers(Exited): {ids:?}");
+
+    for id in [&orphan, &killed] {
+        node.stop_container(id, 0).await?;
+        node.remove_container(id).await?;
+    }
+    for c in &cgroups {
+        let left = peapod_tests::cgroup_dirs(c);
+        ensure!(left.is_empty(), "container cgroups left: {left:?}");
+    }
+    let socks = node.exec(&["ls", "-A", "/run/peapod/mon"]).await?;
+    ensure!(socks.trim().is_empty(), "monitor sockets left: {socks}");
+    let dirs: Vec<_> = std::fs::read_dir(node.state_dir().join("containers"))?.collect();
+    ensure!(dirs.is_empty(), "container dirs left: {dirs:?}");
+    node.stop_and_remove(&pod).await?;
+    let procs = node.processes().await?;
+    ensure!(
+        procs.iter().filter(|p| p.comm == "peapod").count() == 1
+            && !procs.iter().any(|p| p.comm == "sleep"),
+        "only the daemon may be left: {procs:?}"
+    );
+    let mounts = node.mounts().await?;
+    ensure!(
+        !mounts.iter().any(|m| m.contains(&pod)),
+        "mounts left: {mounts:?}"
+    );
+    node.assert_empty().await
+}

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::error::ContainerError;
 use super::model::{ContainerState, ExitRecord};
-use super::{Containers, Result, cgroup, now_nanos};
+use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::monitor::Reply;
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
@@ -69,6 +69,7 @@ impl Containers {
                         finished_at: now_nanos(),
                         oom_killed: false,
                         start_error: Some(message.clone()),
+                        lost: None,
                     };
                     store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit)?;
                     rec.exit = Some(exit);
@@ -146,13 +147,8 @@ impl Containers {
     /// would hold the log pipes open and keep the cgroup busy.
     fn kill_leftovers(&self, rec: &super::model::ContainerRecord) {
         let Some(cg) = &rec.cgroup else { return };
-        for (dir, _) in self.sandboxes.cgroups().dirs(&cg.rel) {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        }
+        let dirs: Vec<_> = self.sandboxes.cgroups().dirs(&cg.rel);
+        gc::kill_all_in(&dirs.into_iter().map(|(p, _)| p).collect::<Vec<_>>());
     }
 
     fn kill(&self, id: &str, p: ProcRef, sig: i32, grace: Duration) -> Result<()> {
@@ -191,6 +187,8 @@ impl Containers {
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         let mut errors = Vec::new();
+        // Whatever outlived its monitor or an exec: the cgroup must be empty to go.
+        self.kill_leftovers(&rec);
         if let Some(cg) = &rec.cgroup {
             match self.sandboxes.cgroups().remove(cg) {
                 Ok(()) => rec.cgroup = None,

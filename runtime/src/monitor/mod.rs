@@ -374,6 +374,7 @@ fn record_exit(
             finished_at: now_nanos(),
             oom_killed,
             start_error,
+            lost: None,
         },
     )
 }
