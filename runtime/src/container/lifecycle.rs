@@ -45,23 +45,41 @@ impl Containers {
         let cgroups = self.sandboxes.cgroups();
         let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
         rec.cgroup = Some(cg.clone());
-        self.persist(&rec)?;
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
-        cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
-        let reply = self.spawn_monitor(&id)?;
+        let spawned = self.persist(&rec).and_then(|()| {
+            cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
+            self.spawn_monitor(&id)
+        });
+        let reply = match spawned {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Nothing runs: the container stays Created, without a cgroup.
+                gc::kill_all_in(&dirs);
+                if let Err(e) = cgroups.remove(&cg) {
+                    warn!(container = %id, error = %e.chain(), "cannot remove the cgroup of a failed start");
+                } else {
+                    rec.cgroup = None;
+                }
+                let _ = self.persist(&rec);
+                *entry.rec.lock().expect("lock") = rec;
+                return Err(e);
+            }
+        };
         match reply {
             Reply::Running(r) => {
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
+                // In memory first: it runs, whether or not the record can be written.
+                *entry.rec.lock().expect("lock") = rec.clone();
                 self.persist(&rec)?;
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
-                *entry.rec.lock().expect("lock") = rec;
                 Ok(())
             }
             Reply::Failed { message } => {
                 rec.state = ContainerState::Exited;
                 self.refresh(&mut rec);
+                let mut written = Ok(());
                 if rec.exit.is_none() {
                     let exit = ExitRecord {
                         exit_code: 128,
@@ -71,11 +89,14 @@ impl Containers {
                         start_error: Some(message.clone()),
                         lost: None,
                     };
-                    store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit)?;
+                    written =
+                        store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit);
                     rec.exit = Some(exit);
                 }
+                // In memory first (with its cgroup, for Remove), whatever the disk says.
+                *entry.rec.lock().expect("lock") = rec.clone();
+                written?;
                 self.persist(&rec)?;
-                *entry.rec.lock().expect("lock") = rec;
                 Err(ContainerError::Start { id, message })
             }
         }
