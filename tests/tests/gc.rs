@@ -29,6 +29,17 @@ async fn gc_removes_what_no_record_owns_and_nothing_else() -> Result<()> {
     let keep = node.run_pod(&node.pod_config("keep")).await?;
     let lost = node.run_pod(&node.pod_config("lost")).await?;
     let lost_info = node.pod_info(&lost).await?;
+    // With a running container: its monitor, process, cgroup and the pod's /dev/shm go too.
+    node.import_busybox().await?;
+    let sleeper = container_config("sleeper", BUSYBOX, &["sleep", "1000"]);
+    let ctr = node
+        .run_container(&lost, &node.pod_config("lost"), sleeper)
+        .await?;
+    let info = node.container_info(&ctr).await?;
+    let (monitor, pid) = (
+        info["monitorPid"].as_u64().context("monitorPid")?,
+        info["pid"].as_u64().context("pid")?,
+    );
 
     let refused = gc(&node, &[]).await?;
     ensure!(
@@ -60,6 +71,17 @@ async fn gc_removes_what_no_record_owns_and_nothing_else() -> Result<()> {
             node.cgroup_parent().trim_start_matches('/')
         ),
         format!("would remove namespace pin dir /run/peapod/ns/{lost}"),
+        format!("would remove monitor process {monitor} of container {ctr}"),
+        format!(
+            "would remove container cgroup {}/{lost}/{ctr}",
+            node.cgroup_parent().trim_start_matches('/')
+        ),
+        format!("would remove pod shm {RUN}/shm/{lost}"),
+        format!("would remove monitor socket {RUN}/mon/{ctr}.sock"),
+        format!(
+            "would remove container dir {}/containers/{ctr} (no record of it or of its pod)",
+            node.state_dir().display()
+        ),
     ] {
         ensure!(
             said.contains(&expected),
@@ -86,6 +108,17 @@ async fn gc_removes_what_no_record_owns_and_nothing_else() -> Result<()> {
     ensure!(
         String::from_utf8_lossy(&again.stdout).contains("nothing to collect"),
         "a second gc found more: {again:?}"
+    );
+    let procs = node.processes().await?;
+    ensure!(
+        !procs
+            .iter()
+            .any(|p| [monitor, pid].contains(&u64::from(p.pid)) && !p.is_zombie()),
+        "the lost pod's container or monitor still runs: {procs:?}"
+    );
+    ensure!(
+        !node.state_dir().join("containers").join(&ctr).exists(),
+        "the lost pod's container dir is left"
     );
 
     node.start_daemon().await?;
@@ -302,11 +335,11 @@ async fn gc_lists_then_removes_container_leftovers() -> Result<()> {
         format!("would remove pod shm {}", p.fake_shm),
         format!("would remove mount {ctrs}/{}/rootfs", p.fake),
         format!(
-            "would remove container dir {ctrs}/{} (no valid record)",
+            "would remove container dir {ctrs}/{} (no record of it or of its pod)",
             p.stray
         ),
         format!(
-            "would remove container dir {ctrs}/{} (no valid record)",
+            "would remove container dir {ctrs}/{} (no record of it or of its pod)",
             p.fake
         ),
         format!("would remove half-written file {}", p.temp.display()),

@@ -54,7 +54,11 @@ impl fmt::Display for Garbage {
             Garbage::Mount(p) => write!(f, "mount {}", p.display()),
             Garbage::Socket(p) => write!(f, "monitor socket {}", p.display()),
             Garbage::Shm(p) => write!(f, "pod shm {}", p.display()),
-            Garbage::Dir(p) => write!(f, "container dir {} (no valid record)", p.display()),
+            Garbage::Dir(p) => write!(
+                f,
+                "container dir {} (no record of it or of its pod)",
+                p.display()
+            ),
             Garbage::TempFile(p) => write!(f, "half-written file {}", p.display()),
         }
     }
