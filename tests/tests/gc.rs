@@ -428,3 +428,51 @@ async fn a_restart_collects_container_leftovers() -> Result<()> {
     node.remove_container(&lost).await?;
     kept_and_clean(&node, &p).await
 }
+
+/// A restart after a crash that lost a pod's record: the pod's running container is removed
+/// (monitor, process, cgroup, socket, dir) and the pod's garbage, its /dev/shm included, goes.
+#[tokio::test]
+async fn a_restart_removes_the_containers_of_a_lost_pod() -> Result<()> {
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("lost");
+    let lost = node.run_pod(&cfg).await?;
+    let lost_info = node.pod_info(&lost).await?;
+    let sleeper = container_config("sleeper", BUSYBOX, &["sleep", "1000"]);
+    let ctr = node.run_container(&lost, &cfg, sleeper).await?;
+    let info = node.container_info(&ctr).await?;
+    let (monitor, pid) = (
+        info["monitorPid"].as_u64().context("monitorPid")?,
+        info["pid"].as_u64().context("pid")?,
+    );
+    node.kill_daemon().await?;
+    std::fs::remove_file(
+        node.state_dir()
+            .join("sandboxes")
+            .join(&lost)
+            .join("sandbox.json"),
+    )?;
+    node.start_daemon().await?;
+
+    let procs = node.processes().await?;
+    ensure!(
+        !procs
+            .iter()
+            .any(|p| [monitor, pid].contains(&u64::from(p.pid)) && !p.is_zombie()),
+        "the lost pod's container or monitor still runs: {procs:?}"
+    );
+    let socks = node.exec(&["ls", "-A", &format!("{RUN}/mon")]).await?;
+    ensure!(socks.trim().is_empty(), "monitor sockets left: {socks}");
+    let dirs: Vec<_> = std::fs::read_dir(node.state_dir().join("containers"))?.collect();
+    ensure!(dirs.is_empty(), "container dirs left: {dirs:?}");
+    let listed = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.is_empty(), "ListContainers has {listed:?}");
+    node.assert_gone(&[lost_info]).await?;
+    node.assert_empty().await
+}
