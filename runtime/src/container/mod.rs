@@ -1,10 +1,13 @@
 //! Container lifecycle: the registry of containers and their records, CreateContainer's
 //! validation and launch spec, and the pod hooks. Start, stop and remove are in `lifecycle`,
-//! ExecSync and log reopening in `exec`. One lock per container, never one around all.
+//! ExecSync and log reopening in `exec`, what reconcile collects in `gc`. One lock per
+//! container, never one around all.
 //!
 //! A container's truth is on disk: `container.json` (the record) plus, once its process has
 //! ended, the monitor's `exit.json`. State is refreshed from them lazily (status, list), so a
-//! container that exited while the daemon was down reports its exit code after a restart.
+//! container that exited while the daemon was down reports its exit code after a restart, and
+//! one whose monitor died reports MonitorDied (its processes are killed: nothing supervises
+//! them any more).
 
 pub mod cgroup;
 mod create;
