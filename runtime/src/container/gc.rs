@@ -6,8 +6,10 @@
 //! - a monitor: a process whose command line is exactly `<exe> monitor <state>/containers/<id>`
 //!   (only peapod runs that), found alive by pid + start time and signalled through a pidfd;
 //!   its children (the container's process, reparented to it) are taken the same way;
-//! - a container cgroup: a leaf named by a container id below a pod cgroup (a recorded pod's,
-//!   or a stray one the pods' reconcile will collect);
+//! - a container cgroup: a leaf named by a container id below a pod cgroup. Below a recorded
+//!   pod's cgroup it is ours, and its processes are killed; below a stray pod cgroup (one the
+//!   pods' reconcile will collect) it is only removed when empty: under a shared parent such a
+//!   cgroup could be another runtime's, and our own containers there went with their monitors;
 //! - a monitor socket `<run>/mon/<id>.sock`, a pod's `/dev/shm` `<run>/shm/<pod id>`, a mount
 //!   or a dir below `<state>/containers/<id>`: named by an id;
 //! - a half-written file: a store temp file (`.<name>.tmp`) in a container dir that nothing is
@@ -33,8 +35,15 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// One thing to collect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Garbage {
-    Monitor { container: String, monitor: ProcRef },
-    Cgroup(CgroupRecord),
+    Monitor {
+        container: String,
+        monitor: ProcRef,
+    },
+    /// `kill`: its processes are ours to kill (it is below a recorded pod).
+    Cgroup {
+        rec: CgroupRecord,
+        kill: bool,
+    },
     Mount(PathBuf),
     Socket(PathBuf),
     Shm(PathBuf),
@@ -50,7 +59,7 @@ impl fmt::Display for Garbage {
                 "monitor process {} of container {container} (and its container's processes)",
                 monitor.pid
             ),
-            Garbage::Cgroup(c) => write!(f, "container cgroup {}", c.rel.display()),
+            Garbage::Cgroup { rec, .. } => write!(f, "container cgroup {}", rec.rel.display()),
             Garbage::Mount(p) => write!(f, "mount {}", p.display()),
             Garbage::Socket(p) => write!(f, "monitor socket {}", p.display()),
             Garbage::Shm(p) => write!(f, "pod shm {}", p.display()),
@@ -70,8 +79,10 @@ pub struct Known<'a> {
     pub containers: &'a HashSet<String>,
     /// Pods with a record.
     pub pods: &'a HashSet<String>,
-    /// The cgroups of recorded pods and of stray pods: container cgroups live below them.
+    /// The cgroups of recorded pods: container cgroups live below them.
     pub pod_cgroups: &'a [CgroupRecord],
+    /// Pod cgroups without a record, which the pods' reconcile collects after this.
+    pub stray_pod_cgroups: &'a [CgroupRecord],
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -143,8 +154,9 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
             });
         }
     }
-    let mut cgs = Vec::new();
-    for pod in known.pod_cgroups {
+    let mut cgs: Vec<(CgroupRecord, bool)> = Vec::new();
+    let pods = known.pod_cgroups.iter().map(|p| (p, true));
+    for (pod, kill) in pods.chain(known.stray_pod_cgroups.iter().map(|p| (p, false))) {
         for (path, _) in cgroups.dirs(&pod.rel) {
             for name in names(&path) {
                 let rec = CgroupRecord {
@@ -153,14 +165,17 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
                 if is_id(&name)
                     && !is_known(&name)
                     && path.join(&name).is_dir()
-                    && !cgs.contains(&rec)
+                    && !cgs.iter().any(|(r, _)| *r == rec)
                 {
-                    cgs.push(rec);
+                    cgs.push((rec, kill));
                 }
             }
         }
     }
-    found.extend(cgs.into_iter().map(Garbage::Cgroup));
+    found.extend(
+        cgs.into_iter()
+            .map(|(rec, kill)| Garbage::Cgroup { rec, kill }),
+    );
     for name in names(&cfg.run_dir.join("mon")) {
         if let Some(id) = name.strip_suffix(".sock")
             && is_id(id)
@@ -261,9 +276,11 @@ pub fn collect(cgroups: &Cgroups, g: &Garbage) -> Result<(), ContainerError> {
                 source,
             })
         }
-        Garbage::Cgroup(rec) => {
-            let dirs: Vec<PathBuf> = cgroups.dirs(&rec.rel).into_iter().map(|d| d.0).collect();
-            kill_all_in(&dirs);
+        Garbage::Cgroup { rec, kill } => {
+            if *kill {
+                let dirs: Vec<PathBuf> = cgroups.dirs(&rec.rel).into_iter().map(|d| d.0).collect();
+                kill_all_in(&dirs);
+            }
             Ok(cgroups.remove(rec)?)
         }
         Garbage::Mount(p) => match nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {

@@ -301,12 +301,13 @@ impl Containers {
         let pods = self.sandboxes.list(&crate::sandbox::Filter::default());
         let pod_ids: HashSet<String> = pods.iter().map(|p| p.id.clone()).collect();
         let cgroups = self.sandboxes.cgroups();
-        let mut pod_cgroups: Vec<_> = pods.into_iter().filter_map(|p| p.cgroup).collect();
-        pod_cgroups.extend(cgroups.orphans(&|id| pod_ids.contains(id)));
+        let pod_cgroups: Vec<_> = pods.into_iter().filter_map(|p| p.cgroup).collect();
+        let stray = cgroups.orphans(&|id| pod_ids.contains(id));
         let known = gc::Known {
             containers: &containers,
             pods: &pod_ids,
             pod_cgroups: &pod_cgroups,
+            stray_pod_cgroups: &stray,
         };
         for g in gc::find(&self.cfg, cgroups, &known) {
             match gc::collect(cgroups, &g) {

@@ -99,13 +99,14 @@ pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), Sandbo
     }
     // Containers first: a stray container keeps its pod's cgroup busy.
     let pods: HashSet<String> = kept.iter().map(|r| r.id.clone()).collect();
-    let mut pod_cgroups: Vec<CgroupRecord> = kept.iter().filter_map(|r| r.cgroup.clone()).collect();
-    pod_cgroups.extend(ops.cgroups.orphans(&|id| pods.contains(id)));
+    let pod_cgroups: Vec<CgroupRecord> = kept.iter().filter_map(|r| r.cgroup.clone()).collect();
+    let stray = ops.cgroups.orphans(&|id| pods.contains(id));
     let containers = ctr_gc::recorded(&ops.cfg, &pods);
     let known = ctr_gc::Known {
         containers: &containers,
         pods: &pods,
         pod_cgroups: &pod_cgroups,
+        stray_pod_cgroups: &stray,
     };
     for g in ctr_gc::find(&ops.cfg, &ops.cgroups, &known) {
         let done = (!dry_run).then(|| ctr_gc::collect(&ops.cgroups, &g).map_err(|e| e.chain()));
