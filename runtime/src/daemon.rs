@@ -129,6 +129,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .expect("no panic")?;
     }
+    sandboxes.collect_garbage().await;
     {
         let net = net.clone();
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;

@@ -234,3 +234,235 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     node.remove_pod(&pod).await?;
     node.assert_empty().await
 }
+
+/// Whether `pid` (as the node sees it) is a live process.
+async fn runs(node: &peapod_tests::Node, pid: u64) -> Result<bool> {
+    let procs = node.processes().await?;
+    Ok(procs
+        .iter()
+        .any(|p| u64::from(p.pid) == pid && !p.is_zombie()))
+}
+
+/// A container's monitor, or its process, killed from outside: ContainerStatus says Exited
+/// promptly with a reason (never hangs, never stays Running), ListContainers agrees, the
+/// container's process does not run on unsupervised, and Stop and Remove of the containers
+/// and of the pod leave nothing: no process, cgroup, dir, socket or shm mount.
+#[tokio::test]
+async fn a_monitor_or_process_killed_from_outside_makes_the_container_exited() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("victims");
+    let pod = node.run_pod(&cfg).await?;
+    let sleeper = |name| container_config(name, IMAGE, &["sleep", "1000"]);
+    let orphan = node.run_container(&pod, &cfg, sleeper("orphan")).await?;
+    let killed = node.run_container(&pod, &cfg, sleeper("killed")).await?;
+    let mut cgroups = Vec::new();
+    for id in [&orphan, &killed] {
+        let info = node.container_info(id).await?;
+        cgroups.push(info["cgroupPath"].as_str().unwrap_or_default().to_owned());
+    }
+    ensure!(
+        cgroups
+            .iter()
+            .all(|c| !peapod_tests::cgroup_dirs(c).is_empty()),
+        "no container cgroups: {cgroups:?}"
+    );
+
+    let info = node.container_info(&orphan).await?;
+    let (monitor, pid) = (
+        info["monitorPid"].as_u64().unwrap_or_default(),
+        info["pid"].as_u64().unwrap_or_default(),
+    );
+    node.exec(&["kill", "-KILL", &monitor.to_string()]).await?;
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.wait_exited(&orphan, Duration::from_secs(5)),
+    )
+    .await??;
+    ensure!(
+        s.reason == "MonitorDied" && s.message.contains("monitor") && s.exit_code != 0,
+        "a container whose monitor was killed: {s:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while runs(&node, pid).await? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the container's process runs on without its monitor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pid = node.container_pid(&killed).await?;
+    node.exec(&["kill", "-KILL", &pid.to_string()]).await?;
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.wait_exited(&killed, Duration::from_secs(5)),
+    )
+    .await??;
+    ensure!(
+        s.exit_code == 137 && s.reason == "Error",
+        "a container whose process was killed: {s:?}"
+    );
+
+    let exited = node
+        .client()
+        .await?
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerExited as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    let mut ids: Vec<&str> = exited.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![orphan.as_str(), killed.as_str()];
+    want.sort();
+    ensure!(ids == want, "ListContainers(Exited): {ids:?}");
+
+    for id in [&orphan, &killed] {
+        node.stop_container(id, 0).await?;
+        node.remove_container(id).await?;
+    }
+    for c in &cgroups {
+        let left = peapod_tests::cgroup_dirs(c);
+        ensure!(left.is_empty(), "container cgroups left: {left:?}");
+    }
+    let socks = node.exec(&["ls", "-A", "/run/peapod/mon"]).await?;
+    ensure!(socks.trim().is_empty(), "monitor sockets left: {socks}");
+    let dirs: Vec<_> = std::fs::read_dir(node.state_dir().join("containers"))?.collect();
+    ensure!(dirs.is_empty(), "container dirs left: {dirs:?}");
+    node.stop_and_remove(&pod).await?;
+    let procs = node.processes().await?;
+    ensure!(
+        procs.iter().filter(|p| p.comm == "peapod").count() == 1
+            && !procs.iter().any(|p| p.comm == "sleep"),
+        "only the daemon may be left: {procs:?}"
+    );
+    let mounts = node.mounts().await?;
+    ensure!(
+        !mounts.iter().any(|m| m.contains(&pod)),
+        "mounts left: {mounts:?}"
+    );
+    node.assert_empty().await
+}
+
+/// A full, then a read-only state dir (a tmpfs, as in the pods' test): CreateContainer and
+/// StartContainer fail with a clear error (ResourceExhausted for a full disk), leave nothing
+/// half-made (no container dir, cgroup or process; the name is free again), and the pod's
+/// running container is untouched. Once the disk is back, both work.
+#[tokio::test]
+async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result<()> {
+    let (node, state) = common::node_on_small_state_dir("64m").await?;
+    // Imported from inside the node: the tmpfs is mounted there only.
+    let images = peapod_tests::images::TestImages::build()?;
+    let (peapod, socket) = (node.bin_dir().join("peapod"), node.socket());
+    node.exec(&[
+        peapod.to_str().unwrap_or_default(),
+        "image",
+        "--state-dir",
+        &state,
+        "--socket",
+        socket.to_str().unwrap_or_default(),
+        "import",
+        images.path("busybox.oci.tar").to_str().unwrap_or_default(),
+    ])
+    .await?;
+    let cfg = node.pod_config("disk");
+    let pod = node.run_pod(&cfg).await?;
+    let sleeper = |name| container_config(name, IMAGE, &["sleep", "1000"]);
+    let alive = node.run_container(&pod, &cfg, sleeper("alive")).await?;
+    let alive_pid = node.container_pid(&alive).await?;
+    let waiting = node
+        .create_container(&pod, &cfg, sleeper("waiting"))
+        .await?;
+    let alive_cgroup = node.container_info(&alive).await?["cgroupPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pod_cgroup = alive_cgroup.rsplit_once('/').map_or("", |(p, _)| p);
+    let ls = || async {
+        let out = node
+            .exec(&["ls", "-A", &format!("{state}/containers")])
+            .await?;
+        Ok::<Vec<String>, anyhow::Error>(out.lines().map(str::to_owned).collect())
+    };
+    let dirs = ls().await?;
+    let unchanged = || async {
+        ensure!(ls().await? == dirs, "a container dir was made or lost");
+        let s = node.container_status(&alive).await?;
+        ensure!(
+            s.state == ContainerState::ContainerRunning as i32
+                && node.container_pid(&alive).await? == alive_pid,
+            "the running container was touched: {s:?}"
+        );
+        let s = node.container_status(&waiting).await?;
+        ensure!(
+            s.state == ContainerState::ContainerCreated as i32,
+            "a failed start left {s:?}"
+        );
+        let cgroups = peapod_tests::cgroup_dirs(&format!("{pod_cgroup}/{waiting}"));
+        ensure!(cgroups.is_empty(), "a failed start left {cgroups:?}");
+        let procs = node.processes().await?;
+        let sleeps = procs.iter().filter(|p| p.comm == "sleep").count();
+        ensure!(sleeps == 1, "a failed start left a process: {procs:?}");
+        Ok::<(), anyhow::Error>(())
+    };
+    let mut client = node.client().await?;
+    let create = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(sleeper("new")),
+        sandbox_config: Some(cfg.build()),
+    };
+    let start = k8s_cri::v1::StartContainerRequest {
+        container_id: waiting.clone(),
+    };
+
+    common::fill_state_dir(&node, &state, true).await?;
+    let created = client.create_container(create.clone()).await;
+    let started = client.start_container(start.clone()).await;
+    common::fill_state_dir(&node, &state, false).await?;
+    for (what, r) in [
+        ("CreateContainer", created.map(|_| ())),
+        ("StartContainer", started.map(|_| ())),
+    ] {
+        match r {
+            Err(s) if s.code() == Code::ResourceExhausted && s.message().contains("No space") => {}
+            other => {
+                anyhow::bail!("{what} on a full disk: expected ResourceExhausted, got {other:?}")
+            }
+        }
+    }
+    unchanged().await?;
+
+    common::state_dir_read_only(&node, &state, true).await?;
+    let created = client.create_container(create.clone()).await;
+    let started = client.start_container(start.clone()).await;
+    common::state_dir_read_only(&node, &state, false).await?;
+    for (what, r) in [
+        ("CreateContainer", created.map(|_| ())),
+        ("StartContainer", started.map(|_| ())),
+    ] {
+        match r {
+            Err(s) if s.message().contains("Read-only file system") => {}
+            other => anyhow::bail!("{what} on a read-only state dir: got {other:?}"),
+        }
+    }
+    unchanged().await?;
+
+    // Room again: the same name and attempt can be created, and both start.
+    let new = client
+        .create_container(create)
+        .await?
+        .into_inner()
+        .container_id;
+    node.start_container(&new).await?;
+    node.start_container(&waiting).await?;
+    node.stop_and_remove(&pod).await?;
+    ensure!(ls().await?.is_empty(), "container dirs left");
+    node.assert_empty().await
+}

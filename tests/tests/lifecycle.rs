@@ -385,13 +385,8 @@ async fn a_pause_killed_from_outside_makes_the_pod_not_ready() -> Result<()> {
 /// read-only one; once there is room again pods run, and every pod can be removed.
 #[tokio::test]
 async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> {
-    let mut node = common::builder().without_daemon().start().await?;
     // The state dir, as the daemon in the node sees it: a 512 KiB tmpfs.
-    let state = node.state_dir().to_str().context("state path")?.to_owned();
-    node.exec(&["mkdir", "-p", &state]).await?;
-    node.exec(&["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", &state])
-        .await?;
-    node.start_daemon().await?;
+    let (node, state) = common::node_on_small_state_dir("512k").await?;
     let ls = |dir: &'static str| {
         let (node, state) = (&node, &state);
         async move {
@@ -401,12 +396,7 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
     };
     let keep = node.run_pod(&node.pod_config("keep")).await?;
     let keep_info = node.pod_info(&keep).await?;
-    node.exec(&[
-        "sh",
-        "-c",
-        &format!("dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null; true"),
-    ])
-    .await?;
+    common::fill_state_dir(&node, &state, true).await?;
     let (pauses, pins, ports) = (
         node.pauses().await?.len(),
         node.pins().await?,
@@ -437,17 +427,14 @@ async fn a_full_state_dir_fails_cleanly_and_spares_running_pods() -> Result<()> 
     }
     unchanged().await?;
 
-    node.exec(&["rm", &format!("{state}/filler")]).await?;
+    common::fill_state_dir(&node, &state, false).await?;
 
     // A read-only state dir: refused with a clear error, nothing made, the pod untouched.
-    // (A read-only bind mount over it: the daemon keeps its fds, as on a remount.)
-    node.exec(&["mount", "--bind", &state, &state]).await?;
-    node.exec(&["mount", "-o", "remount,bind,ro", &state])
-        .await?;
+    common::state_dir_read_only(&node, &state, true).await?;
     let result = client
         .run_pod_sandbox(node.pod_config("read-only").request())
         .await;
-    node.exec(&["umount", &state]).await?;
+    common::state_dir_read_only(&node, &state, false).await?;
     match &result {
         Err(s) if s.message().contains("Read-only file system") => {}
         other => anyhow::bail!("a pod on a read-only state dir: got {other:?}"),

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::error::ContainerError;
 use super::model::{ContainerState, ExitRecord};
-use super::{Containers, Result, cgroup, now_nanos};
+use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::monitor::Reply;
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
@@ -45,23 +45,41 @@ impl Containers {
         let cgroups = self.sandboxes.cgroups();
         let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
         rec.cgroup = Some(cg.clone());
-        self.persist(&rec)?;
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
-        cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
-        let reply = self.spawn_monitor(&id)?;
+        let spawned = self.persist(&rec).and_then(|()| {
+            cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
+            self.spawn_monitor(&id)
+        });
+        let reply = match spawned {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Nothing runs: the container stays Created, without a cgroup.
+                gc::kill_all_in(&dirs);
+                if let Err(e) = cgroups.remove(&cg) {
+                    warn!(container = %id, error = %e.chain(), "cannot remove the cgroup of a failed start");
+                } else {
+                    rec.cgroup = None;
+                }
+                let _ = self.persist(&rec);
+                *entry.rec.lock().expect("lock") = rec;
+                return Err(e);
+            }
+        };
         match reply {
             Reply::Running(r) => {
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
+                // In memory first: it runs, whether or not the record can be written.
+                *entry.rec.lock().expect("lock") = rec.clone();
                 self.persist(&rec)?;
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
-                *entry.rec.lock().expect("lock") = rec;
                 Ok(())
             }
             Reply::Failed { message } => {
                 rec.state = ContainerState::Exited;
                 self.refresh(&mut rec);
+                let mut written = Ok(());
                 if rec.exit.is_none() {
                     let exit = ExitRecord {
                         exit_code: 128,
@@ -69,12 +87,16 @@ impl Containers {
                         finished_at: now_nanos(),
                         oom_killed: false,
                         start_error: Some(message.clone()),
+                        lost: None,
                     };
-                    store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit)?;
+                    written =
+                        store::write_json(&self.dir(&id).join(crate::monitor::EXIT_FILE), &exit);
                     rec.exit = Some(exit);
                 }
+                // In memory first (with its cgroup, for Remove), whatever the disk says.
+                *entry.rec.lock().expect("lock") = rec.clone();
+                written?;
                 self.persist(&rec)?;
-                *entry.rec.lock().expect("lock") = rec;
                 Err(ContainerError::Start { id, message })
             }
         }
@@ -146,13 +168,8 @@ impl Containers {
     /// would hold the log pipes open and keep the cgroup busy.
     fn kill_leftovers(&self, rec: &super::model::ContainerRecord) {
         let Some(cg) = &rec.cgroup else { return };
-        for (dir, _) in self.sandboxes.cgroups().dirs(&cg.rel) {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        }
+        let dirs: Vec<_> = self.sandboxes.cgroups().dirs(&cg.rel);
+        gc::kill_all_in(&dirs.into_iter().map(|(p, _)| p).collect::<Vec<_>>());
     }
 
     fn kill(&self, id: &str, p: ProcRef, sig: i32, grace: Duration) -> Result<()> {
@@ -191,6 +208,8 @@ impl Containers {
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         let mut errors = Vec::new();
+        // Whatever outlived its monitor or an exec: the cgroup must be empty to go.
+        self.kill_leftovers(&rec);
         if let Some(cg) = &rec.cgroup {
             match self.sandboxes.cgroups().remove(cg) {
                 Ok(()) => rec.cgroup = None,

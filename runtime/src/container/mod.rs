@@ -1,15 +1,19 @@
 //! Container lifecycle: the registry of containers and their records, CreateContainer's
 //! validation and launch spec, and the pod hooks. Start, stop and remove are in `lifecycle`,
-//! ExecSync and log reopening in `exec`. One lock per container, never one around all.
+//! ExecSync and log reopening in `exec`, what reconcile collects in `gc`. One lock per
+//! container, never one around all.
 //!
 //! A container's truth is on disk: `container.json` (the record) plus, once its process has
 //! ended, the monitor's `exit.json`. State is refreshed from them lazily (status, list), so a
-//! container that exited while the daemon was down reports its exit code after a restart.
+//! container that exited while the daemon was down reports its exit code after a restart, and
+//! one whose monitor died reports MonitorDied (its processes are killed: nothing supervises
+//! them any more).
 
 pub mod cgroup;
 mod create;
 pub mod error;
 mod exec;
+pub mod gc;
 pub mod launch;
 mod lifecycle;
 pub mod model;
@@ -178,16 +182,42 @@ impl Containers {
             && rec.state == ContainerState::Running
             && !r.monitor.is_alive()
         {
+            // Nothing supervises the container's processes any more (no log, no exit
+            // status): they go, as StopContainer would make them.
+            self.kill_unsupervised(rec, r);
             let exit = read_exit().unwrap_or_else(|| ExitRecord {
                 exit_code: 255,
                 signal: None,
                 finished_at: now_nanos(),
                 oom_killed: false,
-                start_error: Some("the container's monitor died".into()),
+                start_error: None,
+                lost: Some(format!(
+                    "the container's monitor (pid {}) died before it recorded an exit status",
+                    r.monitor.pid
+                )),
             });
             let _ = store::write_json(&dir.join(EXIT_FILE), &exit);
             rec.state = ContainerState::Exited;
             rec.exit = Some(exit);
+        }
+    }
+
+    /// SIGKILL to a container whose monitor is gone: its init (through a pidfd, checked
+    /// against its start time) and whatever else is in its cgroup.
+    fn kill_unsupervised(&self, rec: &ContainerRecord, r: Running) {
+        if let Ok(Some(fd)) = r.init.pidfd() {
+            warn!(container = %rec.id, pid = r.init.pid, "its monitor died: killing the container");
+            let _ = crate::sandbox::process::pidfd_signal(&fd, libc::SIGKILL);
+        }
+        if let Some(cg) = &rec.cgroup {
+            let dirs: Vec<PathBuf> = self
+                .sandboxes
+                .cgroups()
+                .dirs(&cg.rel)
+                .into_iter()
+                .map(|d| d.0)
+                .collect();
+            gc::kill_all_in(&dirs);
         }
     }
 
@@ -221,7 +251,9 @@ impl Containers {
         out
     }
 
-    /// Start-up: load every record; containers whose pod is gone are removed.
+    /// Start-up: load every record (a container whose monitor died while the daemon was down
+    /// comes back Exited); containers whose pod is gone are removed; then whatever carries a
+    /// container's name but has no record is collected (see [`gc`]).
     pub fn recover(&self) -> Result<()> {
         let dir = self.cfg.state_dir.join("containers");
         store::create_dir_all(&dir)?;
@@ -236,11 +268,11 @@ impl Containers {
                     self.refresh(&mut rec);
                     self.insert(rec);
                 }
-                Ok(None) => {
-                    warn!(dir = %ent.path().display(), "container dir without a record: removing it");
-                    let _ = store::remove_dir_all(&ent.path());
+                // Collected below, with its monitor and cgroup if it has any.
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "an unreadable container record: collecting the container")
                 }
-                Err(e) => warn!(error = %e, "skipping unreadable container record"),
             }
         }
         let orphans: Vec<String> = self
@@ -260,7 +292,29 @@ impl Containers {
                 warn!(container = %id, error = %e.chain(), "cannot remove an orphaned container");
             }
         }
+        self.collect_garbage();
         Ok(())
+    }
+
+    fn collect_garbage(&self) {
+        let containers: HashSet<String> = self.ctrs.read().expect("lock").keys().cloned().collect();
+        let pods = self.sandboxes.list(&crate::sandbox::Filter::default());
+        let pod_ids: HashSet<String> = pods.iter().map(|p| p.id.clone()).collect();
+        let cgroups = self.sandboxes.cgroups();
+        let pod_cgroups: Vec<_> = pods.into_iter().filter_map(|p| p.cgroup).collect();
+        let stray = cgroups.orphans(&|id| pod_ids.contains(id));
+        let known = gc::Known {
+            containers: &containers,
+            pods: &pod_ids,
+            pod_cgroups: &pod_cgroups,
+            stray_pod_cgroups: &stray,
+        };
+        for g in gc::find(&self.cfg, cgroups, &known) {
+            match gc::collect(cgroups, &g) {
+                Ok(()) => tracing::info!("collected {g}"),
+                Err(e) => warn!(error = %e.chain(), "cannot collect {g}"),
+            }
+        }
     }
 
     /// Whether any container (in any state) was made from image `id`.

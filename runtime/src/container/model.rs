@@ -135,12 +135,19 @@ pub struct ExitRecord {
     /// Set when the process could not be started at all.
     #[serde(default)]
     pub start_error: Option<String>,
+    /// Set by the daemon when the monitor died without recording the exit: why the status
+    /// is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 impl ExitRecord {
-    /// CRI's reason: `OOMKilled`, `Completed`, `Error` (or `StartError`).
+    /// CRI's reason: `OOMKilled`, `Completed`, `Error` (or `StartError`, or `MonitorDied`
+    /// when the exit status was lost).
     pub fn reason(&self) -> &'static str {
-        if self.start_error.is_some() {
+        if self.lost.is_some() {
+            "MonitorDied"
+        } else if self.start_error.is_some() {
             "StartError"
         } else if self.oom_killed {
             "OOMKilled"
@@ -196,6 +203,7 @@ mod tests {
             finished_at: 1,
             oom_killed: false,
             start_error: None,
+            lost: None,
         };
         assert_eq!(e.reason(), "Completed");
         e.exit_code = 3;
@@ -204,6 +212,8 @@ mod tests {
         assert_eq!(e.reason(), "OOMKilled");
         e.start_error = Some("no such file".into());
         assert_eq!(e.reason(), "StartError");
+        e.lost = Some("the monitor died".into());
+        assert_eq!(e.reason(), "MonitorDied");
         assert!(ContainerState::Created.can_start());
         assert!(!ContainerState::Exited.can_start());
     }

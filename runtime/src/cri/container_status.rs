@@ -38,7 +38,9 @@ fn status(r: &ContainerRecord) -> cri::ContainerStatus {
         image_ref: r.image_ref.clone(),
         image_id: r.image_id.clone(),
         reason: exit.map(|e| e.reason().to_owned()).unwrap_or_default(),
-        message: exit.and_then(|e| e.start_error.clone()).unwrap_or_default(),
+        message: exit
+            .and_then(|e| e.start_error.clone().or_else(|| e.lost.clone()))
+            .unwrap_or_default(),
         labels: r.spec.labels.clone().into_iter().collect(),
         annotations: r.spec.annotations.clone().into_iter().collect(),
         mounts: r

@@ -160,7 +160,13 @@ impl Monitor {
             init: ProcRef::of(init)?,
             started_at: now_nanos(),
         };
-        store::write_json(&dir.join(MONITOR_FILE), &running).map_err(io::Error::other)?;
+        if let Err(e) = store::write_json(&dir.join(MONITOR_FILE), &running) {
+            // Unrecorded, the container would run with no one to stop it.
+            let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+            reap_all();
+            let _ = std::fs::remove_file(sock);
+            return Err(io::Error::other(init::chain(&e)));
+        }
         reply(&Reply::Running(running));
         // EOF for the daemon: nothing else holds our stdout.
         nix::unistd::dup2_stdout(File::options().write(true).open("/dev/null")?)?;
@@ -374,6 +380,7 @@ fn record_exit(
             finished_at: now_nanos(),
             oom_killed,
             start_error,
+            lost: None,
         },
     )
 }

@@ -5,7 +5,8 @@
 //! What a crash can leave, and what finds it: a pause (its environment names its sandbox), a
 //! netns pin and the ipc/uts/pid pins (named by id), a host veth (`pp` + 8 hex), an IP lease
 //! (names its owner), a sandbox cgroup (a leaf named by id, below a parent peapod made or its
-//! default one), a sandbox dir without a record.
+//! default one), a sandbox dir without a record. Containers' leftovers are found by
+//! `container::gc` and collected first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -20,6 +21,7 @@ use super::ops::{NETNS_DIR, Ops, PAUSE_GRACE};
 use super::process::{self, ProcRef};
 use super::{is_sandbox_id, pins};
 use crate::config::Config;
+use crate::container::gc as ctr_gc;
 use crate::network::NodeNetwork;
 use crate::store;
 
@@ -95,21 +97,40 @@ pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), Sandbo
             lines.push(what);
         }
     }
+    // Containers first: a stray container keeps its pod's cgroup busy.
+    let pods: HashSet<String> = kept.iter().map(|r| r.id.clone()).collect();
+    let pod_cgroups: Vec<CgroupRecord> = kept.iter().filter_map(|r| r.cgroup.clone()).collect();
+    let stray = ops.cgroups.orphans(&|id| pods.contains(id));
+    let containers = ctr_gc::recorded(&ops.cfg, &pods);
+    let known = ctr_gc::Known {
+        containers: &containers,
+        pods: &pods,
+        pod_cgroups: &pod_cgroups,
+        stray_pod_cgroups: &stray,
+    };
+    for g in ctr_gc::find(&ops.cfg, &ops.cgroups, &known) {
+        let done = (!dry_run).then(|| ctr_gc::collect(&ops.cgroups, &g).map_err(|e| e.chain()));
+        ok &= report(&mut lines, &g, done);
+    }
     for g in ops.find_garbage(&owners(kept.iter())) {
-        if dry_run {
-            lines.push(format!("would remove {g}"));
-            continue;
-        }
-        match ops.collect(&g) {
-            Ok(()) => lines.push(format!("removed {g}")),
-            Err(e) => {
-                ok = false;
-                lines.push(format!("cannot remove {g}: {}", e.chain()));
-            }
-        }
+        let done = (!dry_run).then(|| ops.collect(&g).map_err(|e| e.chain()));
+        ok &= report(&mut lines, &g, done);
     }
     ops.net.net.settle();
     Ok((lines, ok))
+}
+
+/// One line for `peapod gc`: what would go (`done` is None on a dry run), went, or could not.
+fn report(lines: &mut Vec<String>, g: &dyn fmt::Display, done: Option<Result<(), String>>) -> bool {
+    match done {
+        None => lines.push(format!("would remove {g}")),
+        Some(Ok(())) => lines.push(format!("removed {g}")),
+        Some(Err(e)) => {
+            lines.push(format!("cannot remove {g}: {e}"));
+            return false;
+        }
+    }
+    true
 }
 
 impl Ops {

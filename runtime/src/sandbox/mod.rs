@@ -346,8 +346,8 @@ impl Sandboxes {
         }
     }
 
-    /// Start-up: load every record, roll back the `Creating` ones, notice dead pauses, then
-    /// collect whatever carries our names but belongs to no record.
+    /// Start-up: load every record, roll back the `Creating` ones, notice dead pauses. Then
+    /// the containers recover, and [`Sandboxes::collect_garbage`] runs.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let ops = self.ops.clone();
         let records = tokio::task::spawn_blocking(move || ops.load_records())
@@ -376,6 +376,12 @@ impl Sandboxes {
                 _ => self.insert(rec),
             }
         }
+        Ok(())
+    }
+
+    /// Start-up, after the containers' reconcile (a stray container keeps a stray pod's
+    /// cgroup busy): collects whatever carries our names but belongs to no record.
+    pub async fn collect_garbage(&self) {
         let known = gc::owners(self.list(&Filter::default()).iter());
         let ops = self.ops.clone();
         tokio::task::spawn_blocking(move || {
@@ -388,7 +394,6 @@ impl Sandboxes {
         })
         .await
         .expect("no panic");
-        Ok(())
     }
 
     /// Waits for background link deletions, before the daemon exits.

@@ -33,3 +33,47 @@ pub fn expect_code<T: std::fmt::Debug>(
         ),
     }
 }
+
+/// A node whose state dir is a tmpfs of `size` (e.g. `512k`), with the daemon started on it;
+/// and the state dir's path as the node sees it.
+pub async fn node_on_small_state_dir(size: &str) -> Result<(Node, String)> {
+    let mut node = builder().without_daemon().start().await?;
+    let state = node.state_dir().display().to_string();
+    node.exec(&["mkdir", "-p", &state]).await?;
+    node.exec(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        &format!("size={size}"),
+        "tmpfs",
+        &state,
+    ])
+    .await?;
+    node.start_daemon().await?;
+    Ok((node, state))
+}
+
+/// Fills the state dir to the last byte (`full = true`), or frees it again.
+pub async fn fill_state_dir(node: &Node, state: &str, full: bool) -> Result<()> {
+    let script = if full {
+        format!("dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null; true")
+    } else {
+        format!("rm -f {state}/filler")
+    };
+    node.exec(&["sh", "-c", &script]).await?;
+    Ok(())
+}
+
+/// Makes the state dir read-only (a read-only bind mount over it: the daemon keeps its fds,
+/// as on a remount), or writable again.
+pub async fn state_dir_read_only(node: &Node, state: &str, read_only: bool) -> Result<()> {
+    if read_only {
+        node.exec(&["mount", "--bind", state, state]).await?;
+        node.exec(&["mount", "-o", "remount,bind,ro", state])
+            .await?;
+    } else {
+        node.exec(&["umount", state]).await?;
+    }
+    Ok(())
+}
