@@ -304,7 +304,10 @@ mod tests {
         let relative = parse("[registries.\"x.io\"]\nca = \"ca.pem\"").unwrap();
         assert!(matches!(
             relative.resolve(FileConfig::default(), Path::new("/")),
-            Err(ConfigError::Invalid { key: "registries", .. })
+            Err(ConfigError::Invalid {
+                key: "registries",
+                ..
+            })
         ));
         let bad = parse("[registries.\"x.io\"]\nmirrors = [\"ftp://m\"]").unwrap();
         match bad.resolve(FileConfig::default(), Path::new("/")) {

@@ -31,7 +31,8 @@ impl Registry {
 }
 
 /// A throwaway CA in a temp dir (removed on drop) with a server certificate for the IP
-/// `127.0.0.1` and a client certificate, all made with the `openssl` CLI. It lives outside
+/// `127.0.0.1`, one for another name, and a client certificate, all made with the `openssl`
+/// CLI. It lives outside
 /// any node, so that a node's config can name its files before the node starts.
 pub struct TestCa {
     dir: tempfile::TempDir,
@@ -40,6 +41,10 @@ pub struct TestCa {
 /// OpenSSL extensions of the server certificate: the registry's IP, not a CA.
 const SERVER_EXT: &str = "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
                           keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n";
+/// A server certificate for a name the registry is not reached by.
+const WRONG_NAME_EXT: &str = "subjectAltName=DNS:elsewhere.test\n\
+                              basicConstraints=critical,CA:FALSE\n\
+                              keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n";
 const CLIENT_EXT: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
                           extendedKeyUsage=clientAuth\n";
 
@@ -68,9 +73,20 @@ impl TestCa {
             ]
             .concat(),
         )?;
-        for (name, subject, ext) in [
-            ("server", "/CN=127.0.0.1", SERVER_EXT),
-            ("client/client", "/CN=peapod-test-node", CLIENT_EXT),
+        for (name, cert, subject, ext) in [
+            ("server", "server.pem", "/CN=127.0.0.1", SERVER_EXT),
+            (
+                "wrong-name",
+                "wrong-name.pem",
+                "/CN=elsewhere.test",
+                WRONG_NAME_EXT,
+            ),
+            (
+                "client/client",
+                "client/client.cert",
+                "/CN=peapod-test-node",
+                CLIENT_EXT,
+            ),
         ] {
             let (key, csr, ext_file) = (
                 path(&format!("{name}.key")),
@@ -86,11 +102,7 @@ impl TestCa {
                 ]
                 .concat(),
             )?;
-            let cert = if name == "server" {
-                path("server.pem")
-            } else {
-                path("client/client.cert")
-            };
+            let cert = path(cert);
             openssl(&[
                 "x509",
                 "-req",
@@ -153,6 +165,8 @@ pub struct RegistryTls<'a> {
     pub ca: &'a TestCa,
     /// It refuses clients without a certificate from `ca`.
     pub require_client_cert: bool,
+    /// Its certificate names another host (`elsewhere.test`), not 127.0.0.1.
+    pub wrong_name: bool,
 }
 
 impl Node {
@@ -189,10 +203,15 @@ impl Node {
         );
         if let Some(tls) = tls {
             let d = tls.ca.dir.path();
+            let name = if tls.wrong_name {
+                "wrong-name"
+            } else {
+                "server"
+            };
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
-                d.join("server.pem").display(),
-                d.join("server.key").display()
+                d.join(format!("{name}.pem")).display(),
+                d.join(format!("{name}.key")).display()
             ));
             if tls.require_client_cert {
                 config.push_str(&format!(

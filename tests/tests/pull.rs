@@ -55,6 +55,7 @@ fn https(ca: &TestCa) -> Option<RegistryTls<'_>> {
     Some(RegistryTls {
         ca,
         require_client_cert: false,
+        wrong_name: false,
     })
 }
 

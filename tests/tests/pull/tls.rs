@@ -94,6 +94,32 @@ async fn an_untrusted_certificate_is_refused_and_the_error_says_how_to_trust_it(
 }
 
 #[tokio::test]
+async fn a_certificate_for_another_name_is_refused_even_from_a_trusted_ca() -> Result<()> {
+    let ca = TestCa::new()?;
+    let tls = RegistryTls {
+        ca: &ca,
+        require_client_cert: false,
+        wrong_name: true,
+    };
+    let node = node_with(&trusting(REGISTRY, &ca, "")).await?;
+    let (_images, node, _registry) = pushed(node, Some(tls), SOURCE, IMAGE).await?;
+    let err = node
+        .pull_image(IMAGE, None)
+        .await
+        .expect_err("a certificate for elsewhere.test");
+    ensure!(err.code() == Code::FailedPrecondition, "{err:?}");
+    ensure_mentions(
+        err.message(),
+        &[
+            "TLS with 127.0.0.1:5000 failed",
+            "not valid for this host name",
+            "must name 127.0.0.1 (",
+        ],
+    )?;
+    assert_store_empty(&node)
+}
+
+#[tokio::test]
 async fn insecure_pulls_without_the_ca() -> Result<()> {
     let ca = TestCa::new()?;
     let (images, node, _registry) =
@@ -130,6 +156,7 @@ async fn a_client_certificate_when_the_registry_wants_one() -> Result<()> {
     let tls = RegistryTls {
         ca: &ca,
         require_client_cert: true,
+        wrong_name: false,
     };
     let node = node_with(&trusting(REGISTRY, &ca, "")).await?;
     let (images, mut node, _registry) = pushed(node, Some(tls), SOURCE, IMAGE).await?;

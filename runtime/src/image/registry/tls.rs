@@ -129,8 +129,9 @@ impl Problem {
                 list(&tls.ca)
             ),
             Problem::WrongName => format!(
-                "the certificate must name {endpoint} (a DNS or IP subject alternative \
-                 name), or set {insecure}"
+                "the certificate must name {} (a DNS or IP subject alternative name), or \
+                 set {insecure}",
+                without_port(endpoint)
             ),
             Problem::Expired => {
                 format!("check the node's clock and the certificate, or set {insecure}")
@@ -140,6 +141,14 @@ impl Problem {
                 format!("set `client_cert` and `client_key` under [registries.\"{host}\"]")
             }
         }
+    }
+}
+
+/// `host` of `host[:port]` (`[v6]` stays bracketed).
+fn without_port(endpoint: &str) -> &str {
+    match endpoint.rfind([':', ']']) {
+        Some(i) if endpoint.as_bytes()[i] == b':' => &endpoint[..i],
+        _ => endpoint,
     }
 }
 
@@ -233,8 +242,11 @@ mod tests {
         };
         let h = Problem::Untrusted.hint("x.test", "x.test", "x.test", &with_ca);
         assert!(h.contains("(/etc/peapod/ca.pem) did not sign it"), "{h}");
-        let h = Problem::WrongName.hint("x.test", "x.test", "x.test", &with_ca);
-        assert!(h.contains("must name x.test"), "{h}");
+        let h = Problem::WrongName.hint("x.test", "x.test:5000", "x.test", &with_ca);
+        assert!(h.contains("must name x.test ("), "{h}");
+        assert_eq!(without_port("[::1]:5000"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
+        assert_eq!(without_port("127.0.0.1"), "127.0.0.1");
     }
 
     #[test]
