@@ -20,6 +20,7 @@ packages=(
     docker-registry            # a real OCI registry for the pull tests (127.0.0.1 in a node)
     skopeo                     # pushes the test images into it
     apache2-utils              # htpasswd, for the registry's basic auth
+    openssl                    # a throwaway CA and certificates for the HTTPS pull tests
     ca-certificates
 )
 

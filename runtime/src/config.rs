@@ -24,7 +24,8 @@ pub struct FileConfig {
     pub pause_path: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
-    /// Per registry host: mirrors, insecure (file only, no flag).
+    /// Per registry host: mirrors, insecure, ca, client_cert, client_key (file only, no
+    /// flag).
     pub registries: Option<RegistryConfig>,
 }
 
@@ -284,10 +285,15 @@ mod tests {
             mirrors = ["https://mirror.example.com", "http://127.0.0.1:5000"]
             [registries."127.0.0.1:5000"]
             insecure = true
+            [registries."corp.example"]
+            ca = ["/etc/peapod/a.pem", "/etc/peapod/b.pem"]
+            client_cert = "/etc/peapod/node.pem"
+            client_key = "/etc/peapod/node.key"
             "#,
         )
         .unwrap();
         let c = file.resolve(FileConfig::default(), Path::new("/")).unwrap();
+        assert_eq!(c.registries.endpoints("corp.example")[0].tls.ca.len(), 2);
         assert!(c.registries.is_insecure("127.0.0.1:5000"));
         assert!(!c.registries.is_insecure("docker.io"));
         assert_eq!(c.registries.endpoints("docker.io").len(), 3);
@@ -295,6 +301,14 @@ mod tests {
         let err = parse("[registries.\"x.io\"]\nsecure = true").unwrap_err();
         let chain = format!("{:#}", anyhow::Error::from(err));
         assert!(chain.contains("secure"), "{chain}");
+        let relative = parse("[registries.\"x.io\"]\nca = \"ca.pem\"").unwrap();
+        assert!(matches!(
+            relative.resolve(FileConfig::default(), Path::new("/")),
+            Err(ConfigError::Invalid {
+                key: "registries",
+                ..
+            })
+        ));
         let bad = parse("[registries.\"x.io\"]\nmirrors = [\"ftp://m\"]").unwrap();
         match bad.resolve(FileConfig::default(), Path::new("/")) {
             Err(ConfigError::Invalid { key, reason }) => {

@@ -31,7 +31,7 @@ pub use images::{ImageClient, TestImages, make_test_images_script};
 pub use inspect::{Proc, host_veth};
 pub use node::{Node, NodeBuilder};
 pub use pods::{PodInfo, in_cidr, is_sandbox_id};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryTls, TestCa};
 
 /// Panics unless the process runs as root: privileged tests never skip silently.
 pub fn require_root() {

@@ -1,12 +1,14 @@
 //! PullImage from a real registry (Debian's docker-registry) on the loopback of a throwaway
 //! node: by tag, by digest, through an index, through a mirror, with basic auth; refused over
-//! plain HTTP unless configured; a corrupted blob refused. A failed pull stores nothing.
+//! plain HTTP unless configured; a corrupted blob refused. Over HTTPS with a throwaway CA:
+//! trusted through `ca`, refused (and explained) without it, unverified when `insecure`,
+//! through an `https://` mirror, with a client certificate. A failed pull stores nothing.
 
 mod common;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::AuthConfig;
-use peapod_tests::{Node, Registry, TestImages};
+use peapod_tests::{Node, Registry, RegistryTls, TestCa, TestImages};
 use tonic::Code;
 
 const INSECURE: &str = "[registries.\"127.0.0.1:5000\"]\ninsecure = true";
@@ -16,14 +18,45 @@ async fn node_with(config: &str) -> Result<Node> {
     common::builder().config(config).start().await
 }
 
-/// The test images, `node`, a registry on 127.0.0.1:5000 in it, and the test image `source`
-/// (a tag of the test layout) pushed there as `dest`.
-async fn pushed(node: Node, source: &str, dest: &str) -> Result<(TestImages, Node, Registry)> {
+/// The test images, `node`, a registry on 127.0.0.1:5000 in it (HTTPS when `tls` is given,
+/// else plain HTTP), and the test image `source` (a tag of the test layout) pushed there as
+/// `dest`.
+async fn pushed(
+    node: Node,
+    tls: Option<RegistryTls<'_>>,
+    source: &str,
+    dest: &str,
+) -> Result<(TestImages, Node, Registry)> {
     let images = TestImages::build()?;
-    let registry = node.start_registry(REGISTRY, None).await?;
-    node.push_image(&images.path("layout"), source, dest, None)
-        .await?;
+    let layout = images.path("layout");
+    let registry = match tls {
+        None => node.start_registry(REGISTRY, None).await?,
+        Some(tls) => node.start_tls_registry(REGISTRY, tls).await?,
+    };
+    match tls {
+        Some(tls) if tls.require_client_cert => {
+            node.push_image_with_cert(&layout, source, dest, tls.ca)
+                .await?
+        }
+        _ => node.push_image(&layout, source, dest, None).await?,
+    }
     Ok((images, node, registry))
+}
+
+/// `[registries."host"]` trusting `ca`'s CA, plus `extra` lines.
+fn trusting(host: &str, ca: &TestCa, extra: &str) -> String {
+    format!(
+        "[registries.{host:?}]\nca = {:?}\n{extra}",
+        ca.ca().display().to_string()
+    )
+}
+
+fn https(ca: &TestCa) -> Option<RegistryTls<'_>> {
+    Some(RegistryTls {
+        ca,
+        require_client_cert: false,
+        wrong_name: false,
+    })
 }
 
 /// Nothing of a failed pull is left: no image, blob or layer.
@@ -41,6 +74,7 @@ fn assert_store_empty(node: &Node) -> Result<()> {
 async fn pull_by_tag_and_by_digest() -> Result<()> {
     let (images, node, _registry) = pushed(
         node_with(INSECURE).await?,
+        None,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
     )
@@ -126,6 +160,7 @@ async fn pull_by_tag_and_by_digest() -> Result<()> {
 async fn an_index_resolves_to_this_architecture() -> Result<()> {
     let (images, node, _registry) = pushed(
         node_with(INSECURE).await?,
+        None,
         "peapod.test/busybox:multi",
         "127.0.0.1:5000/multi/busybox:1",
     )
@@ -152,6 +187,7 @@ async fn an_index_resolves_to_this_architecture() -> Result<()> {
 async fn plain_http_is_refused_unless_the_host_is_insecure() -> Result<()> {
     let (_images, node, _registry) = pushed(
         common::node().await?,
+        None,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
     )
@@ -174,6 +210,7 @@ async fn plain_http_is_refused_unless_the_host_is_insecure() -> Result<()> {
 async fn a_mirror_serves_the_image_under_the_name_asked_for() -> Result<()> {
     let (images, node, _registry) = pushed(
         node_with("[registries.\"example.test\"]\nmirrors = [\"http://127.0.0.1:5000\"]").await?,
+        None,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
     )
@@ -256,6 +293,7 @@ async fn basic_auth_from_the_auth_config() -> Result<()> {
 async fn a_corrupted_blob_is_refused_and_nothing_is_stored() -> Result<()> {
     let (images, node, registry) = pushed(
         node_with(INSECURE).await?,
+        None,
         "peapod.test/busybox:latest",
         "127.0.0.1:5000/library/busybox:1",
     )
@@ -293,6 +331,7 @@ async fn a_corrupted_blob_is_refused_and_nothing_is_stored() -> Result<()> {
 async fn concurrent_pulls_of_one_image_both_succeed() -> Result<()> {
     let (images, node, _registry) = pushed(
         node_with(INSECURE).await?,
+        None,
         "peapod.test/busybox:variant",
         "127.0.0.1:5000/library/variant:1",
     )
@@ -305,3 +344,6 @@ async fn concurrent_pulls_of_one_image_both_succeed() -> Result<()> {
     ensure!(layers == 2, "{layers} layer dirs");
     Ok(())
 }
+
+#[path = "pull/tls.rs"]
+mod tls;

@@ -123,6 +123,8 @@ fn image_code(e: &ImageError) -> Code {
             Some(429) | Some(500..) => Code::Unavailable,
             Some(_) => Code::Unknown,
             None if matches!(r, RegistryError::Connect { .. }) => Code::Unavailable,
+            // Retrying will not help until the node's config trusts the registry.
+            None if matches!(r, RegistryError::Tls { .. }) => Code::FailedPrecondition,
             None => Code::Unknown,
         },
         ImageError::Cancelled => Code::Cancelled,
@@ -141,7 +143,6 @@ fn image_code(e: &ImageError) -> Code {
         | ImageError::ArchiveRead { .. }
         | ImageError::ReadContent { .. }
         | ImageError::Io { .. }
-        | ImageError::ClientSetup(_)
         | ImageError::Pull { .. }
         | ImageError::Store(_) => Code::Internal,
     }

@@ -103,8 +103,6 @@ pub enum ImageError {
     Cancelled,
     #[error("invalid registry credentials: {reason}")]
     BadCredentials { reason: String },
-    #[error("cannot set up the registry client")]
-    ClientSetup(#[source] reqwest::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

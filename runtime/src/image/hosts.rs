@@ -5,11 +5,16 @@
 //! mirrors = ["https://mirror.example.com"]   # tried in order before the upstream host
 //! [registries."127.0.0.1:5000"]
 //! insecure = true                            # plain HTTP / unverified TLS allowed
+//! [registries."registry.corp"]
+//! ca = "/etc/peapod/corp-ca.pem"             # or a list; trusted besides the system roots
+//! client_cert = "/etc/peapod/node.pem"       # a client certificate, with its key
+//! client_key = "/etc/peapod/node-key.pem"
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -27,6 +32,38 @@ pub struct RegistryHost {
     /// Plain HTTP, or HTTPS without certificate verification, may be used for this host.
     #[serde(default)]
     pub insecure: bool,
+    /// PEM files of CA certificates trusted, besides the system roots, for this host and its
+    /// `https://` mirrors (`ca = "/path"` or `ca = ["/a", "/b"]`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ca: Vec<PathBuf>,
+    /// A PEM client certificate (chain) presented to this host and its `https://` mirrors…
+    pub client_cert: Option<PathBuf>,
+    /// … and its PEM private key; both or neither.
+    pub client_key: Option<PathBuf>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a path or a list of paths")]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// How to speak TLS to an endpoint; endpoints with equal settings share an HTTP client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tls {
+    /// Certificates are not verified (insecure hosts).
+    pub skip_verify: bool,
+    /// CA files trusted besides the system roots, sorted, without duplicates.
+    pub ca: Vec<PathBuf>,
+    /// Client certificate and key files.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// How to reach a registry or a mirror.
@@ -38,8 +75,8 @@ pub struct Endpoint {
     pub host: String,
     /// A path prefix before `/v2/`, without a trailing `/` (usually empty).
     pub prefix: String,
-    /// TLS certificates are not verified (insecure hosts).
-    pub skip_verify: bool,
+    /// TLS settings (unused for `http`).
+    pub tls: Tls,
     /// This is a mirror, not the registry the reference names.
     pub mirror: bool,
 }
@@ -70,8 +107,51 @@ impl RegistryConfig {
             for m in &h.mirrors {
                 parse_mirror(m, false).map_err(|e| format!("registries.{host:?}: {e}"))?;
             }
+            let files = h.ca.iter().map(|p| ("ca", p));
+            let files = files.chain(h.client_cert.iter().map(|p| ("client_cert", p)));
+            for (key, path) in files.chain(h.client_key.iter().map(|p| ("client_key", p))) {
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "registries.{host:?}: {key} {path:?} must be an absolute path"
+                    ));
+                }
+            }
+            if h.client_cert.is_some() != h.client_key.is_some() {
+                return Err(format!(
+                    "registries.{host:?}: client_cert and client_key go together"
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Every host entry, for building its clients up front.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.keys().map(String::as_str)
+    }
+
+    /// The TLS settings for `endpoint_host` when reached for registry `host`: the CAs of both
+    /// entries (the registry's apply to its mirrors), the endpoint's own client certificate
+    /// or else the registry's, and no verification when the endpoint host is insecure.
+    fn tls(&self, host: &str, endpoint_host: &str) -> Tls {
+        let named = self.host(host);
+        let own = self.host(endpoint_host);
+        let mut ca: Vec<PathBuf> = named
+            .iter()
+            .chain(&own)
+            .flat_map(|h| h.ca.clone())
+            .collect();
+        ca.sort();
+        ca.dedup();
+        let client = [own, named]
+            .into_iter()
+            .flatten()
+            .find_map(|h| Some((h.client_cert.clone()?, h.client_key.clone()?)));
+        Tls {
+            skip_verify: self.is_insecure(endpoint_host),
+            ca,
+            client,
+        }
     }
 
     fn host(&self, host: &str) -> Option<&RegistryHost> {
@@ -90,25 +170,26 @@ impl RegistryConfig {
         if let Some(h) = self.host(host) {
             for m in &h.mirrors {
                 if let Ok(mut e) = parse_mirror(m, true) {
-                    e.skip_verify = e.scheme == "https" && self.is_insecure(&e.host);
+                    if e.scheme == "https" {
+                        e.tls = self.tls(host, &e.host);
+                    }
                     out.push(e);
                 }
             }
         }
-        let insecure = self.is_insecure(host);
         out.push(Endpoint {
             scheme: "https",
             host: upstream_host(host).to_owned(),
             prefix: String::new(),
-            skip_verify: insecure,
+            tls: self.tls(host, host),
             mirror: false,
         });
-        if insecure {
+        if self.is_insecure(host) {
             out.push(Endpoint {
                 scheme: "http",
                 host: upstream_host(host).to_owned(),
                 prefix: String::new(),
-                skip_verify: false,
+                tls: Tls::default(),
                 mirror: false,
             });
         }
@@ -141,7 +222,7 @@ fn parse_mirror(url: &str, mirror: bool) -> Result<Endpoint, String> {
         scheme,
         host: host.to_owned(),
         prefix,
-        skip_verify: false,
+        tls: Tls::default(),
         mirror,
     })
 }
@@ -176,9 +257,9 @@ mod tests {
             ]
         );
         assert!(e[0].mirror && e[1].mirror && !e[2].mirror);
-        assert!(e.iter().all(|e| !e.skip_verify));
+        assert!(e.iter().all(|e| e.tls == Tls::default()));
         let e = c.endpoints("127.0.0.1:5000");
-        let urls: Vec<_> = e.iter().map(|e| (e.v2(), e.skip_verify)).collect();
+        let urls: Vec<_> = e.iter().map(|e| (e.v2(), e.tls.skip_verify)).collect();
         assert_eq!(
             urls,
             [
@@ -189,6 +270,48 @@ mod tests {
         let e = c.endpoints("quay.io");
         assert_eq!(e.len(), 1, "plain HTTP only when configured");
         assert_eq!(e[0].v2(), "https://quay.io/v2/");
+    }
+
+    #[test]
+    fn ca_and_client_cert_apply_to_the_host_and_its_https_mirrors() {
+        let c = config(
+            r#"
+            ["example.test"]
+            mirrors = ["https://m.test", "https://own.test", "http://plain.test"]
+            ca = "/ca/example.pem"
+            client_cert = "/c/example.pem"
+            client_key = "/c/example.key"
+            ["own.test"]
+            ca = ["/ca/own.pem", "/ca/example.pem"]
+            client_cert = "/c/own.pem"
+            client_key = "/c/own.key"
+            insecure = true
+            "#,
+        );
+        c.validate().unwrap();
+        let e = c.endpoints("example.test");
+        let pair = |a: &str, b: &str| Some((PathBuf::from(a), PathBuf::from(b)));
+        assert_eq!(
+            e[0].tls,
+            Tls {
+                skip_verify: false,
+                ca: vec!["/ca/example.pem".into()],
+                client: pair("/c/example.pem", "/c/example.key"),
+            }
+        );
+        assert_eq!(
+            e[1].tls,
+            Tls {
+                skip_verify: true,
+                ca: vec!["/ca/example.pem".into(), "/ca/own.pem".into()],
+                client: pair("/c/own.pem", "/c/own.key"),
+            },
+            "a mirror with its own entry: both CAs, its own certificate"
+        );
+        assert_eq!(e[2].tls, Tls::default(), "no TLS for http://");
+        assert_eq!(e[3].tls, e[0].tls);
+        assert_eq!(e.len(), 4, "the upstream is not insecure: no plain HTTP");
+        assert_eq!(c.endpoints("quay.io")[0].tls, Tls::default());
     }
 
     #[test]
@@ -209,10 +332,22 @@ mod tests {
                 insecure = true"#,
                 "bad host",
             ),
+            (
+                r#"["x.io"]
+                ca = "relative/ca.pem""#,
+                "relative/ca.pem",
+            ),
+            (
+                r#"["x.io"]
+                client_cert = "/c.pem""#,
+                "client_key",
+            ),
         ] {
             let e = config(text).validate().unwrap_err();
             assert!(e.contains(needle), "{e}");
         }
         assert!(toml::from_str::<RegistryConfig>("[\"x.io\"]\ninsecur = true").is_err());
+        assert!(toml::from_str::<RegistryConfig>("[\"x.io\"]\nca = 1").is_err());
+        assert!(toml::from_str::<RegistryConfig>("[\"x.io\"]\ncacert = \"/a\"").is_err());
     }
 }

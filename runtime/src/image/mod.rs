@@ -114,7 +114,7 @@ impl ImageStore {
             layers: Layers::open(root.join("layers"))?,
             scratch: Scratch::open(&root.join("tmp"))?,
             root,
-            registries: Registries::new(registries).map_err(ImageError::ClientSetup)?,
+            registries: Registries::new(registries)?,
             downloads: KeyedLocks::default(),
             cache: Mutex::default(),
             writer: Mutex::default(),

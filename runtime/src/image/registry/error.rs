@@ -1,11 +1,26 @@
 //! What can go wrong talking to a registry.
 
+use std::path::PathBuf;
+
+use super::tls::Problem;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot connect to {url}{hint}")]
     Connect {
         url: String,
         /// Why plain HTTP was not tried, for a host that might speak it.
+        hint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: TLS with {endpoint} failed: {}; {hint}", problem.what())]
+    Tls {
+        url: String,
+        /// The host connected to (a mirror's, or the registry's).
+        endpoint: String,
+        problem: Problem,
+        /// Which config key fixes it, under which `[registries."…"]`.
         hint: String,
         #[source]
         source: reqwest::Error,
@@ -33,6 +48,23 @@ pub enum RegistryError {
     Garbage { url: String, reason: String },
     #[error("{url}: the response is larger than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error("cannot read registry {what} {path}")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry {what} {path} holds no PEM {expected}")]
+    BadPem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+    #[error("cannot set up the registry client")]
+    ClientSetup(#[source] reqwest::Error),
 }
 
 impl RegistryError {

@@ -5,8 +5,10 @@ mod auth;
 mod error;
 #[cfg(test)]
 mod tests;
+mod tls;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 
@@ -15,48 +17,32 @@ pub use error::RegistryError;
 
 use super::blobs::MAX_JSON;
 use super::digest::Digest;
-use super::hosts::{Endpoint, RegistryConfig};
+use super::hosts::{Endpoint, RegistryConfig, Tls};
 use super::reference::Reference;
 use super::spec::MANIFEST_ACCEPT;
 use auth::Challenge;
 
-/// HTTP clients for registries: one that verifies certificates, one for insecure hosts.
+/// HTTP clients for registries, one per TLS setting that the config needs.
 pub struct Registries {
     config: RegistryConfig,
-    secure: reqwest::Client,
-    insecure: reqwest::Client,
-}
-
-fn client(verify: bool) -> Result<reqwest::Client, reqwest::Error> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.url().scheme() == "http"
-            && attempt.previous().iter().any(|u| u.scheme() == "https");
-        if attempt.previous().len() > 10 {
-            attempt.error("too many redirects")
-        } else if downgrade {
-            attempt.error("a redirect from HTTPS to plain HTTP")
-        } else {
-            attempt.follow()
-        }
-    });
-    reqwest::Client::builder()
-        .user_agent(concat!("peapod/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(60))
-        .redirect(policy)
-        .danger_accept_invalid_certs(!verify)
-        .build()
+    clients: HashMap<Tls, reqwest::Client>,
 }
 
 impl Registries {
-    pub fn new(config: RegistryConfig) -> Result<Registries, reqwest::Error> {
+    /// Builds every client the config can need (reading its CA and client certificate
+    /// files), so that a bad file is reported now rather than at the first pull.
+    pub fn new(config: RegistryConfig) -> Result<Registries, RegistryError> {
         // reqwest is built without a default crypto provider; this process uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Ok(Registries {
-            config,
-            secure: client(true)?,
-            insecure: client(false)?,
-        })
+        let mut clients = HashMap::new();
+        let needed = config.hosts().flat_map(|h| config.endpoints(h));
+        for tls in needed.map(|e| e.tls).chain([Tls::default()]) {
+            if let Entry::Vacant(slot) = clients.entry(tls) {
+                let client = tls::client(slot.key())?;
+                slot.insert(client);
+            }
+        }
+        Ok(Registries { config, clients })
     }
 
     /// Finds the manifest of `reference` at the first endpoint that has it (mirrors first)
@@ -70,11 +56,7 @@ impl Registries {
         let mut last = None;
         for endpoint in self.config.endpoints(&reference.domain) {
             let mut s = Session {
-                http: if endpoint.skip_verify {
-                    &self.insecure
-                } else {
-                    &self.secure
-                },
+                http: self.client(&endpoint.tls),
                 // Credentials are for the registry named, never for a mirror.
                 creds: if endpoint.mirror {
                     None
@@ -83,6 +65,7 @@ impl Registries {
                 },
                 authorization: None,
                 hint: self.plain_http_hint(&endpoint, &reference.domain),
+                registry: reference.domain.clone(),
                 repo: reference.path.clone(),
                 endpoint,
             };
@@ -101,6 +84,14 @@ impl Registries {
             }
         }
         Err(last.expect("there is always the registry itself"))
+    }
+
+    /// Built in `new` for every endpoint of a configured host; other hosts' endpoints have
+    /// the default settings.
+    fn client(&self, tls: &Tls) -> &reqwest::Client {
+        self.clients
+            .get(tls)
+            .unwrap_or_else(|| &self.clients[&Tls::default()])
     }
 
     fn plain_http_hint(&self, e: &Endpoint, host: &str) -> String {
@@ -130,6 +121,8 @@ pub struct Session<'a> {
     creds: Option<Credentials>,
     authorization: Option<String>,
     hint: String,
+    /// The registry the reference names (its config table is where TLS is configured).
+    registry: String,
 }
 
 impl Session<'_> {
@@ -256,8 +249,31 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Where `insecure = true` would go for this endpoint: its own host for a mirror, the
+    /// registry's entry otherwise.
+    fn insecure_table(&self) -> &str {
+        if self.endpoint.mirror {
+            &self.endpoint.host
+        } else {
+            &self.registry
+        }
+    }
+
     fn send_error(&self, url: &str, source: reqwest::Error) -> RegistryError {
-        if source.is_connect() || source.is_timeout() {
+        if let Some(problem) = tls::problem(&source) {
+            RegistryError::Tls {
+                url: url.to_owned(),
+                endpoint: self.endpoint.host.clone(),
+                problem,
+                hint: problem.hint(
+                    &self.registry,
+                    &self.endpoint.host,
+                    self.insecure_table(),
+                    &self.endpoint.tls,
+                ),
+                source,
+            }
+        } else if source.is_connect() || source.is_timeout() {
             RegistryError::Connect {
                 url: url.to_owned(),
                 hint: self.hint.clone(),
