@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub bridge: Option<String>,
     pub mtu: Option<u32>,
     pub pause_path: Option<PathBuf>,
+    /// cgroup parent of pods whose request names none.
+    pub cgroup_parent: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     /// Per registry host: mirrors, insecure, ca, client_cert, client_key (file only, no
@@ -49,6 +51,7 @@ pub struct Config {
     /// `None`: the MTU of the node's default-route link, 1500 if none.
     pub mtu: Option<u32>,
     pub pause_path: PathBuf,
+    pub cgroup_parent: String,
     pub log_level: String,
     pub log_format: LogFormat,
     pub registries: RegistryConfig,
@@ -120,6 +123,22 @@ impl FileConfig {
                 reason: format!("{m} is outside 576..=65535"),
             });
         }
+        let cgroup_parent = over
+            .cgroup_parent
+            .or(self.cgroup_parent)
+            .unwrap_or_else(|| crate::sandbox::cgroup::DEFAULT_PARENT.into());
+        let rel = cgroup_parent.trim_start_matches('/');
+        if rel.is_empty()
+            || rel.contains('\0')
+            || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(ConfigError::Invalid {
+                key: "cgroup_parent",
+                reason: format!(
+                    "{cgroup_parent:?} must name a cgroup below the root, without '.' or '..'"
+                ),
+            });
+        }
         let registries = over.registries.or(self.registries).unwrap_or_default();
         registries
             .validate()
@@ -148,6 +167,7 @@ impl FileConfig {
                 .pause_path
                 .or(self.pause_path)
                 .unwrap_or_else(|| exe_dir.join("peapod-pause")),
+            cgroup_parent,
             log_level: over
                 .log_level
                 .or(self.log_level)
@@ -227,6 +247,15 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.log_level, "debug");
+        assert_eq!(c.cgroup_parent, "peapod");
+        let flags = FileConfig {
+            cgroup_parent: Some("/kubepods/besteffort".into()),
+            ..FileConfig::default()
+        };
+        let c = FileConfig::default()
+            .resolve(flags, Path::new("/x"))
+            .unwrap();
+        assert_eq!(c.cgroup_parent, "/kubepods/besteffort");
     }
 
     #[test]
@@ -269,7 +298,17 @@ mod tests {
                 },
                 "bridge",
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(["", "/", "a/../b", "./x", "/x/."].map(|p| {
+            (
+                FileConfig {
+                    cgroup_parent: Some(p.into()),
+                    ..Default::default()
+                },
+                "cgroup_parent",
+            )
+        })) {
             match FileConfig::default().resolve(flags, Path::new("/")) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
                 other => panic!("expected invalid {key}, got {other:?}"),

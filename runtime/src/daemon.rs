@@ -101,7 +101,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot prepare {}", ns_dir.display()))?;
 
     let net = Arc::new(NodeNetwork::new(&cfg)?);
-    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir)?;
+    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir, &cfg.cgroup_parent)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         socket = %cfg.socket.display(),

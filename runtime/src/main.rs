@@ -127,6 +127,9 @@ struct ServeArgs {
     /// The peapod-pause binary [default: next to this binary]
     #[arg(long)]
     pause_path: Option<PathBuf>,
+    /// cgroup parent of pods whose request names none (cgroupfs path) [default: peapod]
+    #[arg(long)]
+    cgroup_parent: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
     #[arg(long)]
     log_level: Option<String>,
@@ -146,6 +149,7 @@ impl ServeArgs {
             bridge: self.bridge.clone(),
             mtu: self.mtu,
             pause_path: self.pause_path.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
             log_level: self.log_level.clone(),
             log_format: self.log_format,
             registries: None,

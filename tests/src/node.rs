@@ -119,10 +119,15 @@ impl NodeBuilder {
             .tempdir()
             .context("create the node's temp dir")?;
         let log_level = std::env::var("PEAPOD_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        // Every cgroup of this node, also of pods whose request names no parent, lives below
+        // its own parent: another node's daemon collecting its default parent at start-up
+        // must never see this node's cgroups.
+        let cgroup_parent = format!("/peapod-test-{}", crate::random_hex(4));
         std::fs::write(
             dir.path().join("config.toml"),
             format!(
-                "# written by the peapod test harness\nlog_level = {log_level:?}\n{}",
+                "# written by the peapod test harness\nlog_level = {log_level:?}\n\
+                 cgroup_parent = {cgroup_parent:?}\n{}",
                 self.config
             ),
         )?;
@@ -134,7 +139,7 @@ impl NodeBuilder {
         );
         let (holder, pid1) = spawn_holder(dir.path(), &bins.join("peapod-pause"), self.cgroup_v2)?;
         let mut node = Node {
-            cgroup_parent: format!("/peapod-test-{}", crate::random_hex(4)),
+            cgroup_parent,
             probe: self.probe.unwrap_or_else(|| bins.join("peapod-probe")),
             bins,
             holder,

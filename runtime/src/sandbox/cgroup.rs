@@ -26,7 +26,7 @@ mod v2;
 pub use v2::controllers;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// Used when a request names no cgroup_parent.
+/// Used when a request names no cgroup_parent and the config sets none.
 pub const DEFAULT_PARENT: &str = "peapod";
 /// v2: the pause's cgroup below its pod's.
 pub const PAUSE_LEAF: &str = "pause";
@@ -47,6 +47,8 @@ pub struct Cgroups {
     /// Parent cgroups (relative paths) peapod created, persisted in `owned_file`.
     owned: Mutex<BTreeSet<PathBuf>>,
     owned_file: PathBuf,
+    /// For pods whose request names no cgroup_parent (`cgroup_parent` in the config).
+    default_parent: PathBuf,
 }
 
 /// What was made for one sandbox, for removal.
@@ -79,13 +81,18 @@ impl Hierarchy {
 }
 
 impl Cgroups {
-    pub fn new(hierarchy: Hierarchy, state_dir: &Path) -> Result<Cgroups, SandboxError> {
+    pub fn new(
+        hierarchy: Hierarchy,
+        state_dir: &Path,
+        default_parent: &str,
+    ) -> Result<Cgroups, SandboxError> {
         let owned_file = state_dir.join("cgroup-parents.json");
         let owned = store::read_json_opt(&owned_file)?.unwrap_or_default();
         Ok(Cgroups {
             hierarchy,
             owned: Mutex::new(owned),
             owned_file,
+            default_parent: PathBuf::from(default_parent.trim_start_matches('/')),
         })
     }
 
@@ -117,20 +124,20 @@ impl Cgroups {
     }
 
     /// Where the sandbox `id` with `parent` lives (whether or not it was made).
-    pub fn record_for(parent: &str, id: &str) -> CgroupRecord {
+    pub fn record_for(&self, parent: &str, id: &str) -> CgroupRecord {
         let parent = if parent.is_empty() {
-            DEFAULT_PARENT
+            &self.default_parent
         } else {
-            parent
+            Path::new(parent.trim_start_matches('/'))
         };
         CgroupRecord {
-            rel: Path::new(parent.trim_start_matches('/')).join(id),
+            rel: parent.join(id),
         }
     }
 
     /// Creates `<parent>/<id>` in every hierarchy. On error, what it made is removed again.
     pub fn create(&self, parent: &str, id: &str) -> Result<CgroupRecord, SandboxError> {
-        let rec = Self::record_for(parent, id);
+        let rec = self.record_for(parent, id);
         let r = self.make_dirs(&rec.rel);
         if r.is_err() {
             let _ = self.remove(&rec);
@@ -249,7 +256,7 @@ impl Cgroups {
     /// clean.)
     pub fn orphans(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
         let mut parents: Vec<PathBuf> = self.owned.lock().expect("lock").iter().cloned().collect();
-        parents.push(PathBuf::from(DEFAULT_PARENT));
+        parents.push(self.default_parent.clone());
         let mut found = Vec::new();
         for root in self.roots() {
             for parent in &parents {
@@ -407,7 +414,7 @@ mod tests {
         let h = Hierarchy::V1 {
             roots: vec![cpu.clone(), mem.clone()],
         };
-        (Cgroups::new(h, t).unwrap(), cpu, mem)
+        (Cgroups::new(h, t, DEFAULT_PARENT).unwrap(), cpu, mem)
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn owners<'a>(
 /// one line per thing, and whether everything went.
 pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), SandboxError> {
     let net = std::sync::Arc::new(NodeNetwork::new(&cfg)?);
-    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir)?;
+    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir, &cfg.cgroup_parent)?;
     let ops = Ops { cfg, net, cgroups };
     let (mut lines, mut ok) = (Vec::new(), true);
     let mut kept = Vec::new();

@@ -223,7 +223,7 @@ impl Ops {
             rec.pause = process::find_by_sandbox(&rec.id).into_iter().next();
         }
         if rec.cgroup.is_none() {
-            rec.cgroup = Some(Cgroups::record_for(&rec.spec.cgroup_parent, &rec.id));
+            rec.cgroup = Some(self.cgroups.record_for(&rec.spec.cgroup_parent, &rec.id));
         }
     }
 
