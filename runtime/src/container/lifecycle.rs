@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::error::ContainerError;
 use super::model::{ContainerState, ExitRecord};
 use super::{Containers, Result, cgroup, now_nanos};
+use crate::fault;
 use crate::monitor::Reply;
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
@@ -44,17 +45,22 @@ impl Containers {
             .ok_or_else(|| ContainerError::SandboxNotReady { id: pod.id.clone() })?;
         let cgroups = self.sandboxes.cgroups();
         let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
+        fault::point("start:cgroup");
         rec.cgroup = Some(cg.clone());
         self.persist(&rec)?;
+        fault::point("start:cgroup-recorded");
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
         cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
+        fault::point("start:limits");
         let reply = self.spawn_monitor(&id)?;
         match reply {
             Reply::Running(r) => {
+                fault::point("start:monitor");
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
                 self.persist(&rec)?;
+                fault::point("start:running");
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
                 *entry.rec.lock().expect("lock") = rec;
                 Ok(())
@@ -100,6 +106,7 @@ impl Containers {
                 id: id.to_owned(),
                 source,
             })?;
+        fault::point("start:monitor-spawned");
         let mut out = String::new();
         let read = child.stdout.take().expect("piped").read_to_string(&mut out);
         let _ = child.wait();
@@ -130,10 +137,13 @@ impl Containers {
         if let (ContainerState::Running, Some(r)) = (rec.state, rec.running) {
             let grace = Duration::from_secs(timeout.max(0) as u64);
             self.kill(&id, r.init, rec.stop_signal, grace)?;
+            fault::point("cstop:killed");
             self.kill_leftovers(&rec);
+            fault::point("cstop:leftovers");
             if let Some(fd) = r.monitor.pidfd().ok().flatten() {
                 let _ = wait_exit_blocking(&fd, KILL_WAIT);
             }
+            fault::point("cstop:monitor-gone");
             self.refresh(&mut rec);
             info!(container = %id, exit = ?rec.exit.as_ref().map(|e| e.exit_code), "container stopped");
         }
@@ -188,6 +198,7 @@ impl Containers {
             return Ok(());
         };
         self.stop(&id, 0)?;
+        fault::point("cremove:stopped");
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         let mut errors = Vec::new();
@@ -196,6 +207,7 @@ impl Containers {
                 Ok(()) => rec.cgroup = None,
                 Err(e) => errors.push(ContainerError::Sandbox(e)),
             }
+            fault::point("cremove:cgroup");
         }
         let sock = self.socket(&id);
         if let Err(e) = std::fs::remove_file(&sock)
@@ -203,6 +215,7 @@ impl Containers {
         {
             errors.push(ContainerError::io("remove", sock)(e));
         }
+        fault::point("cremove:socket");
         if !errors.is_empty() {
             let _ = self.persist(&rec);
             *entry.rec.lock().expect("lock") = rec;
