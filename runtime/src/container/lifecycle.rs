@@ -12,6 +12,7 @@ use super::{Containers, Result, cgroup, now_nanos};
 use crate::fault;
 use crate::monitor::Reply;
 use crate::sandbox::SandboxState;
+use crate::sandbox::cgroup::Cgroups;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
 
@@ -19,7 +20,10 @@ use crate::store;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 impl Containers {
-    /// StartContainer: cgroup and limits, then the monitor, which starts the process.
+    /// StartContainer: cgroup and limits, then the monitor, which starts the process. The
+    /// cgroup is recorded before it is made, so that a crash in between leaves nothing that
+    /// RemoveContainer does not know of; a crash once the monitor answered is picked up from
+    /// its `monitor.json` (see `refresh`).
     pub fn start(&self, id: &str) -> Result<()> {
         let id = self.resolve(id)?;
         let entry = self
@@ -44,11 +48,16 @@ impl Containers {
             .as_ref()
             .ok_or_else(|| ContainerError::SandboxNotReady { id: pod.id.clone() })?;
         let cgroups = self.sandboxes.cgroups();
-        let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
-        fault::point("start:cgroup");
-        rec.cgroup = Some(cg.clone());
-        self.persist(&rec)?;
+        let pod_rel = pod_cg.rel.to_string_lossy();
+        let cg = Cgroups::record_for(&pod_rel, &id);
+        if rec.cgroup.as_ref() != Some(&cg) {
+            rec.cgroup = Some(cg);
+            self.persist(&rec)?;
+            *entry.rec.lock().expect("lock") = rec.clone();
+        }
         fault::point("start:cgroup-recorded");
+        let cg = cgroups.create(&pod_rel, &id)?;
+        fault::point("start:cgroup");
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
         cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
         fault::point("start:limits");
