@@ -2,15 +2,15 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::error::ContainerError;
-use super::model::{ContainerState, ExitRecord};
+use super::model::{ContainerRecord, ContainerState, ExitRecord};
 use super::{Containers, Result, cgroup, now_nanos};
 use crate::fault;
-use crate::monitor::Reply;
+use crate::monitor::{MONITOR_FILE, MONITOR_LOCK, Reply};
 use crate::sandbox::SandboxState;
 use crate::sandbox::cgroup::Cgroups;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
@@ -18,6 +18,8 @@ use crate::store;
 
 /// How long a container may take to exit after SIGKILL, and its monitor to finish after.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a monitor left starting by a crashed daemon may take to report or end.
+const MONITOR_WAIT: Duration = Duration::from_secs(10);
 
 impl Containers {
     /// StartContainer: cgroup and limits, then the monitor, which starts the process. The
@@ -31,14 +33,18 @@ impl Containers {
             .ok_or(ContainerError::NotFound { id: id.clone() })?;
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
-        self.refresh(&mut rec);
+        self.settle(&mut rec);
         if !rec.state.can_start() {
+            *entry.rec.lock().expect("lock") = rec.clone();
             return Err(ContainerError::WrongState {
                 id,
                 state: rec.state,
                 op: "start",
             });
         }
+        let lock = self
+            .monitor_lock(&id)?
+            .ok_or_else(|| ContainerError::MonitorStarting { id: id.clone() })?;
         let pod = self.sandboxes.status(&rec.sandbox_id)?;
         if pod.state != SandboxState::Ready {
             return Err(ContainerError::SandboxNotReady { id: pod.id });
@@ -61,7 +67,7 @@ impl Containers {
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
         cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
         fault::point("start:limits");
-        let reply = self.spawn_monitor(&id)?;
+        let reply = self.spawn_monitor(&id, lock)?;
         match reply {
             Reply::Running(r) => {
                 fault::point("start:monitor");
@@ -95,9 +101,51 @@ impl Containers {
         }
     }
 
-    /// Runs `peapod monitor <dir>`: its first process exits at once (the monitor is no child of
-    /// ours); the monitor says on the pipe whether the container runs, then closes it.
-    fn spawn_monitor(&self, id: &str) -> Result<Reply> {
+    /// The container's `monitor.lock`, locked by us; `None` when a monitor holds it. The
+    /// daemon hands it, locked, to the monitor it spawns, and every monitor process keeps it
+    /// until it exits: so a lock that is held while no start is in flight (only after a
+    /// crash) means a monitor of an earlier daemon is still alive or still starting.
+    fn monitor_lock(&self, id: &str) -> Result<Option<std::fs::File>> {
+        let path = self.dir(id).join(MONITOR_LOCK);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ContainerError::io("open", path.clone()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(ContainerError::io("lock", path)(e)),
+        }
+    }
+
+    /// Brings a Created record up to date when a monitor started by an earlier daemon (which
+    /// crashed while it started) still holds the container's lock: waits for that monitor to
+    /// report (`monitor.json`, then the container runs) or to end, then refreshes.
+    pub(super) fn settle(&self, rec: &mut ContainerRecord) {
+        self.refresh(rec);
+        if rec.state != ContainerState::Created || !self.dir(&rec.id).join(MONITOR_LOCK).exists() {
+            return;
+        }
+        let deadline = Instant::now() + MONITOR_WAIT;
+        while Instant::now() < deadline {
+            match self.monitor_lock(&rec.id) {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if self.dir(&rec.id).join(MONITOR_FILE).exists() => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        self.refresh(rec);
+        if rec.state == ContainerState::Created && matches!(self.monitor_lock(&rec.id), Ok(None)) {
+            warn!(container = %rec.id, "a monitor from before a crash is still starting");
+        }
+    }
+
+    /// Runs `peapod monitor <dir>` with the locked `monitor.lock` as its stdin: its first
+    /// process exits at once (the monitor is no child of ours); the monitor says on the pipe
+    /// whether the container runs, then closes it.
+    fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Reply> {
         let dir = self.dir(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -107,7 +155,7 @@ impl Containers {
         let mut child = Command::new(&self.exe)
             .arg("monitor")
             .arg(&dir)
-            .stdin(Stdio::null())
+            .stdin(lock)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -142,7 +190,7 @@ impl Containers {
         };
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
-        self.refresh(&mut rec);
+        self.settle(&mut rec);
         if let (ContainerState::Running, Some(r)) = (rec.state, rec.running) {
             let grace = Duration::from_secs(timeout.max(0) as u64);
             self.kill(&id, r.init, rec.stop_signal, grace)?;

@@ -233,7 +233,7 @@ impl Containers {
             let path = ent.path().join("container.json");
             match store::read_json_opt::<ContainerRecord>(&path) {
                 Ok(Some(mut rec)) => {
-                    self.refresh(&mut rec);
+                    self.settle(&mut rec);
                     self.insert(rec);
                 }
                 Ok(None) => {
