@@ -208,6 +208,23 @@ impl Containers {
         Ok(())
     }
 
+    /// Start-up: finishes a stop that a crash cut off between the container's end and the
+    /// sweep of its cgroup. What its process left behind (in a pod-wide PID namespace) is
+    /// killed; it would live on, and hold the log pipes open so that the monitor waits for
+    /// it and the container looks Running without a process.
+    pub(super) fn sweep_if_ended(&self, rec: &mut ContainerRecord) {
+        let monitor = match (rec.state, rec.running) {
+            (ContainerState::Running, Some(r)) if !r.init.is_alive() => Some(r.monitor),
+            (ContainerState::Exited, _) => None,
+            _ => return,
+        };
+        self.kill_leftovers(rec);
+        if let Some(fd) = monitor.and_then(|m| m.pidfd().ok().flatten()) {
+            let _ = wait_exit_blocking(&fd, KILL_WAIT);
+        }
+        self.refresh(rec);
+    }
+
     /// SIGKILL to whatever is left in the container's cgroup once its process is gone: in a
     /// shared PID namespace its children outlive it, and so may an ExecSync command. They
     /// would hold the log pipes open and keep the cgroup busy.
@@ -260,6 +277,9 @@ impl Containers {
         let mut rec = entry.rec.lock().expect("lock").clone();
         let mut errors = Vec::new();
         if let Some(cg) = &rec.cgroup {
+            // Also when it has exited: a crash may have come between its end and the stop's
+            // sweep of its cgroup.
+            self.kill_leftovers(&rec);
             match self.sandboxes.cgroups().remove(cg) {
                 Ok(()) => rec.cgroup = None,
                 Err(e) => errors.push(ContainerError::Sandbox(e)),

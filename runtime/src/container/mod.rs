@@ -234,6 +234,7 @@ impl Containers {
             match store::read_json_opt::<ContainerRecord>(&path) {
                 Ok(Some(mut rec)) => {
                     self.settle(&mut rec);
+                    self.sweep_if_ended(&mut rec);
                     self.insert(rec);
                 }
                 Ok(None) => {
