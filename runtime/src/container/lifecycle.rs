@@ -298,7 +298,7 @@ impl Containers {
             *entry.rec.lock().expect("lock") = rec;
             return Err(ContainerError::Teardown { id, errors });
         }
-        if let Err(e) = store::remove_dir_all(&self.dir(&id)) {
+        if let Err(e) = self.remove_dir(&id) {
             warn!(container = %id, error = %e, "cannot remove the container dir");
             return Err(e.into());
         }
@@ -311,5 +311,36 @@ impl Containers {
         self.names.lock().expect("lock").remove(&key);
         info!(container = %id, "container removed");
         Ok(())
+    }
+
+    /// Deletes the container dir with the record last, so that a crash part-way leaves
+    /// either the record (and the removal is redone) or a dir without one (removed at
+    /// start-up).
+    fn remove_dir(&self, id: &str) -> std::result::Result<(), store::StoreError> {
+        let dir = self.dir(id);
+        let record = dir.join("container.json");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p == record {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                store::remove_dir_all(&p)?;
+            } else if let Err(source) = std::fs::remove_file(&p)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(store::StoreError::Remove { path: p, source });
+            }
+        }
+        fault::point("cremove:files");
+        if let Err(source) = std::fs::remove_file(&record)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(store::StoreError::Remove {
+                path: record,
+                source,
+            });
+        }
+        store::remove_dir_all(&dir)
     }
 }
