@@ -449,7 +449,9 @@ impl Node {
         for (pod, id) in self.container_cgroups() {
             if !known.contains(id.as_str()) {
                 found.push(format!("cgroup of no container: {pod}/{id}"));
-            } else if self.container_info(&id).await?["cgroupPath"].is_null() {
+            } else if !running.contains(id.as_str())
+                && self.container_info(&id).await?["cgroupPath"].is_null()
+            {
                 // RemoveContainer would not know of it.
                 found.push(format!(
                     "cgroup {pod}/{id} that its container has no record of"
