@@ -263,36 +263,13 @@ struct ProcArgs {
 
 impl Node {
     async fn process_args(&self) -> Result<Vec<ProcArgs>> {
-        let out = self
-            .exec(&["ps", "-e", "-o", "pid=,ppid=,comm=,args="])
-            .await?;
-        let mut procs = Vec::new();
-        for line in out.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(pid), Some(ppid), Some(comm)) = (f.next(), f.next(), f.next()) else {
-                bail!("unexpected ps line {line:?}");
-            };
-            procs.push(ProcArgs {
-                pid: pid.parse()?,
-                ppid: ppid.parse()?,
-                comm: comm.to_owned(),
-                args: f.collect::<Vec<_>>().join(" "),
-            });
-        }
-        Ok(procs)
+        parse_ps(&self.exec(&["sh", "-c", PS]).await?)
     }
 
     /// The node's container monitors (`peapod monitor <container dir>`): (container id,
     /// monitor pid as seen inside the node), sorted.
     pub async fn monitors(&self) -> Result<Vec<(String, u32)>> {
-        let mut all: Vec<(String, u32)> = self
-            .process_args()
-            .await?
-            .into_iter()
-            .filter_map(|p| monitor_of(&p.args).map(|id| (id, p.pid)))
-            .collect();
-        all.sort();
-        Ok(all)
+        Ok(monitors_in(&self.process_args().await?))
     }
 
     /// Container cgroups (dirs below a pod's cgroup, in any hierarchy) of the node's pods:
@@ -321,33 +298,7 @@ impl Node {
     /// Processes that are neither the node's own (its PID 1, the daemon, pauses, `ps`) nor a
     /// monitor or below one: a container's process that lost its monitor, say.
     pub async fn stray_processes(&self) -> Result<Vec<String>> {
-        let procs = self.process_args().await?;
-        let parent: BTreeMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
-        let monitors: BTreeSet<u32> = procs
-            .iter()
-            .filter(|p| monitor_of(&p.args).is_some())
-            .map(|p| p.pid)
-            .collect();
-        let under_monitor = |mut pid: u32| {
-            while let Some(&ppid) = parent.get(&pid) {
-                if monitors.contains(&pid) {
-                    return true;
-                }
-                pid = ppid;
-            }
-            false
-        };
-        Ok(procs
-            .iter()
-            .filter(|p| {
-                let own = p.pid == 1
-                    || p.comm == "peapod-pause"
-                    || p.comm == "ps"
-                    || (p.comm == "peapod" && p.args.contains(" serve "));
-                !own && !under_monitor(p.pid)
-            })
-            .map(|p| format!("{} (ppid {}) {}", p.pid, p.ppid, p.args))
-            .collect())
+        Ok(strays_in(&self.process_args().await?))
     }
 
     /// Container ids that have a dir under `<state>/containers`.
@@ -433,7 +384,25 @@ impl Node {
                 found.push(format!("container dir {dir}"));
             }
         }
-        let monitors = self.monitors().await?;
+        // One exec for processes, monitor sockets and mounts, in three sections.
+        let script = format!(
+            "{PS}; echo {MARK}; ls -1 {RUN_DIR}/mon 2>/dev/null; echo {MARK}; cat /proc/self/mounts"
+        );
+        let out = self.exec(&["sh", "-c", &script]).await?;
+        let mut sections = vec![String::new()];
+        for line in out.lines() {
+            if line == MARK {
+                sections.push(String::new());
+            } else if let Some(last) = sections.last_mut() {
+                last.push_str(line);
+                last.push('\n');
+            }
+        }
+        ensure!(sections.len() == 3, "unexpected output: {out}");
+        let procs = parse_ps(&sections[0])?;
+        let sockets = &sections[1];
+        let mounts = &sections[2];
+        let monitors = monitors_in(&procs);
         for (id, pid) in &monitors {
             if !running.contains(id.as_str()) {
                 found.push(format!(
@@ -458,16 +427,17 @@ impl Node {
                 ));
             }
         }
-        for sock in self.monitor_sockets().await? {
+        for sock in sockets.lines() {
             let id = sock.trim_end_matches(".sock");
             if !running.contains(id) {
                 found.push(format!("monitor socket {sock}"));
             }
         }
-        for p in self.stray_processes().await? {
+        for p in strays_in(&procs) {
             found.push(format!("process without a monitor: {p}"));
         }
-        for m in self.shm_mounts().await? {
+        let shm = format!(" {RUN_DIR}/shm/");
+        for m in mounts.lines().filter(|m| m.contains(&shm)) {
             if !pods.iter().any(|p| m.contains(p.as_str())) {
                 found.push(format!("/dev/shm mount of no pod: {m}"));
             }
@@ -534,6 +504,75 @@ impl Node {
         );
         Ok(())
     }
+}
+
+/// Separates the sections of one exec's output.
+const MARK: &str = "==peapod-tests==";
+
+/// `ps` with what [`parse_ps`] reads.
+const PS: &str = "ps -e -o pid=,ppid=,comm=,args=";
+
+fn parse_ps(out: &str) -> Result<Vec<ProcArgs>> {
+    let mut procs = Vec::new();
+    for line in out.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(pid), Some(ppid), Some(comm)) = (f.next(), f.next(), f.next()) else {
+            bail!("unexpected ps line {line:?}");
+        };
+        procs.push(ProcArgs {
+            pid: pid.parse()?,
+            ppid: ppid.parse()?,
+            comm: comm.to_owned(),
+            args: f.collect::<Vec<_>>().join(" "),
+        });
+    }
+    Ok(procs)
+}
+
+/// (container id, monitor pid) of the monitors among `procs`, sorted.
+fn monitors_in(procs: &[ProcArgs]) -> Vec<(String, u32)> {
+    let mut all: Vec<(String, u32)> = procs
+        .iter()
+        .filter_map(|p| monitor_of(&p.args).map(|id| (id, p.pid)))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The processes among `procs` that are neither the node's own (its PID 1, the daemon,
+/// pauses, `ps` and the shell that ran it) nor a monitor or below one.
+fn strays_in(procs: &[ProcArgs]) -> Vec<String> {
+    let parent: BTreeMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
+    let monitors: BTreeSet<u32> = procs
+        .iter()
+        .filter(|p| monitor_of(&p.args).is_some())
+        .map(|p| p.pid)
+        .collect();
+    let ps: BTreeSet<u32> = procs
+        .iter()
+        .filter(|p| p.comm == "ps")
+        .flat_map(|p| [p.pid, p.ppid])
+        .collect();
+    let under_monitor = |mut pid: u32| {
+        while let Some(&ppid) = parent.get(&pid) {
+            if monitors.contains(&pid) {
+                return true;
+            }
+            pid = ppid;
+        }
+        false
+    };
+    procs
+        .iter()
+        .filter(|p| {
+            let own = p.pid == 1
+                || p.comm == "peapod-pause"
+                || ps.contains(&p.pid)
+                || (p.comm == "peapod" && p.args.contains(" serve "));
+            !own && !under_monitor(p.pid)
+        })
+        .map(|p| format!("{} (ppid {}) {}", p.pid, p.ppid, p.args))
+        .collect()
 }
 
 /// The container id of a monitor's command line (`… peapod monitor <dir>/<id>`).
