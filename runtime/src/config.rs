@@ -130,7 +130,9 @@ impl FileConfig {
         let rel = cgroup_parent.trim_start_matches('/');
         if rel.is_empty()
             || rel.contains('\0')
-            || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
         {
             return Err(ConfigError::Invalid {
                 key: "cgroup_parent",

@@ -3,18 +3,20 @@
 //! The test images are `hack/make-test-images.sh`'s (see `images`): [`Node::import_busybox`]
 //! imports `peapod.test/busybox:latest` ([`BUSYBOX`]) and `:variant` ([`VARIANT`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, KeyValue,
-    LinuxContainerConfig, LinuxContainerSecurityContext, RemoveContainerRequest,
-    StartContainerRequest, StopContainerRequest,
+    Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
+    KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, ListContainersRequest,
+    RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
 };
 
 use crate::cri::PodConfig;
+use crate::inspect::SETTLE;
 use crate::node::Node;
 
 /// One gzip layer of busybox and applets, `/var/www/index.html` (`<h1>peapod</h1>`), Cmd `sh`.
@@ -245,4 +247,341 @@ pub fn env(key: &str, value: &str) -> KeyValue {
         key: key.to_owned(),
         value: value.to_owned(),
     }
+}
+
+/// Where the daemon under test keeps monitor sockets and pod `/dev/shm`s (inside the node).
+const RUN_DIR: &str = "/run/peapod";
+
+/// A process of the node with its command line.
+#[derive(Clone, Debug)]
+struct ProcArgs {
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    args: String,
+}
+
+impl Node {
+    async fn process_args(&self) -> Result<Vec<ProcArgs>> {
+        parse_ps(&self.exec(&["sh", "-c", PS]).await?)
+    }
+
+    /// The node's container monitors (`peapod monitor <container dir>`): (container id,
+    /// monitor pid as seen inside the node), sorted.
+    pub async fn monitors(&self) -> Result<Vec<(String, u32)>> {
+        Ok(monitors_in(&self.process_args().await?))
+    }
+
+    /// Container cgroups (dirs below a pod's cgroup, in any hierarchy) of the node's pods:
+    /// (pod, container id).
+    pub fn container_cgroups(&self) -> Vec<(String, String)> {
+        let mut out = BTreeSet::new();
+        for pod_dir in crate::cgroup_dirs(self.cgroup_parent())
+            .iter()
+            .flat_map(|parent| std::fs::read_dir(parent).into_iter().flatten().flatten())
+            .filter(|e| e.path().is_dir())
+        {
+            let pod = pod_dir.file_name().to_string_lossy().into_owned();
+            for ctr in std::fs::read_dir(pod_dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if ctr.path().is_dir() {
+                    out.insert((pod.clone(), ctr.file_name().to_string_lossy().into_owned()));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Processes that are neither the node's own (its PID 1, the daemon, pauses, `ps`) nor a
+    /// monitor or below one: a container's process that lost its monitor, say.
+    pub async fn stray_processes(&self) -> Result<Vec<String>> {
+        Ok(strays_in(&self.process_args().await?))
+    }
+
+    /// Container ids that have a dir under `<state>/containers`.
+    pub fn container_dirs(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.state_dir().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Monitor control sockets (`<run dir>/mon/<id>.sock`) in the node.
+    pub async fn monitor_sockets(&self) -> Result<Vec<String>> {
+        let script = format!("ls -1 {RUN_DIR}/mon 2>/dev/null || true");
+        let out = self.exec(&["sh", "-c", &script]).await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// Mounts of pod `/dev/shm`s (`<run dir>/shm/<pod>`) in the node.
+    pub async fn shm_mounts(&self) -> Result<Vec<String>> {
+        let prefix = format!(" {RUN_DIR}/shm/");
+        Ok(self
+            .mounts()
+            .await?
+            .into_iter()
+            .filter(|m| m.contains(&prefix))
+            .collect())
+    }
+
+    /// ListContainers, unfiltered.
+    pub async fn list_containers(&self) -> Result<Vec<Container>> {
+        let response = self
+            .client()
+            .await?
+            .list_containers(ListContainersRequest::default())
+            .await
+            .context("ListContainers")?;
+        Ok(response.into_inner().containers)
+    }
+
+    /// Fails, naming what it found, if anything of a container is left beyond the containers
+    /// ListContainers knows and the pods in `pods`: a container dir, a monitor, a monitor
+    /// socket, a process without a monitor, a `/dev/shm` mount of another pod. Monitors of
+    /// containers that just ended get [`SETTLE`] to go.
+    pub async fn assert_no_container_leftovers(&self, pods: &[String]) -> Result<()> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.container_leftovers(pods).await? {
+                None => return Ok(()),
+                Some(msg) if Instant::now() >= deadline => bail!(msg),
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Like [`Node::assert_no_container_leftovers`], at once, without waiting.
+    pub async fn check_no_container_leftovers(&self, pods: &[String]) -> Result<()> {
+        match self.container_leftovers(pods).await? {
+            None => Ok(()),
+            Some(msg) => bail!(msg),
+        }
+    }
+
+    async fn container_leftovers(&self, pods: &[String]) -> Result<Option<String>> {
+        let ctrs = self.list_containers().await?;
+        let known: BTreeSet<&str> = ctrs.iter().map(|c| c.id.as_str()).collect();
+        let running: BTreeSet<&str> = ctrs
+            .iter()
+            .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+            .map(|c| c.id.as_str())
+            .collect();
+        let mut found = Vec::new();
+        for c in &ctrs {
+            if !pods.contains(&c.pod_sandbox_id) {
+                found.push(format!("container {} of pod {}", c.id, c.pod_sandbox_id));
+            }
+        }
+        for dir in self.container_dirs() {
+            if !known.contains(dir.as_str()) {
+                found.push(format!("container dir {dir}"));
+            }
+        }
+        // One exec for processes, monitor sockets and mounts, in three sections.
+        let script = format!(
+            "{PS}; echo {MARK}; ls -1 {RUN_DIR}/mon 2>/dev/null; echo {MARK}; cat /proc/self/mounts"
+        );
+        let out = self.exec(&["sh", "-c", &script]).await?;
+        let mut sections = vec![String::new()];
+        for line in out.lines() {
+            if line == MARK {
+                sections.push(String::new());
+            } else if let Some(last) = sections.last_mut() {
+                last.push_str(line);
+                last.push('\n');
+            }
+        }
+        ensure!(sections.len() == 3, "unexpected output: {out}");
+        let procs = parse_ps(&sections[0])?;
+        let sockets = &sections[1];
+        let mounts = &sections[2];
+        let monitors = monitors_in(&procs);
+        for (id, pid) in &monitors {
+            if !running.contains(id.as_str()) {
+                found.push(format!(
+                    "monitor {pid} of container {id}, which is not Running"
+                ));
+            }
+            if monitors.iter().filter(|(other, _)| other == id).count() > 1 {
+                found.push(format!(
+                    "monitor {pid} of container {id}, which has several"
+                ));
+            }
+        }
+        for (pod, id) in self.container_cgroups() {
+            if !known.contains(id.as_str()) {
+                found.push(format!("cgroup of no container: {pod}/{id}"));
+            } else if !running.contains(id.as_str())
+                && self.container_info(&id).await?["cgroupPath"].is_null()
+            {
+                // RemoveContainer would not know of it.
+                found.push(format!(
+                    "cgroup {pod}/{id} that its container has no record of"
+                ));
+            }
+        }
+        for sock in sockets.lines() {
+            let id = sock.trim_end_matches(".sock");
+            if !running.contains(id) {
+                found.push(format!("monitor socket {sock}"));
+            }
+        }
+        for p in strays_in(&procs) {
+            found.push(format!("process without a monitor: {p}"));
+        }
+        let shm = format!(" {RUN_DIR}/shm/");
+        for m in mounts.lines().filter(|m| m.contains(&shm)) {
+            if !pods.iter().any(|p| m.contains(p.as_str())) {
+                found.push(format!("/dev/shm mount of no pod: {m}"));
+            }
+        }
+        Ok((!found.is_empty()).then(|| {
+            format!(
+                "containers left traces in the node:\n  {}",
+                found.join("\n  ")
+            )
+        }))
+    }
+
+    /// Running containers are alive: each one's process exists in its pod's network
+    /// namespace, and its monitor (the one on record, and only that one) runs.
+    pub async fn assert_containers_alive(&self, ids: &[String]) -> Result<()> {
+        let monitors = self.monitors().await?;
+        let mut pairs = Vec::new();
+        for id in ids {
+            let info = self.container_info(id).await?;
+            let pid = info["pid"]
+                .as_u64()
+                .with_context(|| format!("Running container {id} has no pid: {info}"))?;
+            let monitor = info["monitorPid"]
+                .as_u64()
+                .with_context(|| format!("Running container {id} has no monitor: {info}"))?;
+            let pod = info["sandboxID"].as_str().context("no sandboxID")?;
+            let pause = self.pod_info(pod).await?.pause_pid()?;
+            let running: Vec<u32> = monitors
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, pid)| *pid)
+                .collect();
+            ensure!(
+                running == [monitor as u32],
+                "Running container {id} has monitor {monitor} on record and {running:?} running"
+            );
+            pairs.push((id, pid, u64::from(pause)));
+        }
+        // One exec for all: the netns of each container process and of its pod's pause.
+        let script: String = pairs
+            .iter()
+            .map(|(_, pid, pause)| {
+                format!(
+                    "echo $(readlink /proc/{pid}/ns/net || echo none) \
+                     $(readlink /proc/{pause}/ns/net || echo none);"
+                )
+            })
+            .collect();
+        let out = self.exec(&["sh", "-c", &script]).await?;
+        for ((id, pid, pause), line) in pairs.iter().zip(out.lines()) {
+            let (mine, pods) = line.split_once(' ').unwrap_or((line, ""));
+            ensure!(
+                mine != "none",
+                "Running container {id} has no process {pid}"
+            );
+            ensure!(
+                mine == pods,
+                "container {id} (pid {pid}) is in {mine}, its pod (pause {pause}) in {pods}"
+            );
+        }
+        ensure!(
+            out.lines().count() == pairs.len(),
+            "unexpected netns listing: {out}"
+        );
+        Ok(())
+    }
+}
+
+/// Separates the sections of one exec's output.
+const MARK: &str = "==peapod-tests==";
+
+/// `ps` with what [`parse_ps`] reads.
+const PS: &str = "ps -e -o pid=,ppid=,comm=,args=";
+
+fn parse_ps(out: &str) -> Result<Vec<ProcArgs>> {
+    let mut procs = Vec::new();
+    for line in out.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(pid), Some(ppid), Some(comm)) = (f.next(), f.next(), f.next()) else {
+            bail!("unexpected ps line {line:?}");
+        };
+        procs.push(ProcArgs {
+            pid: pid.parse()?,
+            ppid: ppid.parse()?,
+            comm: comm.to_owned(),
+            args: f.collect::<Vec<_>>().join(" "),
+        });
+    }
+    Ok(procs)
+}
+
+/// (container id, monitor pid) of the monitors among `procs`, sorted.
+fn monitors_in(procs: &[ProcArgs]) -> Vec<(String, u32)> {
+    let mut all: Vec<(String, u32)> = procs
+        .iter()
+        .filter_map(|p| monitor_of(&p.args).map(|id| (id, p.pid)))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The processes among `procs` that are neither the node's own (its PID 1, the daemon,
+/// pauses, `ps` and the shell that ran it) nor a monitor or below one.
+fn strays_in(procs: &[ProcArgs]) -> Vec<String> {
+    let parent: BTreeMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
+    let monitors: BTreeSet<u32> = procs
+        .iter()
+        .filter(|p| monitor_of(&p.args).is_some())
+        .map(|p| p.pid)
+        .collect();
+    let ps: BTreeSet<u32> = procs
+        .iter()
+        .filter(|p| p.comm == "ps")
+        .flat_map(|p| [p.pid, p.ppid])
+        .collect();
+    let under_monitor = |mut pid: u32| {
+        while let Some(&ppid) = parent.get(&pid) {
+            if monitors.contains(&pid) {
+                return true;
+            }
+            pid = ppid;
+        }
+        false
+    };
+    procs
+        .iter()
+        .filter(|p| {
+            let own = p.pid == 1
+                || p.comm == "peapod-pause"
+                || ps.contains(&p.pid)
+                || (p.comm == "peapod" && p.args.contains(" serve "));
+            !own && !under_monitor(p.pid)
+        })
+        .map(|p| format!("{} (ppid {}) {}", p.pid, p.ppid, p.args))
+        .collect()
+}
+
+/// The container id of a monitor's command line (`… peapod monitor <dir>/<id>`).
+fn monitor_of(args: &str) -> Option<String> {
+    let mut words = args.split_whitespace();
+    let exe = words.next()?;
+    (exe.ends_with("/peapod") && words.next() == Some("monitor"))
+        .then(|| words.next())
+        .flatten()
+        .and_then(|dir| dir.rsplit('/').next())
+        .map(str::to_owned)
 }

@@ -1,8 +1,11 @@
 //! Crash injection: the daemon is SIGKILLed at a random moment while clients create, stop and
-//! remove pods, then restarted, over and over. After every restart each pod is whole (Ready,
+//! remove pods — and, every fourth time, create, start, stop and remove containers in pods
+//! made before — then restarted, over and over. After every restart each pod is whole (Ready,
 //! with its pin, its veth on the bridge and a lease naming it) or NotReady (and removable), no
-//! IP is leased twice, no lease, pin or veth belongs to no pod; and after removing everything
-//! nothing is left in the kernel or on disk.
+//! IP is leased twice, no lease, pin or veth belongs to no pod; every Running container has
+//! its process in its pod's netns and its monitor, and nothing of a container (dir, monitor,
+//! socket, process, `/dev/shm` mount) is left that no container or pod accounts for; and
+//! after removing everything nothing is left in the kernel or on disk.
 //!
 //! `PEAPOD_CRASH_ITERATIONS` sets the number of crashes (default 200); the random seed is
 //! printed, and `PEAPOD_CRASH_SEED` replays one.
@@ -15,9 +18,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
-    PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+    ContainerState, CreateContainerRequest, PodSandboxState, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
+use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Node, PodConfig, cri, host_veth};
+
+/// Container clients, each in its own pod, in the iterations with containers.
+const CONTAINER_CLIENTS: u64 = 2;
 
 /// xorshift64*: enough randomness for timing and choices, replayable from the seed.
 struct Rng(u64);
@@ -63,6 +72,98 @@ async fn churn(socket: PathBuf, configs: Vec<PodConfig>, seed: u64) {
             return;
         }
     }
+}
+
+/// One client's container churn in a pod made before: create a container, start it,
+/// sometimes stop it, mostly remove it; again. Errors are ignored, as in [`churn`].
+async fn container_churn(
+    socket: PathBuf,
+    pod: String,
+    config: PodConfig,
+    names: Vec<String>,
+    seed: u64,
+) {
+    let mut rng = Rng(seed | 1);
+    for name in names {
+        let Ok(mut c) = cri::connect(&socket).await else {
+            return;
+        };
+        let create = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&name, BUSYBOX, &["sleep", "1000"])),
+            sandbox_config: Some(config.build()),
+        };
+        let Ok(r) = c.create_container(create).await else {
+            return;
+        };
+        let container_id = r.into_inner().container_id;
+        let start = StartContainerRequest {
+            container_id: container_id.clone(),
+        };
+        if c.start_container(start).await.is_err() {
+            return;
+        }
+        if rng.below(2) == 0 {
+            let stop = StopContainerRequest {
+                container_id: container_id.clone(),
+                timeout: 0,
+            };
+            if c.stop_container(stop).await.is_err() {
+                return;
+            }
+        }
+        if rng.below(4) == 0 {
+            continue; // leave some containers behind, running or stopped
+        }
+        let rm = RemoveContainerRequest { container_id };
+        if c.remove_container(rm).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Every Running container alive in its pod; nothing of a container beyond what the
+/// containers and pods account for.
+async fn check_containers(node: &Node, iteration: u64) -> Result<usize> {
+    let pods: Vec<String> = node.list_pods().await?.into_iter().map(|p| p.id).collect();
+    node.assert_no_container_leftovers(&pods)
+        .await
+        .with_context(|| format!("#{iteration}"))?;
+    let ctrs = node.list_containers().await?;
+    let running: Vec<String> = ctrs
+        .iter()
+        .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+        .map(|c| c.id.clone())
+        .collect();
+    node.assert_containers_alive(&running)
+        .await
+        .with_context(|| format!("#{iteration}"))?;
+    Ok(ctrs.len())
+}
+
+/// Pods for the container clients, made (outside the crash window) where missing or not
+/// Ready.
+async fn container_pods(
+    node: &Node,
+    pods: &mut Vec<(String, PodConfig)>,
+    iteration: u64,
+) -> Result<()> {
+    let ready: BTreeSet<String> = node
+        .list_pods()
+        .await?
+        .into_iter()
+        .filter(|p| p.state == PodSandboxState::SandboxReady as i32)
+        .map(|p| p.id)
+        .collect();
+    pods.retain(|(id, _)| ready.contains(id));
+    let mut k = 0;
+    while pods.len() < CONTAINER_CLIENTS as usize {
+        k += 1;
+        let config = node.pod_config(&format!("ctr-{iteration}-{k}"));
+        let id = node.run_pod(&config).await?;
+        pods.push((id, config));
+    }
+    Ok(())
 }
 
 /// Every pod whole or NotReady, nothing owned by no pod, no IP twice.
@@ -180,18 +281,46 @@ async fn sigkill_at_random_moments_loses_and_leaks_nothing() -> Result<()> {
     println!("crash injection: {iterations} iterations, PEAPOD_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let mut node = common::node().await?;
+    node.import_busybox().await?;
     const CLIENTS: u64 = 4;
     let mut survivors_seen = 0;
+    let mut containers_seen = 0;
+    let mut ctr_pods = Vec::new();
     for i in 0..iterations {
+        // Containers every fourth time, in pods made before the crash window opens.
+        let with_containers = i % 4 == 1;
+        if with_containers {
+            container_pods(&node, &mut ctr_pods, i).await?;
+        }
         let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
+        // Fewer pod clients when the window is wider, so that pods do not pile up.
+        let pod_clients = if with_containers {
+            CLIENTS / 2
+        } else {
+            CLIENTS
+        };
+        for c in 0..pod_clients {
             // Fresh names each iteration, so that a leftover pod never blocks a name.
             let configs = (0..3)
                 .map(|k| node.pod_config(&format!("crash-{i}-{c}-{k}")))
                 .collect();
             tasks.push(tokio::spawn(churn(node.socket(), configs, rng.next())));
         }
-        tokio::time::sleep(Duration::from_micros(rng.below(40_000))).await;
+        if with_containers {
+            for (c, (pod, config)) in ctr_pods.iter().enumerate() {
+                let names = (0..3).map(|k| format!("ctr-{i}-{c}-{k}")).collect();
+                let churn = container_churn(
+                    node.socket(),
+                    pod.clone(),
+                    config.clone(),
+                    names,
+                    rng.next(),
+                );
+                tasks.push(tokio::spawn(churn));
+            }
+        }
+        let window = if with_containers { 150_000 } else { 40_000 };
+        tokio::time::sleep(Duration::from_micros(rng.below(window))).await;
         node.kill_daemon().await?;
         for t in tasks {
             let _ = t.await;
@@ -200,11 +329,15 @@ async fn sigkill_at_random_moments_loses_and_leaks_nothing() -> Result<()> {
         check_invariants(&node, i)
             .await
             .with_context(|| format!("after crash #{i} (PEAPOD_CRASH_SEED={seed})"))?;
+        let containers = check_containers(&node, i)
+            .await
+            .with_context(|| format!("after crash #{i} (PEAPOD_CRASH_SEED={seed})"))?;
+        containers_seen += containers;
         // Keep the node from filling up: remove what is left now and then, checking that
         // every pod, whole or not, can be removed.
         let pods = node.list_pods().await?;
         survivors_seen += pods.len();
-        if pods.len() > 20 || i + 1 == iterations {
+        if pods.len() > 20 || containers > 12 || i + 1 == iterations {
             check_reachable(&node, i).await?;
             for p in &pods {
                 node.remove_pod(&p.id)
@@ -214,8 +347,18 @@ async fn sigkill_at_random_moments_loses_and_leaks_nothing() -> Result<()> {
             node.assert_empty()
                 .await
                 .with_context(|| format!("after crash #{i} and removing every pod"))?;
+            node.assert_no_container_leftovers(&[])
+                .await
+                .with_context(|| format!("after crash #{i} and removing every pod"))?;
+            ensure!(
+                node.shm_mounts().await?.is_empty(),
+                "#{i}: pod /dev/shm mounts left after removing every pod"
+            );
         }
     }
-    println!("crash injection: {iterations} crashes, {survivors_seen} pod-survivals checked");
+    println!(
+        "crash injection: {iterations} crashes, {survivors_seen} pod-survivals and \
+         {containers_seen} container-survivals checked"
+    );
     Ok(())
 }

@@ -4,12 +4,24 @@
 //! restarts it, and checks that the pod is whole or gone (run), NotReady and removable (stop),
 //! or removable (remove) — and that nothing is left once it is removed. A pod made before the
 //! crashes stays whole throughout.
+//!
+//! The same for containers, at every point of CreateContainer (whole and startable, or gone;
+//! the name can be used again), StartContainer (Running with its process, log and exec, or
+//! Created/Exited and removable; never a Running record without a process, never a monitor
+//! or a process of no container), StopContainer and RemoveContainer (removable). After each
+//! crash nothing of a container is left that its record does not account for, and after the
+//! pod goes, nothing at all. A pod and a container made before the crashes stay whole.
 
 mod common;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::PodSandboxState;
-use peapod_tests::{Node, host_veth};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerState, NamespaceMode, NamespaceOption, PodSandboxState,
+};
+use peapod_tests::containers::{BUSYBOX, container_config, security};
+use peapod_tests::{Node, PodConfig, host_veth};
 
 const RUN_POINTS: &[&str] = &[
     "run:dir",
@@ -30,6 +42,24 @@ const REMOVE_POINTS: &[&str] = &[
     "remove:unpinned",
     "remove:cgroup",
     "remove:files",
+];
+const CREATE_POINTS: &[&str] = &["create:dir", "create:shm", "create:launch", "create:record"];
+const START_POINTS: &[&str] = &[
+    "start:cgroup-recorded",
+    "start:cgroup",
+    "start:limits",
+    "start:monitor-spawned",
+    // The daemon is back before the monitor reports: it must wait for it, not start another.
+    "start:monitor-spawned,monitor:report",
+    "start:monitor",
+    "start:running",
+];
+const CSTOP_POINTS: &[&str] = &["cstop:killed", "cstop:leftovers", "cstop:monitor-gone"];
+const CREMOVE_POINTS: &[&str] = &[
+    "cremove:stopped",
+    "cremove:cgroup",
+    "cremove:socket",
+    "cremove:files",
 ];
 
 /// Restarts the daemon so that it crashes at `point`.
@@ -147,5 +177,241 @@ async fn every_fault_point_recovers() -> Result<()> {
     }
 
     node.stop_and_remove(&keep).await?;
+    node.assert_empty().await
+}
+
+/// A container that writes a line to its log every 100 ms.
+fn ticker(name: &str) -> ContainerConfig {
+    container_config(
+        name,
+        BUSYBOX,
+        &["sh", "-c", "while true; do echo tick; sleep 0.1; done"],
+    )
+}
+
+fn ticks(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(" stdout F tick")).count()
+}
+
+/// A Running container: its process lives in its pod's netns with its monitor, its log grows,
+/// ExecSync works.
+async fn assert_runs(node: &Node, cfg: &PodConfig, id: &str, name: &str, what: &str) -> Result<()> {
+    let s = node.container_status(id).await?;
+    ensure!(
+        s.state == ContainerState::ContainerRunning as i32,
+        "{what}: container {name} is not Running: {s:?}"
+    );
+    node.assert_containers_alive(&[id.to_owned()])
+        .await
+        .context(what.to_owned())?;
+    let log = format!("{name}.log");
+    let before = ticks(&node.container_log(cfg, &log));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ticks(&node.container_log(cfg, &log)) <= before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: the log of {name} does not grow"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = node
+        .exec_ok(id, &["echo", "hello"])
+        .await
+        .context(what.to_owned())?;
+    ensure!(out == "hello\n", "{what}: exec in {name} said {out:?}");
+    Ok(())
+}
+
+/// The containers of `pod` named `name`.
+async fn named(node: &Node, pod: &str, name: &str) -> Result<Vec<k8s_cri::v1::Container>> {
+    Ok(node
+        .list_containers()
+        .await?
+        .into_iter()
+        .filter(|c| c.pod_sandbox_id == pod && c.metadata.as_ref().is_some_and(|m| m.name == name))
+        .collect())
+}
+
+#[tokio::test]
+async fn every_container_fault_point_recovers() -> Result<()> {
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let keep_cfg = node.pod_config("keep");
+    let keep = node.run_pod(&keep_cfg).await?;
+    let keep_ctr = node.run_container(&keep, &keep_cfg, ticker("keep")).await?;
+    let cfg = node.pod_config("crashy");
+    let pod = node.run_pod(&cfg).await?;
+    // With one PID namespace for the pod, what a container's process leaves behind lives on
+    // when it is killed, until the stop sweeps its cgroup.
+    let shared_cfg = node.pod_config("shared").pid(NamespaceMode::Pod);
+    let shared = node.run_pod(&shared_cfg).await?;
+    let pods = [keep.clone(), pod.clone(), shared.clone()];
+    let mut n = 0;
+
+    for point in CREATE_POINTS {
+        n += 1;
+        let name = format!("create-{n}");
+        arm(&mut node, point).await?;
+        let crashed = node.create_container(&pod, &cfg, ticker(&name)).await;
+        ensure!(
+            crashed.is_err(),
+            "{point}: CreateContainer answered {crashed:?}"
+        );
+        crashed_then_restart(&mut node, point).await?;
+        // Whole (Created, and it starts and runs) or gone.
+        let found = named(&node, &pod, &name).await?;
+        ensure!(
+            found.is_empty() || *point == "create:record",
+            "{point}: an interrupted container survived: {found:?}"
+        );
+        for c in &found {
+            ensure!(
+                c.state == ContainerState::ContainerCreated as i32,
+                "{point}: {c:?}"
+            );
+            node.start_container(&c.id).await.context(*point)?;
+            assert_runs(&node, &cfg, &c.id, &name, point).await?;
+            node.remove_container(&c.id).await.context(*point)?;
+        }
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        // The same name and attempt can be used again.
+        let again = node
+            .create_container(&pod, &cfg, ticker(&name))
+            .await
+            .context(*point)?;
+        node.remove_container(&again).await.context(*point)?;
+        assert_runs(&node, &keep_cfg, &keep_ctr, "keep", point).await?;
+    }
+
+    for point in START_POINTS {
+        n += 1;
+        let name = format!("start-{n}");
+        let id = node.create_container(&pod, &cfg, ticker(&name)).await?;
+        arm(&mut node, point).await?;
+        let crashed = node.start_container(&id).await;
+        ensure!(crashed.is_err(), "{point}: StartContainer answered");
+        crashed_then_restart(&mut node, point).await?;
+        // Right away: the restarted daemon has settled what the crash left.
+        node.check_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        let s = node.container_status(&id).await?;
+        if s.state == ContainerState::ContainerCreated as i32 {
+            // Not started: it still can be (at once: a monitor still on its way must not
+            // make it two).
+            node.start_container(&id).await.context(*point)?;
+        }
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        let s = node.container_status(&id).await?;
+        if s.state == ContainerState::ContainerRunning as i32 {
+            assert_runs(&node, &cfg, &id, &name, point).await?;
+        }
+        node.remove_container(&id).await.context(*point)?;
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        assert_runs(&node, &keep_cfg, &keep_ctr, "keep", point).await?;
+    }
+
+    for point in CSTOP_POINTS {
+        n += 1;
+        let name = format!("cstop-{n}");
+        let mut config = container_config(
+            &name,
+            BUSYBOX,
+            &[
+                "sh",
+                "-c",
+                "sleep 1000 & while true; do echo tick; sleep 0.1; done",
+            ],
+        );
+        security(&mut config).namespace_options = Some(NamespaceOption {
+            pid: NamespaceMode::Pod as i32,
+            ..Default::default()
+        });
+        let id = node.run_container(&shared, &shared_cfg, config).await?;
+        let bg = ["sh", "-c", "ps | grep -q '[s]leep 1000'"];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while node.exec_ok(&id, &bg).await.is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no sleep 1000 in {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        arm(&mut node, point).await?;
+        let crashed = node.stop_container(&id, 0).await;
+        ensure!(crashed.is_err(), "{point}: StopContainer answered");
+        crashed_then_restart(&mut node, point).await?;
+        let s = node.container_status(&id).await?;
+        ensure!(
+            s.state == ContainerState::ContainerExited as i32,
+            "{point}: a container whose Stop crashed after the kill is {s:?}"
+        );
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        node.stop_container(&id, 0).await.context(*point)?;
+        node.remove_container(&id).await.context(*point)?;
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        assert_runs(&node, &keep_cfg, &keep_ctr, "keep", point).await?;
+    }
+
+    for point in CREMOVE_POINTS {
+        n += 1;
+        let name = format!("cremove-{n}");
+        let id = node.run_container(&pod, &cfg, ticker(&name)).await?;
+        arm(&mut node, point).await?;
+        let crashed = node.remove_container(&id).await;
+        ensure!(crashed.is_err(), "{point}: RemoveContainer answered");
+        crashed_then_restart(&mut node, point).await?;
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        node.remove_container(&id).await.context(*point)?;
+        ensure!(
+            named(&node, &pod, &name).await?.is_empty(),
+            "{point}: removed container still listed"
+        );
+        node.assert_no_container_leftovers(&pods)
+            .await
+            .context(*point)?;
+        assert_runs(&node, &keep_cfg, &keep_ctr, "keep", point).await?;
+    }
+
+    // No crash: a container that ends on its own in a pod-wide PID namespace leaves its
+    // child behind, in its cgroup; removing the container kills it.
+    let mut config = container_config("orphaner", BUSYBOX, &["sh", "-c", "sleep 1000 & exit 3"]);
+    security(&mut config).namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let id = node.run_container(&shared, &shared_cfg, config).await?;
+    node.wait_exited(&id, Duration::from_secs(10)).await?;
+    node.remove_container(&id).await?;
+    node.assert_no_container_leftovers(&pods).await?;
+
+    // The pods go with a running and a created container: nothing of them is left.
+    node.run_container(&pod, &cfg, ticker("last-running"))
+        .await?;
+    node.create_container(&pod, &cfg, ticker("last-created"))
+        .await?;
+    node.stop_and_remove(&pod).await?;
+    node.stop_and_remove(&shared).await?;
+    node.assert_no_container_leftovers(std::slice::from_ref(&keep))
+        .await?;
+    assert_runs(&node, &keep_cfg, &keep_ctr, "keep", "at the end").await?;
+    node.stop_and_remove(&keep).await?;
+    node.assert_no_container_leftovers(&[]).await?;
+    ensure!(
+        node.shm_mounts().await?.is_empty(),
+        "pod /dev/shm mounts left"
+    );
     node.assert_empty().await
 }

@@ -8,6 +8,7 @@ use super::error::ContainerError;
 use super::launch::{self, CgroupDir};
 use super::model::{ContainerRecord, ContainerSpec, ContainerState};
 use super::{Containers, Filter, Result, cgroup, new_id, now_nanos};
+use crate::fault;
 use crate::monitor::LAUNCH_FILE;
 use crate::sandbox::SandboxState;
 use crate::sandbox::model::NsMode;
@@ -102,11 +103,13 @@ impl Containers {
         for d in [dir.join("upper"), dir.join("work"), dir.join("rootfs")] {
             store::create_dir_all(&d)?;
         }
+        fault::point("create:dir");
         let shm = match (&sandbox.pins.ipc, sandbox.spec.namespaces.ipc) {
             (Some(_), _) => Some(self.ensure_shm(&sandbox.id)?),
             (None, NsMode::Node) => Some(PathBuf::from("/dev/shm")),
             (None, _) => None,
         };
+        fault::point("create:shm");
         let cg_rel = sandbox
             .cgroup
             .as_ref()
@@ -138,6 +141,7 @@ impl Containers {
             control_socket: self.socket(id),
         })?;
         store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
+        fault::point("create:launch");
         let stop_signal = image
             .config
             .stop_signal
@@ -166,6 +170,7 @@ impl Containers {
             exit: None,
         };
         self.persist(&rec)?;
+        fault::point("create:record");
         info!(container = %id, sandbox = %rec.sandbox_id, name = %rec.spec.name, "container created");
         self.insert(rec);
         Ok(())

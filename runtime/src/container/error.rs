@@ -69,6 +69,8 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("container {id} has a monitor from before a daemon crash that is still starting")]
+    MonitorStarting { id: String },
     #[error("container {id} failed to start: {message}")]
     Start { id: String, message: String },
     #[error("cannot signal container {id} (pid {pid})")]

@@ -2,23 +2,29 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::error::ContainerError;
-use super::model::{ContainerState, ExitRecord};
+use super::model::{ContainerRecord, ContainerState, ExitRecord};
 use super::{Containers, Result, cgroup, gc, now_nanos};
-use crate::monitor::Reply;
+use crate::fault;
+use crate::monitor::{MONITOR_FILE, MONITOR_LOCK, Reply};
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
 
 /// How long a container may take to exit after SIGKILL, and its monitor to finish after.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a monitor left starting by a crashed daemon may take to report or end.
+const MONITOR_WAIT: Duration = Duration::from_secs(10);
 
 impl Containers {
-    /// StartContainer: cgroup and limits, then the monitor, which starts the process.
+    /// StartContainer: cgroup and limits, then the monitor, which starts the process. The
+    /// cgroup is recorded before it is made, so that a crash in between leaves nothing that
+    /// RemoveContainer does not know of; a crash once the monitor answered is picked up from
+    /// its `monitor.json` (see `refresh`).
     pub fn start(&self, id: &str) -> Result<()> {
         let id = self.resolve(id)?;
         let entry = self
@@ -26,14 +32,18 @@ impl Containers {
             .ok_or(ContainerError::NotFound { id: id.clone() })?;
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
-        self.refresh(&mut rec);
+        self.settle(&mut rec);
         if !rec.state.can_start() {
+            *entry.rec.lock().expect("lock") = rec.clone();
             return Err(ContainerError::WrongState {
                 id,
                 state: rec.state,
                 op: "start",
             });
         }
+        let lock = self
+            .monitor_lock(&id)?
+            .ok_or_else(|| ContainerError::MonitorStarting { id: id.clone() })?;
         let pod = self.sandboxes.status(&rec.sandbox_id)?;
         if pod.state != SandboxState::Ready {
             return Err(ContainerError::SandboxNotReady { id: pod.id });
@@ -43,13 +53,22 @@ impl Containers {
             .as_ref()
             .ok_or_else(|| ContainerError::SandboxNotReady { id: pod.id.clone() })?;
         let cgroups = self.sandboxes.cgroups();
-        let cg = cgroups.create(&pod_cg.rel.to_string_lossy(), &id)?;
-        rec.cgroup = Some(cg.clone());
+        let pod_rel = pod_cg.rel.to_string_lossy();
+        let cg = cgroups.record_for(&pod_rel, &id);
+        if rec.cgroup.as_ref() != Some(&cg) {
+            rec.cgroup = Some(cg.clone());
+            self.persist(&rec)?;
+            *entry.rec.lock().expect("lock") = rec.clone();
+        }
+        fault::point("start:cgroup-recorded");
         let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
-        let spawned = self.persist(&rec).and_then(|()| {
+        let spawned = (|| {
+            cgroups.create(&pod_rel, &id)?;
+            fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
-            self.spawn_monitor(&id)
-        });
+            fault::point("start:limits");
+            self.spawn_monitor(&id, lock)
+        })();
         let reply = match spawned {
             Ok(reply) => reply,
             Err(e) => {
@@ -67,12 +86,14 @@ impl Containers {
         };
         match reply {
             Reply::Running(r) => {
+                fault::point("start:monitor");
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
                 // In memory first: it runs, whether or not the record can be written.
                 *entry.rec.lock().expect("lock") = rec.clone();
                 self.persist(&rec)?;
+                fault::point("start:running");
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
                 Ok(())
             }
@@ -102,9 +123,51 @@ impl Containers {
         }
     }
 
-    /// Runs `peapod monitor <dir>`: its first process exits at once (the monitor is no child of
-    /// ours); the monitor says on the pipe whether the container runs, then closes it.
-    fn spawn_monitor(&self, id: &str) -> Result<Reply> {
+    /// The container's `monitor.lock`, locked by us; `None` when a monitor holds it. The
+    /// daemon hands it, locked, to the monitor it spawns, and every monitor process keeps it
+    /// until it exits: so a lock that is held while no start is in flight (only after a
+    /// crash) means a monitor of an earlier daemon is still alive or still starting.
+    fn monitor_lock(&self, id: &str) -> Result<Option<std::fs::File>> {
+        let path = self.dir(id).join(MONITOR_LOCK);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ContainerError::io("open", path.clone()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(ContainerError::io("lock", path)(e)),
+        }
+    }
+
+    /// Brings a Created record up to date when a monitor started by an earlier daemon (which
+    /// crashed while it started) still holds the container's lock: waits for that monitor to
+    /// report (`monitor.json`, then the container runs) or to end, then refreshes.
+    pub(super) fn settle(&self, rec: &mut ContainerRecord) {
+        self.refresh(rec);
+        if rec.state != ContainerState::Created || !self.dir(&rec.id).join(MONITOR_LOCK).exists() {
+            return;
+        }
+        let deadline = Instant::now() + MONITOR_WAIT;
+        while Instant::now() < deadline {
+            match self.monitor_lock(&rec.id) {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if self.dir(&rec.id).join(MONITOR_FILE).exists() => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        self.refresh(rec);
+        if rec.state == ContainerState::Created && matches!(self.monitor_lock(&rec.id), Ok(None)) {
+            warn!(container = %rec.id, "a monitor from before a crash is still starting");
+        }
+    }
+
+    /// Runs `peapod monitor <dir>` with the locked `monitor.lock` as its stdin: its first
+    /// process exits at once (the monitor is no child of ours); the monitor says on the pipe
+    /// whether the container runs, then closes it.
+    fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Reply> {
         let dir = self.dir(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -114,7 +177,7 @@ impl Containers {
         let mut child = Command::new(&self.exe)
             .arg("monitor")
             .arg(&dir)
-            .stdin(Stdio::null())
+            .stdin(lock)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -122,6 +185,7 @@ impl Containers {
                 id: id.to_owned(),
                 source,
             })?;
+        fault::point("start:monitor-spawned");
         let mut out = String::new();
         let read = child.stdout.take().expect("piped").read_to_string(&mut out);
         let _ = child.wait();
@@ -148,19 +212,39 @@ impl Containers {
         };
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
-        self.refresh(&mut rec);
+        self.settle(&mut rec);
         if let (ContainerState::Running, Some(r)) = (rec.state, rec.running) {
             let grace = Duration::from_secs(timeout.max(0) as u64);
             self.kill(&id, r.init, rec.stop_signal, grace)?;
+            fault::point("cstop:killed");
             self.kill_leftovers(&rec);
+            fault::point("cstop:leftovers");
             if let Some(fd) = r.monitor.pidfd().ok().flatten() {
                 let _ = wait_exit_blocking(&fd, KILL_WAIT);
             }
+            fault::point("cstop:monitor-gone");
             self.refresh(&mut rec);
             info!(container = %id, exit = ?rec.exit.as_ref().map(|e| e.exit_code), "container stopped");
         }
         *entry.rec.lock().expect("lock") = rec;
         Ok(())
+    }
+
+    /// Start-up: finishes a stop that a crash cut off between the container's end and the
+    /// sweep of its cgroup. What its process left behind (in a pod-wide PID namespace) is
+    /// killed; it would live on, and hold the log pipes open so that the monitor waits for
+    /// it and the container looks Running without a process.
+    pub(super) fn sweep_if_ended(&self, rec: &mut ContainerRecord) {
+        let monitor = match (rec.state, rec.running) {
+            (ContainerState::Running, Some(r)) if !r.init.is_alive() => Some(r.monitor),
+            (ContainerState::Exited, _) => None,
+            _ => return,
+        };
+        self.kill_leftovers(rec);
+        if let Some(fd) = monitor.and_then(|m| m.pidfd().ok().flatten()) {
+            let _ = wait_exit_blocking(&fd, KILL_WAIT);
+        }
+        self.refresh(rec);
     }
 
     /// SIGKILL to whatever is left in the container's cgroup once its process is gone: in a
@@ -205,16 +289,19 @@ impl Containers {
             return Ok(());
         };
         self.stop(&id, 0)?;
+        fault::point("cremove:stopped");
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         let mut errors = Vec::new();
-        // Whatever outlived its monitor or an exec: the cgroup must be empty to go.
+        // Whatever outlived its monitor or an exec: the cgroup must be empty to go. Also
+        // when it has exited: a crash may have come between its end and the stop's sweep.
         self.kill_leftovers(&rec);
         if let Some(cg) = &rec.cgroup {
             match self.sandboxes.cgroups().remove(cg) {
                 Ok(()) => rec.cgroup = None,
                 Err(e) => errors.push(ContainerError::Sandbox(e)),
             }
+            fault::point("cremove:cgroup");
         }
         let sock = self.socket(&id);
         if let Err(e) = std::fs::remove_file(&sock)
@@ -222,12 +309,13 @@ impl Containers {
         {
             errors.push(ContainerError::io("remove", sock)(e));
         }
+        fault::point("cremove:socket");
         if !errors.is_empty() {
             let _ = self.persist(&rec);
             *entry.rec.lock().expect("lock") = rec;
             return Err(ContainerError::Teardown { id, errors });
         }
-        if let Err(e) = store::remove_dir_all(&self.dir(&id)) {
+        if let Err(e) = self.remove_dir(&id) {
             warn!(container = %id, error = %e, "cannot remove the container dir");
             return Err(e.into());
         }
@@ -240,5 +328,36 @@ impl Containers {
         self.names.lock().expect("lock").remove(&key);
         info!(container = %id, "container removed");
         Ok(())
+    }
+
+    /// Deletes the container dir with the record last, so that a crash part-way leaves
+    /// either the record (and the removal is redone) or a dir without one (removed at
+    /// start-up).
+    fn remove_dir(&self, id: &str) -> std::result::Result<(), store::StoreError> {
+        let dir = self.dir(id);
+        let record = dir.join("container.json");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p == record {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                store::remove_dir_all(&p)?;
+            } else if let Err(source) = std::fs::remove_file(&p)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(store::StoreError::Remove { path: p, source });
+            }
+        }
+        fault::point("cremove:files");
+        if let Err(source) = std::fs::remove_file(&record)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(store::StoreError::Remove {
+                path: record,
+                source,
+            });
+        }
+        store::remove_dir_all(&dir)
     }
 }

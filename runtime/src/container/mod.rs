@@ -265,7 +265,8 @@ impl Containers {
             let path = ent.path().join("container.json");
             match store::read_json_opt::<ContainerRecord>(&path) {
                 Ok(Some(mut rec)) => {
-                    self.refresh(&mut rec);
+                    self.settle(&mut rec);
+                    self.sweep_if_ended(&mut rec);
                     self.insert(rec);
                 }
                 // Collected below, with its monitor and cgroup if it has any.

@@ -5,6 +5,11 @@
 //! then EOF) whether the container runs. Then it holds the container's stdout and stderr,
 //! writes them to the CRI log, answers `reopen` on its control socket, and when the container
 //! ends drains the pipes and writes `exit.json` atomically. It outlives the daemon.
+//!
+//! Its stdin is the container's `monitor.lock`, locked by the daemon (flock): the monitor
+//! keeps it open, never reads it, and the container's init replaces it with /dev/null. The
+//! lock is released only when the last monitor process ends, so a daemon restarted after a
+//! crash in the middle of a start knows whether a monitor is still on its way.
 // fork() needs unsafe; each block says why it holds.
 #![allow(unsafe_code)]
 
@@ -50,6 +55,9 @@ pub enum Reply {
 pub const LAUNCH_FILE: &str = "launch.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const MONITOR_FILE: &str = "monitor.json";
+/// Locked by the daemon and handed to the monitor as its stdin; held while any monitor
+/// process of the container lives (see `Containers::start`).
+pub const MONITOR_LOCK: &str = "monitor.lock";
 
 fn reply(r: &Reply) {
     let mut line = serde_json::to_vec(r).expect("serializes");
@@ -155,6 +163,9 @@ impl Monitor {
             .lines()
             .find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()));
         let init = pid.ok_or_else(|| io::Error::other("the init reported no pid"))?;
+        // The container runs and nothing says so yet: a daemon that crashed after it spawned
+        // us must wait for this report (the monitor lock tells it to).
+        crate::fault::stall("monitor:report");
         let running = Running {
             monitor: ProcRef::of(std::process::id() as i32)?,
             init: ProcRef::of(init)?,
