@@ -13,8 +13,10 @@ mod exec;
 pub mod launch;
 mod lifecycle;
 pub mod model;
+pub mod pod_stats;
 pub mod seccomp;
 pub mod security;
+pub mod stats;
 pub mod user;
 
 use std::collections::{BTreeMap, HashSet};
