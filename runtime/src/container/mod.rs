@@ -17,6 +17,7 @@ pub mod pod_stats;
 pub mod seccomp;
 pub mod security;
 pub mod stats;
+mod update;
 pub mod user;
 
 use std::collections::{BTreeMap, HashSet};

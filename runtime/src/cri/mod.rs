@@ -28,6 +28,7 @@ mod start_container;
 pub mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod update_container_resources;
 mod update_runtime_config;
 pub mod version;
 
@@ -225,6 +226,15 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Res<cri::UpdateContainerResourcesResponse> {
+        update_container_resources::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn container_stats(
         &self,
         req: Request<cri::ContainerStatsRequest>,
@@ -262,7 +272,6 @@ impl RuntimeService for CriService {
     }
 
     not_yet! {
-        update_container_resources: cri::UpdateContainerResourcesRequest => cri::UpdateContainerResourcesResponse;
         exec: cri::ExecRequest => cri::ExecResponse;
         attach: cri::AttachRequest => cri::AttachResponse;
         port_forward: cri::PortForwardRequest => cri::PortForwardResponse;
