@@ -1,8 +1,9 @@
 //! UpdateContainerResources: new limits for a created or running container. The fields the
 //! request sets replace the recorded ones (zero means "not specified", as in the CRI); the
 //! result is written into the container's cgroup with `cgroup::apply` when it has one, then
-//! persisted, so ContainerStatus and a later start see it. An exited container is refused, as
-//! containerd does.
+//! persisted, so ContainerStatus and a later start see it. A container that is not running
+//! (created, or exited) only has its record updated, as containerd does: no error for a
+//! container that exits while the kubelet resizes it.
 
 use std::path::PathBuf;
 
@@ -108,17 +109,12 @@ impl Containers {
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         self.refresh(&mut rec);
-        if rec.state == ContainerState::Exited {
-            return Err(ContainerError::WrongState {
-                id,
-                state: rec.state,
-                op: "update its resources",
-            });
-        }
         let old = rec.spec.resources.clone();
         let merged = merge(&old, new);
         validate(&merged)?;
-        if let Some(cg) = &rec.cgroup {
+        if rec.state == ContainerState::Running
+            && let Some(cg) = &rec.cgroup
+        {
             let cgroups = self.sandboxes.cgroups();
             let v2 = cgroups.version() == 2;
             let dirs: Vec<PathBuf> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
