@@ -433,6 +433,22 @@ async fn update_container_resources_changes_the_cgroup_and_the_status() -> Resul
             == ((32 * MIB) as i64, 20_000, 100_000),
         "{r:?}"
     );
+    // The CPU set, in the cpuset hierarchy.
+    update(
+        &node,
+        &app,
+        LinuxContainerResources {
+            cpuset_cpus: "0".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let cpus = node
+        .exec_ok(&app, &["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
+        .await?;
+    ensure!(cpus.trim() == "0", "cpuset.cpus {cpus:?}");
+    let r = reported(&node, &app).await?;
+    ensure!(r.cpuset_cpus == "0" && r.unified.is_empty(), "{r:?}");
     // The stats see the limit.
     let s = container_stats(&node, &app).await?;
     let avail = s.memory.and_then(|m| m.available_bytes).map(|v| v.value);
