@@ -17,8 +17,11 @@ pub mod gc;
 pub mod launch;
 mod lifecycle;
 pub mod model;
+pub mod pod_stats;
 pub mod seccomp;
 pub mod security;
+pub mod stats;
+mod update;
 pub mod user;
 
 use std::collections::{BTreeMap, HashSet};

@@ -1,6 +1,7 @@
 //! Thin gRPC adapters, one file per RPC: proto → domain → proto. Errors become a
 //! `tonic::Status` in one place (`status.rs`).
 
+mod container_stats;
 mod container_status;
 mod convert;
 mod create_container;
@@ -8,9 +9,12 @@ mod exec_sync;
 mod image;
 mod image_fs_info;
 mod image_status;
+mod list_container_stats;
 mod list_containers;
 mod list_images;
 mod list_pod_sandbox;
+mod list_pod_sandbox_stats;
+mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod pull_image;
 mod remove_container;
@@ -24,6 +28,7 @@ mod start_container;
 pub mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod update_container_resources;
 mod update_runtime_config;
 pub mod version;
 
@@ -221,15 +226,55 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Res<cri::UpdateContainerResourcesResponse> {
+        update_container_resources::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Res<cri::ContainerStatsResponse> {
+        container_stats::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Res<cri::ListContainerStatsResponse> {
+        list_container_stats::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Res<cri::PodSandboxStatsResponse> {
+        pod_sandbox_stats::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Res<cri::ListPodSandboxStatsResponse> {
+        list_pod_sandbox_stats::handle(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     not_yet! {
-        update_container_resources: cri::UpdateContainerResourcesRequest => cri::UpdateContainerResourcesResponse;
         exec: cri::ExecRequest => cri::ExecResponse;
         attach: cri::AttachRequest => cri::AttachResponse;
         port_forward: cri::PortForwardRequest => cri::PortForwardResponse;
-        container_stats: cri::ContainerStatsRequest => cri::ContainerStatsResponse;
-        list_container_stats: cri::ListContainerStatsRequest => cri::ListContainerStatsResponse;
-        pod_sandbox_stats: cri::PodSandboxStatsRequest => cri::PodSandboxStatsResponse;
-        list_pod_sandbox_stats: cri::ListPodSandboxStatsRequest => cri::ListPodSandboxStatsResponse;
         checkpoint_container: cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors: cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics: cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;
