@@ -31,6 +31,8 @@ pub fn merge(old: &Resources, new: &Resources) -> Resources {
     }
     r.unified
         .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    r.hugepage_limits
+        .extend(new.hugepage_limits.iter().map(|(k, v)| (k.clone(), *v)));
     r
 }
 
@@ -60,14 +62,8 @@ pub fn validate(r: &Resources) -> Result<()> {
             "must not be below memory_limit_in_bytes",
         );
     }
-    if let Some(k) = r
-        .unified
-        .keys()
-        .find(|k| k.contains('/') || k.starts_with('.'))
-    {
-        return bad("linux.unified", &format!("{k:?} is not a cgroup file name"));
-    }
-    Ok(())
+    // Page sizes and unified keys, as CreateContainer checks them.
+    cgroup::validate(r)
 }
 
 /// v1: raising the memory limit above the current swap+memory limit fails, so the new swap
@@ -146,6 +142,7 @@ mod tests {
             memory_limit: 64 << 20,
             memory_swap_limit: 128 << 20,
             oom_score_adj: 10,
+            hugepage_limits: [("2MB".to_owned(), 0)].into(),
             unified: [("pids.max".to_owned(), "20".to_owned())].into(),
         };
         let new = Resources {
@@ -162,6 +159,15 @@ mod tests {
         assert_eq!((m.memory_limit, m.memory_swap_limit), (256 << 20, 0));
         assert_eq!(m.oom_score_adj, 10);
         assert_eq!(m.unified["pids.max"], "30");
+        assert_eq!(m.hugepage_limits["2MB"], 0);
+        let m = merge(
+            &m,
+            &Resources {
+                hugepage_limits: [("2MB".to_owned(), 4 << 20)].into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(m.hugepage_limits["2MB"], 4 << 20);
         validate(&m).unwrap();
         assert_eq!(merge(&old, &Resources::default()), old);
     }

@@ -37,14 +37,7 @@ fn cpu_list(field: &str, v: &str) -> Result<(), Status> {
     }
 }
 
-/// Hugepage limits are not applied by peapod: a request for them is refused rather than
-/// silently dropped.
 fn from_cri(l: cri::LinuxContainerResources) -> Result<Resources, Status> {
-    if !l.hugepage_limits.is_empty() {
-        return Err(Status::invalid_argument(
-            "linux.hugepage_limits are not supported by peapod",
-        ));
-    }
     let mut unified: std::collections::BTreeMap<String, String> = l.unified.into_iter().collect();
     for (field, file, v) in [
         ("cpuset_cpus", CPUS, l.cpuset_cpus),
@@ -62,6 +55,11 @@ fn from_cri(l: cri::LinuxContainerResources) -> Result<Resources, Status> {
         memory_limit: l.memory_limit_in_bytes,
         memory_swap_limit: l.memory_swap_limit_in_bytes,
         oom_score_adj: l.oom_score_adj,
+        hugepage_limits: l
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
         unified,
     })
 }
@@ -81,8 +79,15 @@ pub fn to_cri(r: &Resources) -> cri::ContainerResources {
             memory_swap_limit_in_bytes: r.memory_swap_limit,
             cpuset_cpus,
             cpuset_mems,
+            hugepage_limits: r
+                .hugepage_limits
+                .iter()
+                .map(|(size, limit)| cri::HugepageLimit {
+                    page_size: size.clone(),
+                    limit: *limit,
+                })
+                .collect(),
             unified: unified.into_iter().collect(),
-            ..Default::default()
         }),
         windows: None,
     }
@@ -124,13 +129,12 @@ mod tests {
         let huge = cri::LinuxContainerResources {
             hugepage_limits: vec![cri::HugepageLimit {
                 page_size: "2MB".into(),
-                limit: 1,
+                limit: 4 << 20,
             }],
             ..Default::default()
         };
-        assert_eq!(
-            from_cri(huge).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        let r = from_cri(huge.clone()).unwrap();
+        assert_eq!(r.hugepage_limits["2MB"], 4 << 20);
+        assert_eq!(to_cri(&r).linux.unwrap(), huge);
     }
 }
