@@ -466,3 +466,47 @@ async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result
     ensure!(ls().await?.is_empty(), "container dirs left");
     node.assert_empty().await
 }
+
+/// A CreateContainer still in flight when its pod is stopped and removed (held mid-way by the
+/// `create:stall` fault point, after the pod's /dev/shm is mounted): the stop waits for it,
+/// and the removal takes the new container with it. Nothing is left: no record of a container
+/// whose pod is gone, no /dev/shm mount, dir, cgroup or process.
+#[tokio::test]
+async fn a_pod_removed_while_a_container_is_being_created_leaves_nothing() -> Result<()> {
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    node.stop_daemon().await?;
+    node.set_daemon_env("PEAPOD_FAULT", Some("create:stall"));
+    node.start_daemon().await?;
+    let cfg = node.pod_config("raced");
+    let pod = node.run_pod(&cfg).await?;
+    let create = node.create_container(&pod, &cfg, container_config("late", IMAGE, &["true"]));
+    let remove = async {
+        // Well inside the stall: the container's dir and the pod's /dev/shm exist by now.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        ensure!(
+            !node.shm_mounts().await?.is_empty(),
+            "the creation is not in its stall yet: the test would prove nothing"
+        );
+        node.stop_pod(&pod).await?;
+        node.remove_pod(&pod).await
+    };
+    let (created, removed) = tokio::join!(create, remove);
+    removed?;
+    // Made before the pod closed (then removed with it) or refused: both are fine.
+    if let Err(e) = &created {
+        ensure!(
+            format!("{e:#}").contains("not ready"),
+            "CreateContainer failed otherwise: {e:#}"
+        );
+    }
+    let left = node.list_containers().await?;
+    ensure!(left.is_empty(), "containers of a removed pod: {left:?}");
+    node.assert_no_container_leftovers(&[]).await?;
+    ensure!(
+        node.container_cgroups().is_empty(),
+        "cgroups left: {:?}",
+        node.container_cgroups()
+    );
+    Ok(())
+}

@@ -55,9 +55,9 @@ impl Containers {
         }
         check_log_path(&spec.log_path)?;
         let sandbox = self.sandboxes.status(sandbox_id)?;
-        if sandbox.state != SandboxState::Ready
-            || self.closed.lock().expect("lock").contains(&sandbox.id)
-        {
+        // Held until the container is recorded (see `closed`).
+        let closed = self.closed.read().expect("lock");
+        if sandbox.state != SandboxState::Ready || closed.contains(&sandbox.id) {
             return Err(ContainerError::SandboxNotReady { id: sandbox.id });
         }
         cgroup::check(
@@ -89,6 +89,7 @@ impl Containers {
             self.names.lock().expect("lock").remove(&key);
             let _ = store::remove_dir_all(&self.dir(&id));
         }
+        drop(closed);
         r.map(|()| id)
     }
 
@@ -110,6 +111,7 @@ impl Containers {
             (None, _) => None,
         };
         fault::point("create:shm");
+        fault::stall("create:stall");
         let cg_rel = sandbox
             .cgroup
             .as_ref()

@@ -57,8 +57,10 @@ pub struct Containers {
     ctrs: RwLock<std::collections::HashMap<String, Arc<Entry>>>,
     /// (sandbox, name, attempt) being created or existing: the AlreadyExists check.
     names: Mutex<HashSet<(String, String, u32)>>,
-    /// Pods being stopped or removed: no new containers.
-    closed: Mutex<HashSet<String>>,
+    /// Pods being stopped or removed: no new containers. A CreateContainer holds it for
+    /// reading from its check to its record, so that closing a pod (writing) waits for the
+    /// creations in flight, and the stop or removal that follows sees their containers.
+    closed: RwLock<HashSet<String>>,
 }
 
 /// A filter for `list`; every set field must match.
@@ -94,7 +96,7 @@ impl Containers {
             exe,
             ctrs: RwLock::new(Default::default()),
             names: Mutex::new(HashSet::new()),
-            closed: Mutex::new(HashSet::new()),
+            closed: RwLock::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&c);
         sandboxes.set_containers(weak);
@@ -352,7 +354,7 @@ impl Containers {
         op: impl Fn(&str) -> Result<()>,
     ) -> Vec<ContainerError> {
         self.closed
-            .lock()
+            .write()
             .expect("lock")
             .insert(sandbox_id.to_owned());
         self.of_pod(sandbox_id)
@@ -374,7 +376,7 @@ impl crate::sandbox::PodContainers for Containers {
             errors.push(e);
         }
         if errors.is_empty() {
-            self.closed.lock().expect("lock").remove(sandbox_id);
+            self.closed.write().expect("lock").remove(sandbox_id);
         }
         collect(sandbox_id, errors)
     }
