@@ -139,6 +139,26 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
         )
         .await?;
     ensure!(mem.trim() == (48u64 << 20).to_string(), "{mem}");
+    // Its process sits in <pod cgroup>/<container id> in every v1 hierarchy (the node's
+    // cgroup2 line, `0::`, holds no controller peapod uses here).
+    let cgroup = node.container_info(&main).await?["cgroupPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pid = node.container_pid(&main).await?;
+    let proc_cgroup = node.exec(&["cat", &format!("/proc/{pid}/cgroup")]).await?;
+    let v1: Vec<&str> = proc_cgroup
+        .lines()
+        .filter(|l| !l.starts_with("0::"))
+        .collect();
+    ensure!(
+        !cgroup.is_empty()
+            && !v1.is_empty()
+            && v1.iter().all(|l| l
+                .trim_end_matches('/')
+                .ends_with(cgroup.trim_start_matches('/'))),
+        "the container's process is not in {cgroup} in every hierarchy:\n{proc_cgroup}"
+    );
     let quota = node
         .exec_ok(
             &main,

@@ -119,14 +119,17 @@ async fn hostname_dns_hosts_sysctls_and_cgroup_follow_the_request() -> Result<()
         "the pod's kernel.shmmni leaked into the node"
     );
 
-    // The pause sits in <cgroup_parent>/<id>.
+    // The pause sits in <cgroup_parent>/<id>, in every v1 hierarchy (this node's cgroup2
+    // line, `0::`, holds no controller peapod uses here).
     let cgroup = format!("{}/{id}", node.cgroup_parent());
     let proc_cgroup = node.exec(&["cat", &format!("/proc/{pid}/cgroup")]).await?;
+    let v1: Vec<&str> = proc_cgroup
+        .lines()
+        .filter(|l| !l.starts_with("0::"))
+        .collect();
     ensure!(
-        proc_cgroup
-            .lines()
-            .any(|l| l.ends_with(&format!(":{cgroup}"))),
-        "the pause is not in {cgroup}:\n{proc_cgroup}"
+        !v1.is_empty() && v1.iter().all(|l| l.ends_with(&format!(":{cgroup}"))),
+        "the pause is not in {cgroup} in every hierarchy:\n{proc_cgroup}"
     );
     ensure!(
         !peapod_tests::cgroup_dirs(&cgroup).is_empty(),
