@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT. Pods keep running when the daemon stops.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,12 +51,35 @@ pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     })
 }
 
-fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
-    let sock = &cfg.socket;
+/// Holds the CRI socket's path for this process's lifetime (a lock file beside it,
+/// `<socket>.lock`): a daemon on another state dir but the same socket is refused rather than
+/// taking the socket from under the one serving there.
+pub fn lock_socket(sock: &Path) -> anyhow::Result<Flock<fs::File>> {
     if let Some(dir) = sock.parent() {
         make_dir(dir, 0o755)?;
     }
-    // We hold the state lock, so a socket file left here is a dead daemon's.
+    let mut name = sock.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another peapod is serving on socket {} (lock {}): {e}",
+            sock.display(),
+            path.display()
+        )
+    })
+}
+
+fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let sock = &cfg.socket;
+    // We hold the socket's lock, so a socket file left here is a dead daemon's.
     match fs::remove_file(sock) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("cannot remove stale {}", sock.display()));
@@ -87,6 +110,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     make_dir(&cfg.state_dir, 0o700)?;
     fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
+    let _socket_lock = lock_socket(&cfg.socket)?;
     make_dir(&cfg.run_dir, 0o700)?;
     if !cfg.pause_path.is_file() {
         bail!(

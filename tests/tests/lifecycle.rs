@@ -349,6 +349,35 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() -> Result<()> {
         out.status
     );
     ensure!(!other_socket.exists(), "the refused daemon bound a socket");
+
+    // Another state dir, the same socket: refused too, and the socket stays the first's.
+    let other_state = node.dir().join("second-state");
+    let out = node
+        .exec_output(&[
+            peapod.to_str().context("bin path")?,
+            "serve",
+            "--state-dir",
+            other_state.to_str().context("state path")?,
+            "--socket",
+            node.socket().to_str().context("socket path")?,
+            "--pause-path",
+            peapod_tests::bin_dir()
+                .join("peapod-pause")
+                .to_str()
+                .context("pause path")?,
+        ])
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("another peapod is serving on socket"),
+        "a second daemon on socket {} was not refused: {:?} {stderr}",
+        node.socket().display(),
+        out.status
+    );
+    ensure!(
+        node.pod_status(&id).await.is_ok(),
+        "the first daemon no longer answers on its socket"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state)?.permissions());
     ensure!(mode & 0o777 == 0o700, "state dir mode {mode:o}");
     let mode =
