@@ -164,6 +164,36 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     bad_log.log_path = "../../etc/escape.log".into();
     let r = client.create_container(req(&pod, bad_log)).await;
     expect_code(r, Code::InvalidArgument, "log path with ..")?;
+    // Hostile input is refused before any work: nothing is made for it.
+    let hostile: [(&str, fn(&mut k8s_cri::v1::ContainerConfig)); 5] = [
+        ("an env name with '='", |c| {
+            c.envs.push(peapod_tests::containers::env("A=B", "c"))
+        }),
+        ("a NUL in an argument", |c| c.args.push("a\0b".into())),
+        ("a relative working dir", |c| c.working_dir = "tmp".into()),
+        ("a negative user id", |c| {
+            peapod_tests::containers::security(c).run_as_user =
+                Some(k8s_cri::v1::Int64Value { value: -1 })
+        }),
+        ("a relative mount host path", |c| {
+            c.mounts.push(k8s_cri::v1::Mount {
+                container_path: "/data".into(),
+                host_path: "etc".into(),
+                ..Default::default()
+            })
+        }),
+    ];
+    for (what, spoil) in hostile {
+        let mut config = container_config("hostile", IMAGE, &["true"]);
+        spoil(&mut config);
+        let r = client.create_container(req(&pod, config)).await;
+        expect_code(r, Code::InvalidArgument, what)?;
+    }
+    ensure!(
+        node.container_dirs().is_empty(),
+        "refused requests left container dirs: {:?}",
+        node.container_dirs()
+    );
 
     let first = node
         .create_container(&pod, &cfg, container_config("dup", IMAGE, &["true"]))

@@ -1,6 +1,6 @@
 //! CreateContainer: validation, the image, the pod's /dev/shm, the launch spec, the record.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use tracing::info;
 
@@ -29,31 +29,10 @@ fn signal_number(name: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
-/// A relative log path without `..`.
-fn check_log_path(p: &str) -> Result<()> {
-    let path = Path::new(p);
-    if path.is_absolute()
-        || path.components().any(|c| c == Component::ParentDir)
-        || p.contains('\0')
-    {
-        return Err(ContainerError::invalid(
-            "log_path",
-            format!("{p:?} must be relative to the pod's log directory, without '..'"),
-        ));
-    }
-    Ok(())
-}
-
 impl Containers {
     /// CreateContainer (blocking).
     pub fn create(&self, sandbox_id: &str, spec: ContainerSpec) -> Result<String> {
-        if spec.name.is_empty() {
-            return Err(ContainerError::invalid(
-                "metadata.name",
-                "must not be empty",
-            ));
-        }
-        check_log_path(&spec.log_path)?;
+        super::validate::validate(&spec)?;
         let sandbox = self.sandboxes.status(sandbox_id)?;
         // Held until the container is recorded (see `closed`).
         let closed = self.closed.read().expect("lock");

@@ -23,6 +23,7 @@ pub mod security;
 pub mod stats;
 mod update;
 pub mod user;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

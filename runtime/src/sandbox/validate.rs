@@ -105,7 +105,7 @@ pub fn validate(spec: &PodSpec) -> Result {
     Ok(())
 }
 
-fn name(field: &str, v: &str, required: bool) -> Result {
+pub(crate) fn name(field: &str, v: &str, required: bool) -> Result {
     if v.is_empty() {
         return if required {
             Err(invalid(field, "must not be empty"))
@@ -125,12 +125,20 @@ fn name(field: &str, v: &str, required: bool) -> Result {
     Ok(())
 }
 
-/// Labels and annotations: bounded in count and size, keys printable and non-empty.
 fn key_values(spec: &PodSpec) -> Result {
-    if spec.labels.len() > MAX_LABELS {
+    labels_and_annotations(&spec.labels, &spec.annotations)
+}
+
+/// Labels and annotations (of a pod or a container): bounded in count and size, keys
+/// printable and non-empty.
+pub(crate) fn labels_and_annotations(
+    labels: &std::collections::BTreeMap<String, String>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result {
+    if labels.len() > MAX_LABELS {
         return Err(invalid("labels", format!("more than {MAX_LABELS}")));
     }
-    for (k, v) in &spec.labels {
+    for (k, v) in labels {
         key("labels", k)?;
         if v.len() > MAX_LABEL_VALUE {
             return Err(invalid(
@@ -140,7 +148,7 @@ fn key_values(spec: &PodSpec) -> Result {
         }
     }
     let mut bytes = 0;
-    for (k, v) in &spec.annotations {
+    for (k, v) in annotations {
         key("annotations", k)?;
         bytes += k.len() + v.len();
     }
