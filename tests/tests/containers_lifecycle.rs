@@ -165,7 +165,8 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     let r = client.create_container(req(&pod, bad_log)).await;
     expect_code(r, Code::InvalidArgument, "log path with ..")?;
     // Hostile input is refused before any work: nothing is made for it.
-    let hostile: [(&str, fn(&mut k8s_cri::v1::ContainerConfig)); 5] = [
+    type Spoil = fn(&mut k8s_cri::v1::ContainerConfig);
+    let hostile: [(&str, Spoil); 5] = [
         ("an env name with '='", |c| {
             c.envs.push(peapod_tests::containers::env("A=B", "c"))
         }),

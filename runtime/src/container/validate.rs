@@ -232,72 +232,47 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
-            ("metadata.name", Box::new(|s| s.name.clear())),
-            ("metadata.name", Box::new(|s| s.name = "a/b".into())),
-            ("image.image", Box::new(|s| s.image = "bad image".into())),
-            ("args", Box::new(|s| s.args.push("a\0b".into()))),
-            (
-                "command",
-                Box::new(|s| s.args = vec![String::new(); MAX_ARGV + 1]),
-            ),
-            ("command", Box::new(|s| s.args = vec!["x".repeat(1 << 20)])),
-            (
-                "envs",
-                Box::new(|s| s.envs.push(("A=B".into(), "c".into()))),
-            ),
-            (
-                "envs",
-                Box::new(|s| s.envs.push((String::new(), "c".into()))),
-            ),
-            ("envs", Box::new(|s| s.envs.push(("A".into(), "\0".into())))),
-            ("working_dir", Box::new(|s| s.working_dir = "www".into())),
-            (
-                "log_path",
-                Box::new(|s| s.log_path = "../../etc/passwd".into()),
-            ),
-            ("log_path", Box::new(|s| s.log_path = "/etc/passwd".into())),
-            (
-                "mounts.host_path",
-                Box::new(|s| {
-                    s.mounts.push(MountReq {
-                        container_path: "/data".into(),
-                        host_path: "relative".into(),
-                        readonly: false,
-                        propagation: Propagation::Private,
-                    })
-                }),
-            ),
-            (
-                "labels",
-                Box::new(|s| {
-                    s.labels.insert("bad key".into(), "v".into());
-                }),
-            ),
-            (
-                "capabilities.add_capabilities",
-                Box::new(|s| s.security.add_caps.push("CAP NET".into())),
-            ),
-            (
-                "run_as_user",
-                Box::new(|s| s.security.run_as_user = Some(-1)),
-            ),
-            (
-                "supplemental_groups",
-                Box::new(|s| s.security.supplemental_groups.push(1 << 40)),
-            ),
-            (
-                "run_as_username",
-                Box::new(|s| s.security.run_as_username = "root:x".into()),
-            ),
-            (
-                "masked_paths",
-                Box::new(|s| s.security.masked_paths.push("proc/kcore".into())),
-            ),
-            (
-                "namespace_options.target_id",
-                Box::new(|s| s.security.pid = NsMode::Target),
-            ),
+        type Spoil = fn(&mut ContainerSpec);
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("metadata.name", |s| s.name.clear()),
+            ("metadata.name", |s| s.name = "a/b".into()),
+            ("image.image", |s| s.image = "bad image".into()),
+            ("args", |s| s.args.push("a\0b".into())),
+            ("command", |s| s.args = vec![String::new(); MAX_ARGV + 1]),
+            ("command", |s| s.args = vec!["x".repeat(1 << 20)]),
+            ("envs", |s| s.envs.push(("A=B".into(), "c".into()))),
+            ("envs", |s| s.envs.push((String::new(), "c".into()))),
+            ("envs", |s| s.envs.push(("A".into(), "\0".into()))),
+            ("working_dir", |s| s.working_dir = "www".into()),
+            ("log_path", |s| s.log_path = "../../etc/passwd".into()),
+            ("log_path", |s| s.log_path = "/etc/passwd".into()),
+            ("mounts.host_path", |s| {
+                s.mounts.push(MountReq {
+                    container_path: "/data".into(),
+                    host_path: "relative".into(),
+                    readonly: false,
+                    propagation: Propagation::Private,
+                })
+            }),
+            ("labels", |s| {
+                s.labels.insert("bad key".into(), "v".into());
+            }),
+            ("capabilities.add_capabilities", |s| {
+                s.security.add_caps.push("CAP NET".into())
+            }),
+            ("run_as_user", |s| s.security.run_as_user = Some(-1)),
+            ("supplemental_groups", |s| {
+                s.security.supplemental_groups.push(1 << 40)
+            }),
+            ("run_as_username", |s| {
+                s.security.run_as_username = "root:x".into()
+            }),
+            ("masked_paths", |s| {
+                s.security.masked_paths.push("proc/kcore".into())
+            }),
+            ("namespace_options.target_id", |s| {
+                s.security.pid = NsMode::Target
+            }),
         ];
         for (field, f) in cases {
             let mut s = spec();
