@@ -199,6 +199,19 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     let first = node
         .create_container(&pod, &cfg, container_config("dup", IMAGE, &["true"]))
         .await?;
+    // ExecSync's command is checked before the container's state.
+    let r = client
+        .exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: first.clone(),
+            cmd: vec!["echo".into(), "a\0b".into()],
+            timeout: 0,
+        })
+        .await;
+    expect_code(
+        r,
+        Code::InvalidArgument,
+        "ExecSync with a NUL in its command",
+    )?;
     let r = client
         .create_container(req(&pod, container_config("dup", IMAGE, &["true"])))
         .await;

@@ -24,9 +24,7 @@ pub struct ExecOutput {
 impl Containers {
     /// ExecSync: `cmd` in the running container; `timeout` seconds (0: none), then killed.
     pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(ContainerError::invalid("cmd", "must not be empty"));
-        }
+        super::validate::exec_sync(&cmd, timeout)?;
         let rec = self.status(id)?;
         let (ContainerState::Running, Some(r)) = (rec.state, rec.running) else {
             return Err(ContainerError::WrongState {

@@ -100,6 +100,30 @@ fn exec(spec: &ContainerSpec) -> Result {
     Ok(())
 }
 
+/// ExecSync's command and timeout (0: none).
+pub fn exec_sync(cmd: &[String], timeout: i64) -> Result {
+    if cmd.is_empty() {
+        return Err(invalid("cmd", "must not be empty"));
+    }
+    if cmd.len() > MAX_ARGV {
+        return Err(invalid("cmd", format!("more than {MAX_ARGV} entries")));
+    }
+    if let Some(a) = cmd.iter().find(|a| a.contains('\0')) {
+        return Err(invalid("cmd", format!("{a:?} contains a NUL byte")));
+    }
+    let bytes: usize = cmd.iter().map(|a| a.len() + 1).sum();
+    if bytes > MAX_EXEC_BYTES {
+        return Err(invalid(
+            "cmd",
+            format!("{bytes} bytes, at most {MAX_EXEC_BYTES}"),
+        ));
+    }
+    if timeout < 0 {
+        return Err(invalid("timeout", "must not be negative (0: no timeout)"));
+    }
+    Ok(())
+}
+
 fn absolute(field: &str, p: &str) -> Result {
     if !p.starts_with('/') || p.len() > MAX_PATH || p.contains('\0') {
         return Err(invalid(
@@ -223,6 +247,15 @@ mod tests {
             })) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn exec_sync_commands_are_checked() {
+        exec_sync(&["ls".into(), "-l".into()], 0).unwrap();
+        assert_eq!(field_of(exec_sync(&[], 0)), "cmd");
+        assert_eq!(field_of(exec_sync(&["a\0b".into()], 0)), "cmd");
+        assert_eq!(field_of(exec_sync(&["x".repeat(2 << 20)], 0)), "cmd");
+        assert_eq!(field_of(exec_sync(&["ls".into()], -1)), "timeout");
     }
 
     #[test]
