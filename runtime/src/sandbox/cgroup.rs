@@ -200,6 +200,21 @@ impl Cgroups {
         }
     }
 
+    /// v1: the `tasks` file of the pause's cgroup in every hierarchy, for the pause to write 0
+    /// into between clone and exec: moving the writing thread alone (the whole of a
+    /// single-threaded child) skips the global threadgroup lock that a `cgroup.procs` write
+    /// takes, whose first taking waits for an RCU grace period. v2 (no `tasks`): empty, and
+    /// [`Cgroups::place`] does it.
+    pub fn pause_tasks_files(&self, rec: &CgroupRecord) -> Vec<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { roots } => roots
+                .iter()
+                .map(|r| r.join(&rec.rel).join("tasks"))
+                .collect(),
+            Hierarchy::V2 { .. } => Vec::new(),
+        }
+    }
+
     /// Moves the pause `pid` into its cgroup (see [`Cgroups::pause_rel`]) in every hierarchy.
     pub fn place(&self, rec: &CgroupRecord, pid: i32) -> Result<(), SandboxError> {
         let rel = self.pause_rel(rec);

@@ -93,11 +93,15 @@ impl Ops {
             flags |= CloneFlags::CLONE_NEWPID;
         }
         let hostname = own_net.then_some(spec.hostname.as_str());
+        let cgroup_tasks = self
+            .cgroups
+            .pause_tasks_files(rec.cgroup.as_ref().expect("set above"));
         let pause = process::spawn_pause(&PauseSpec {
             path: &self.cfg.pause_path,
             sandbox_id: &id,
             flags,
             hostname,
+            cgroup_tasks: &cgroup_tasks,
         })
         .map_err(|source| SandboxError::Spawn {
             path: self.cfg.pause_path.clone(),
@@ -105,8 +109,10 @@ impl Ops {
         })?;
         rec.pause = Some(pause);
         fault::point("run:pause");
-        self.cgroups
-            .place(rec.cgroup.as_ref().expect("set above"), pause.pid)?;
+        if cgroup_tasks.is_empty() {
+            self.cgroups
+                .place(rec.cgroup.as_ref().expect("set above"), pause.pid)?;
+        }
         self.persist(rec)?;
         fault::point("run:pause-recorded");
 

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sched::CloneFlags;
@@ -113,6 +113,9 @@ pub struct PauseSpec<'a> {
     pub flags: CloneFlags,
     /// Set in the new UTS namespace; only with CLONE_NEWUTS.
     pub hostname: Option<&'a str>,
+    /// cgroup v1 `tasks` files the child writes 0 into before exec (see
+    /// `Cgroups::pause_tasks_files`).
+    pub cgroup_tasks: &'a [PathBuf],
 }
 
 /// Starts the pause in new namespaces. Returns once it has exec'd (or failed to).
@@ -124,6 +127,11 @@ pub fn spawn_pause(spec: &PauseSpec<'_>) -> io::Result<ProcRef> {
     let env = CString::new(format!("PEAPOD_SANDBOX_ID={}", spec.sandbox_id))?;
     let envp = [env.as_ptr(), std::ptr::null()];
     let hostname = spec.hostname.map(|h| h.as_bytes().to_vec());
+    let tasks = spec
+        .cgroup_tasks
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     let devnull = File::options().read(true).write(true).open("/dev/null")?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (devnull_fd, err_fd) = (devnull.as_raw_fd(), err_w.as_raw_fd());
@@ -138,6 +146,13 @@ pub fn spawn_pause(spec: &PauseSpec<'_>) -> io::Result<ProcRef> {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::setsid();
+            for t in &tasks {
+                let fd = libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    fail(err_fd);
+                }
+                libc::close(fd);
+            }
             if let Some(h) = &hostname
                 && libc::sethostname(h.as_ptr().cast(), h.len()) != 0
             {
