@@ -49,6 +49,10 @@ pub struct Cgroups {
     owned_file: PathBuf,
     /// For pods whose request names no cgroup_parent (`cgroup_parent` in the config).
     default_parent: PathBuf,
+    /// Held while making a cgroup path and while removing emptied parents: otherwise a
+    /// parent that one pod's removal finds empty can go between another pod's mkdir of it
+    /// (EEXIST) and its mkdir of the leaf below (ENOENT).
+    tree: Mutex<()>,
 }
 
 /// What was made for one sandbox, for removal.
@@ -93,6 +97,7 @@ impl Cgroups {
             owned: Mutex::new(owned),
             owned_file,
             default_parent: PathBuf::from(default_parent.trim_start_matches('/')),
+            tree: Mutex::new(()),
         })
     }
 
@@ -148,6 +153,7 @@ impl Cgroups {
     /// Makes `rel` and the parents it lacks; on v2, every cgroup above `rel`, from the root
     /// down, hands all the controllers it has to its children.
     fn make_dirs(&self, rel: &Path) -> Result<(), SandboxError> {
+        let _tree = self.tree.lock().expect("lock");
         let v2 = self.version() == 2;
         for root in self.roots() {
             let cpuset = root.join("cpuset.cpus").exists();
@@ -241,6 +247,7 @@ impl Cgroups {
                 }
             }
         }
+        let _tree = self.tree.lock().expect("lock");
         let mut parent = rec.rel.parent();
         while let Some(rel) = parent.filter(|p| !p.as_os_str().is_empty()) {
             if !self.owned.lock().expect("lock").contains(rel) {
