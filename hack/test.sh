@@ -17,6 +17,25 @@ fi
 hack/setup.sh
 
 before=$(host_traces)
+# The cgroup v2 tests run on the host's cgroup2 hierarchy (the only one the kernel has), and
+# peapod enables a cgroup's controllers for its children from the root down, as runc does.
+# What the root did not hand down before the suite, it does not hand down after it.
+v2_root=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+v2_before=""
+if [ -n "$v2_root" ]; then
+    v2_before=$(cat "$v2_root/cgroup.subtree_control")
+fi
+restore_v2_root() {
+    [ -n "$v2_root" ] || return 0
+    local c
+    for c in $(cat "$v2_root/cgroup.subtree_control"); do
+        case " $v2_before " in
+        *" $c "*) ;;
+        *) echo "-$c" >"$v2_root/cgroup.subtree_control" ||
+            echo "hack/test.sh: warning: cannot disable $c again in $v2_root" >&2 ;;
+        esac
+    done
+}
 if [ -n "$before" ]; then
     echo "hack/test.sh: warning: before the tests, the host already shows:" >&2
     printf '    %s\n' "${before//$'\n'/$'\n    '}" >&2
@@ -33,6 +52,7 @@ echo "hack/test.sh: PEAPOD_BIN_DIR=$PEAPOD_BIN_DIR"
 
 status=0
 cargo test --workspace "${features[@]}" --no-fail-fast || status=$?
+restore_v2_root
 
 # Only what appeared during the run counts (a shared dev machine may have its own leftovers).
 left=$(comm -13 <(echo "$before" | sort) <(host_traces | sort) | sed '/^$/d')
