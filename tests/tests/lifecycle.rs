@@ -323,56 +323,46 @@ async fn version_status_and_unimplemented() -> Result<()> {
 async fn a_second_daemon_on_the_same_state_dir_is_refused() -> Result<()> {
     let node = common::node().await?;
     let id = node.run_pod(&node.pod_config("first")).await?;
-    let peapod = peapod_tests::bin_dir().join("peapod");
+    // `peapod serve` on `state` and `socket` beside the node's daemon: (exited ok, stderr).
+    let second = |state: std::path::PathBuf, socket: std::path::PathBuf| {
+        let node = &node;
+        async move {
+            let bins = peapod_tests::bin_dir();
+            let (peapod, pause) = (bins.join("peapod"), bins.join("peapod-pause"));
+            let out = node
+                .exec_output(&[
+                    peapod.to_str().context("bin path")?,
+                    "serve",
+                    "--state-dir",
+                    state.to_str().context("state path")?,
+                    "--socket",
+                    socket.to_str().context("socket path")?,
+                    "--pause-path",
+                    pause.to_str().context("pause path")?,
+                ])
+                .await?;
+            anyhow::Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
     let state = node.state_dir();
     let other_socket = node.dir().join("second.sock");
-    let out = node
-        .exec_output(&[
-            peapod.to_str().context("bin path")?,
-            "serve",
-            "--state-dir",
-            state.to_str().context("state path")?,
-            "--socket",
-            other_socket.to_str().context("socket path")?,
-            "--pause-path",
-            peapod_tests::bin_dir()
-                .join("peapod-pause")
-                .to_str()
-                .context("pause path")?,
-        ])
-        .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = second(state.clone(), other_socket.clone()).await?;
     ensure!(
-        !out.status.success() && stderr.contains("another peapod is running"),
-        "a second daemon on {} was not refused: {:?} {stderr}",
-        state.display(),
-        out.status
+        !ok && stderr.contains("another peapod is running"),
+        "a second daemon on {} was not refused: {stderr}",
+        state.display()
     );
     ensure!(!other_socket.exists(), "the refused daemon bound a socket");
 
     // Another state dir, the same socket: refused too, and the socket stays the first's.
-    let other_state = node.dir().join("second-state");
-    let out = node
-        .exec_output(&[
-            peapod.to_str().context("bin path")?,
-            "serve",
-            "--state-dir",
-            other_state.to_str().context("state path")?,
-            "--socket",
-            node.socket().to_str().context("socket path")?,
-            "--pause-path",
-            peapod_tests::bin_dir()
-                .join("peapod-pause")
-                .to_str()
-                .context("pause path")?,
-        ])
-        .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = second(node.dir().join("second-state"), node.socket()).await?;
     ensure!(
-        !out.status.success() && stderr.contains("another peapod is serving on socket"),
-        "a second daemon on socket {} was not refused: {:?} {stderr}",
-        node.socket().display(),
-        out.status
+        !ok && stderr.contains("another peapod is serving on socket"),
+        "a second daemon on socket {} was not refused: {stderr}",
+        node.socket().display()
     );
     ensure!(
         node.pod_status(&id).await.is_ok(),

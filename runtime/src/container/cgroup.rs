@@ -182,7 +182,7 @@ pub fn check(
 ) -> Result<(), ContainerError> {
     validate(r)?;
     if let (2, Some(pod)) = (cgroups.version(), pod)
-        && let Some((dir, _)) = cgroups.dirs(&pod.rel).into_iter().next()
+        && let Some(dir) = cgroups.paths(&pod.rel).into_iter().next()
     {
         check_available(r, &controllers(&dir))?;
     }

@@ -157,7 +157,7 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
     let mut cgs: Vec<(CgroupRecord, bool)> = Vec::new();
     let pods = known.pod_cgroups.iter().map(|p| (p, true));
     for (pod, kill) in pods.chain(known.stray_pod_cgroups.iter().map(|p| (p, false))) {
-        for (path, _) in cgroups.dirs(&pod.rel) {
+        for path in cgroups.paths(&pod.rel) {
             for name in names(&path) {
                 let rec = CgroupRecord {
                     rel: pod.rel.join(&name),
@@ -278,7 +278,7 @@ pub fn collect(cgroups: &Cgroups, g: &Garbage) -> Result<(), ContainerError> {
         }
         Garbage::Cgroup { rec, kill } => {
             if *kill {
-                let dirs: Vec<PathBuf> = cgroups.dirs(&rec.rel).into_iter().map(|d| d.0).collect();
+                let dirs = cgroups.paths(&rec.rel);
                 kill_all_in(&dirs);
             }
             Ok(cgroups.remove(rec)?)

@@ -61,7 +61,7 @@ impl Containers {
             *entry.rec.lock().expect("lock") = rec.clone();
         }
         fault::point("start:cgroup-recorded");
-        let dirs: Vec<_> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
+        let dirs = cgroups.paths(&cg.rel);
         let spawned = (|| {
             cgroups.create(&pod_rel, &id)?;
             fault::point("start:cgroup");
@@ -252,8 +252,7 @@ impl Containers {
     /// would hold the log pipes open and keep the cgroup busy.
     fn kill_leftovers(&self, rec: &super::model::ContainerRecord) {
         let Some(cg) = &rec.cgroup else { return };
-        let dirs: Vec<_> = self.sandboxes.cgroups().dirs(&cg.rel);
-        gc::kill_all_in(&dirs.into_iter().map(|(p, _)| p).collect::<Vec<_>>());
+        gc::kill_all_in(&self.sandboxes.cgroups().paths(&cg.rel));
     }
 
     fn kill(&self, id: &str, p: ProcRef, sig: i32, grace: Duration) -> Result<()> {

@@ -216,14 +216,7 @@ impl Containers {
             let _ = crate::sandbox::process::pidfd_signal(&fd, libc::SIGKILL);
         }
         if let Some(cg) = &rec.cgroup {
-            let dirs: Vec<PathBuf> = self
-                .sandboxes
-                .cgroups()
-                .dirs(&cg.rel)
-                .into_iter()
-                .map(|d| d.0)
-                .collect();
-            gc::kill_all_in(&dirs);
+            gc::kill_all_in(&self.sandboxes.cgroups().paths(&cg.rel));
         }
     }
 

@@ -218,7 +218,7 @@ impl Containers {
         let dirs: Vec<PathBuf> = rec
             .cgroup
             .as_ref()
-            .map(|cg| cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect())
+            .map(|cg| cgroups.paths(&cg.rel))
             .unwrap_or_default();
         let reader = CgroupReader {
             dirs: &dirs,

@@ -113,7 +113,7 @@ impl Containers {
         {
             let cgroups = self.sandboxes.cgroups();
             let v2 = cgroups.version() == 2;
-            let dirs: Vec<PathBuf> = cgroups.dirs(&cg.rel).into_iter().map(|(p, _)| p).collect();
+            let dirs = cgroups.paths(&cg.rel);
             if let Err(e) = write(&dirs, &merged, v2) {
                 // All or nothing: put back what was there.
                 if let Err(back) = write(&dirs, &old, v2) {

@@ -181,6 +181,14 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The directory of `rel` in every hierarchy.
+    pub fn paths(&self, rel: &Path) -> Vec<PathBuf> {
+        self.roots()
+            .into_iter()
+            .map(|root| root.join(rel))
+            .collect()
+    }
+
     /// The directory of `rel` in every hierarchy, with the hierarchy's name under
     /// `/sys/fs/cgroup` (empty for the v2 unified hierarchy).
     pub fn dirs(&self, rel: &Path) -> Vec<(PathBuf, String)> {
