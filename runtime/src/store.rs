@@ -37,6 +37,17 @@ pub enum StoreError {
 }
 
 /// Atomically replaces `path` with `value` as JSON.
+/// The names in `dir`; none if it cannot be read (gone, or not a dir).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(value).expect("records serialize");
     write_atomic(path, &bytes)

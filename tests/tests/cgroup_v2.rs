@@ -10,8 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
-    CreateContainerRequest, HugepageLimit, LinuxContainerResources, ListContainersRequest,
-    PodSandboxState,
+    CreateContainerRequest, HugepageLimit, LinuxContainerResources, PodSandboxState,
 };
 use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Node, PodConfig};
@@ -173,13 +172,7 @@ async fn pods_and_containers_get_their_own_v2_cgroups_and_leave_none() -> Result
         ..Default::default()
     };
     refused(&node, &pod, &cfg, pids, "pids", "unified[pids.max]").await?;
-    let listed = node
-        .client()
-        .await?
-        .list_containers(ListContainersRequest::default())
-        .await?
-        .into_inner()
-        .containers;
+    let listed = node.list_containers().await?;
     ensure!(
         listed.len() == 1,
         "refused containers were kept: {listed:?}"

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{ContainerState, ListContainersRequest, PodSandboxState};
+use k8s_cri::v1::{ContainerState, PodSandboxState};
 use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Node, host_veth, random_hex};
 
@@ -285,12 +285,8 @@ async fn kept_and_clean(node: &Node, p: &Planted) -> Result<()> {
         "the kept container is another process"
     );
     let listed: Vec<String> = node
-        .client()
+        .list_containers()
         .await?
-        .list_containers(ListContainersRequest::default())
-        .await?
-        .into_inner()
-        .containers
         .into_iter()
         .map(|c| c.id)
         .collect();
@@ -465,13 +461,7 @@ async fn a_restart_removes_the_containers_of_a_lost_pod() -> Result<()> {
     ensure!(socks.trim().is_empty(), "monitor sockets left: {socks}");
     let dirs: Vec<_> = std::fs::read_dir(node.state_dir().join("containers"))?.collect();
     ensure!(dirs.is_empty(), "container dirs left: {dirs:?}");
-    let listed = node
-        .client()
-        .await?
-        .list_containers(ListContainersRequest::default())
-        .await?
-        .into_inner()
-        .containers;
+    let listed = node.list_containers().await?;
     ensure!(listed.is_empty(), "ListContainers has {listed:?}");
     node.assert_gone(&[lost_info]).await?;
     node.assert_empty().await

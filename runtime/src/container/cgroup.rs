@@ -208,23 +208,26 @@ pub fn apply(dirs: &[PathBuf], r: &Resources, v2: bool) -> Result<(), ContainerE
         _ => Vec::new(),
     };
     // Whether the node has hugetlb at all (v2: the hierarchy's root has it); where it has,
-    // a container cgroup without it is an error like any other missing controller.
-    let hugetlb = if let (true, Some(dir)) = (v2, dirs.first()) {
-        let root = dir
-            .ancestors()
-            .take_while(|p| p.join("cgroup.controllers").exists())
-            .last()
-            .unwrap_or(dir);
-        controllers(root).iter().any(|c| c == "hugetlb")
-    } else {
-        dirs.iter().any(|d| has_file_of(d, "hugetlb"))
+    // a container cgroup without it is an error like any other missing controller. Asked
+    // only when a huge page limit finds no file (it reads the hierarchies).
+    let hugetlb = || {
+        if let (true, Some(dir)) = (v2, dirs.first()) {
+            let root = dir
+                .ancestors()
+                .take_while(|p| p.join("cgroup.controllers").exists())
+                .last()
+                .unwrap_or(dir);
+            controllers(root).iter().any(|c| c == "hugetlb")
+        } else {
+            dirs.iter().any(|d| has_file_of(d, "hugetlb"))
+        }
     };
     for l in files(r, v2) {
         let Some(path) = dirs.iter().map(|d| d.join(&l.file)).find(|p| p.exists()) else {
             if optional(&l.file) {
                 continue;
             }
-            if l.controller() == "hugetlb" && !hugetlb {
+            if l.controller() == "hugetlb" && !hugetlb() {
                 tracing::warn!(field = %l.field, "no hugetlb cgroup controller: huge page limit skipped");
                 continue;
             }

@@ -85,16 +85,6 @@ pub struct Known<'a> {
     pub stray_pod_cgroups: &'a [CgroupRecord],
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn containers_dir(cfg: &Config) -> PathBuf {
     cfg.state_dir.join("containers")
 }
@@ -102,7 +92,7 @@ fn containers_dir(cfg: &Config) -> PathBuf {
 /// Every live `peapod monitor` serving a dir in `containers`, with the container id.
 fn monitors(containers: &Path) -> Vec<(String, ProcRef)> {
     let ours = std::fs::canonicalize(containers).unwrap_or_else(|_| containers.to_owned());
-    names(Path::new("/proc"))
+    crate::store::dir_names(Path::new("/proc"))
         .into_iter()
         .filter_map(|p| p.parse::<i32>().ok())
         .filter(|pid| *pid != std::process::id() as i32)
@@ -158,7 +148,7 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
     let pods = known.pod_cgroups.iter().map(|p| (p, true));
     for (pod, kill) in pods.chain(known.stray_pod_cgroups.iter().map(|p| (p, false))) {
         for path in cgroups.paths(&pod.rel) {
-            for name in names(&path) {
+            for name in crate::store::dir_names(&path) {
                 let rec = CgroupRecord {
                     rel: pod.rel.join(&name),
                 };
@@ -176,7 +166,7 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
         cgs.into_iter()
             .map(|(rec, kill)| Garbage::Cgroup { rec, kill }),
     );
-    for name in names(&cfg.run_dir.join("mon")) {
+    for name in crate::store::dir_names(&cfg.run_dir.join("mon")) {
         if let Some(id) = name.strip_suffix(".sock")
             && is_id(id)
             && !is_known(id)
@@ -184,20 +174,23 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
             found.push(Garbage::Socket(cfg.run_dir.join("mon").join(&name)));
         }
     }
-    for pod in names(&cfg.run_dir.join("shm")) {
+    for pod in crate::store::dir_names(&cfg.run_dir.join("shm")) {
         if is_id(&pod) && !known.pods.contains(&pod) {
             found.push(Garbage::Shm(cfg.run_dir.join("shm").join(&pod)));
         }
     }
     let served: HashSet<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
-    for id in names(&dir).into_iter().filter(|n| is_id(n)) {
+    for id in crate::store::dir_names(&dir)
+        .into_iter()
+        .filter(|n| is_id(n))
+    {
         let path = dir.join(&id);
         if !is_known(&id) {
             found.extend(mounts_below(&path).into_iter().map(Garbage::Mount));
             found.push(Garbage::Dir(path));
             continue;
         }
-        for name in names(&path) {
+        for name in crate::store::dir_names(&path) {
             let Some(target) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
                 continue;
             };
@@ -224,7 +217,7 @@ pub fn kill_all_in(dirs: &[PathBuf]) {
 
 /// The live children of `pid`, each as it is now.
 fn children_of(pid: i32) -> Vec<ProcRef> {
-    names(Path::new("/proc"))
+    crate::store::dir_names(Path::new("/proc"))
         .into_iter()
         .filter_map(|p| p.parse::<i32>().ok())
         .filter(|child| {
@@ -318,7 +311,7 @@ pub fn collect(cgroups: &Cgroups, g: &Garbage) -> Result<(), ContainerError> {
 /// is in `pods`.
 pub fn recorded(cfg: &Config, pods: &HashSet<String>) -> HashSet<String> {
     let dir = containers_dir(cfg);
-    names(&dir)
+    crate::store::dir_names(&dir)
         .into_iter()
         .filter(|id| is_id(id))
         .filter(|id| {

@@ -26,10 +26,7 @@ impl Containers {
     /// RemoveContainer does not know of; a crash once the monitor answered is picked up from
     /// its `monitor.json` (see `refresh`).
     pub fn start(&self, id: &str) -> Result<()> {
-        let id = self.resolve(id)?;
-        let entry = self
-            .entry(&id)
-            .ok_or(ContainerError::NotFound { id: id.clone() })?;
+        let (id, entry) = self.lookup(id)?;
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         self.settle(&mut rec);

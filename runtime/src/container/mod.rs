@@ -220,9 +220,17 @@ impl Containers {
         }
     }
 
-    pub fn status(&self, id: &str) -> Result<ContainerRecord> {
+    /// The container `id` (or a unique prefix of one): its full id and entry.
+    fn lookup(&self, id: &str) -> Result<(String, Arc<Entry>)> {
         let id = self.resolve(id)?;
-        let e = self.entry(&id).ok_or(ContainerError::NotFound { id })?;
+        let e = self
+            .entry(&id)
+            .ok_or_else(|| ContainerError::NotFound { id: id.clone() })?;
+        Ok((id, e))
+    }
+
+    pub fn status(&self, id: &str) -> Result<ContainerRecord> {
+        let (_, e) = self.lookup(id)?;
         let mut rec = e.rec.lock().expect("lock");
         self.refresh(&mut rec);
         Ok(rec.clone())

@@ -3,8 +3,6 @@
 //! pod's interfaces as its pause sees them (`/proc/<pause pid>/net/dev`), and the stats of its
 //! running containers.
 
-use std::path::PathBuf;
-
 use super::model::ContainerState;
 use super::stats::{CgroupReader, ContainerStats, CpuUsage, MemoryUsage};
 use super::{Containers, Filter, Result, now_nanos};
@@ -103,16 +101,8 @@ impl Containers {
     }
 
     fn pod_stats_of(&self, rec: SandboxRecord) -> PodStats {
-        let cgroups = self.sandboxes.cgroups();
-        let dirs: Vec<PathBuf> = rec
-            .cgroup
-            .as_ref()
-            .map(|cg| cgroups.paths(&cg.rel))
-            .unwrap_or_default();
-        let reader = CgroupReader {
-            dirs: &dirs,
-            v2: cgroups.version() == 2,
-        };
+        let (dirs, v2) = self.cgroup_dirs(rec.cgroup.as_ref());
+        let reader = CgroupReader { dirs: &dirs, v2 };
         let containers = self
             .list(&Filter {
                 sandbox_id: Some(rec.id.clone()),

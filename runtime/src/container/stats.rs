@@ -213,17 +213,20 @@ impl Containers {
             .collect()
     }
 
-    pub(super) fn stats_of(&self, rec: ContainerRecord) -> ContainerStats {
+    /// The dirs of cgroup `cg` (none without one) and whether they are v2, for a
+    /// [`CgroupReader`].
+    pub(super) fn cgroup_dirs(
+        &self,
+        cg: Option<&crate::sandbox::cgroup::CgroupRecord>,
+    ) -> (Vec<PathBuf>, bool) {
         let cgroups = self.sandboxes.cgroups();
-        let dirs: Vec<PathBuf> = rec
-            .cgroup
-            .as_ref()
-            .map(|cg| cgroups.paths(&cg.rel))
-            .unwrap_or_default();
-        let reader = CgroupReader {
-            dirs: &dirs,
-            v2: cgroups.version() == 2,
-        };
+        let dirs = cg.map(|cg| cgroups.paths(&cg.rel)).unwrap_or_default();
+        (dirs, cgroups.version() == 2)
+    }
+
+    pub(super) fn stats_of(&self, rec: ContainerRecord) -> ContainerStats {
+        let (dirs, v2) = self.cgroup_dirs(rec.cgroup.as_ref());
+        let reader = CgroupReader { dirs: &dirs, v2 };
         ContainerStats {
             cpu: reader.cpu(),
             memory: reader.memory(),

@@ -98,10 +98,7 @@ fn write(dirs: &[PathBuf], r: &Resources, v2: bool) -> Result<()> {
 impl Containers {
     /// Returns the container's resources as they now are.
     pub fn update_resources(&self, id: &str, new: &Resources) -> Result<Resources> {
-        let id = self.resolve(id)?;
-        let entry = self
-            .entry(&id)
-            .ok_or(ContainerError::NotFound { id: id.clone() })?;
+        let (id, entry) = self.lookup(id)?;
         let _op = entry.op.lock().expect("lock");
         let mut rec = entry.rec.lock().expect("lock").clone();
         self.refresh(&mut rec);

@@ -53,16 +53,6 @@ impl fmt::Display for Garbage {
     }
 }
 
-fn names(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Sandbox id → its host link, for the records that exist.
 pub fn owners<'a>(
     records: impl Iterator<Item = &'a SandboxRecord>,
@@ -139,7 +129,7 @@ impl Ops {
         let dir = self.cfg.state_dir.join("sandboxes");
         store::create_dir_all(&dir)?;
         let mut records = Vec::new();
-        for id in names(&dir) {
+        for id in crate::store::dir_names(&dir) {
             match store::read_json_opt::<SandboxRecord>(&self.sandbox_dir(&id).join("sandbox.json"))
             {
                 Ok(Some(rec)) => records.push(rec),
@@ -174,14 +164,14 @@ impl Ops {
                 found.push(Garbage::Pause { sandbox, pause });
             }
         }
-        for name in names(std::path::Path::new(NETNS_DIR)) {
+        for name in crate::store::dir_names(std::path::Path::new(NETNS_DIR)) {
             if let Some(id) = name.strip_prefix("peapod-")
                 && !is_known(id)
             {
                 found.push(Garbage::Pin(Ops::netns_pin(id)));
             }
         }
-        for id in names(&self.cfg.run_dir.join("ns")) {
+        for id in crate::store::dir_names(&self.cfg.run_dir.join("ns")) {
             if !is_known(&id) {
                 found.push(Garbage::NsDir(self.ns_dir(&id)));
             }
@@ -206,7 +196,7 @@ impl Ops {
                 .into_iter()
                 .map(|(owner, ips)| Garbage::Leases { owner, ips }),
         );
-        for id in names(&self.cfg.state_dir.join("sandboxes")) {
+        for id in crate::store::dir_names(&self.cfg.state_dir.join("sandboxes")) {
             if is_sandbox_id(&id) && !is_known(&id) {
                 found.push(Garbage::SandboxDir(id));
             }
