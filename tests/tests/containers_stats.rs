@@ -384,6 +384,14 @@ async fn reported(node: &Node, id: &str) -> Result<LinuxContainerResources> {
         .context("ContainerStatus reports no resources")
 }
 
+/// The CPUs the container's cpuset cgroup allows, as the container sees them.
+async fn cpuset(node: &Node, id: &str) -> Result<String> {
+    let cpus = node
+        .exec_ok(id, &["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
+        .await?;
+    Ok(cpus.trim().to_owned())
+}
+
 #[tokio::test]
 async fn update_container_resources_changes_the_cgroup_and_the_status() -> Result<()> {
     let mut node = common::node().await?;
@@ -395,6 +403,7 @@ async fn update_container_resources_changes_the_cgroup_and_the_status() -> Resul
         memory_limit_in_bytes: (64 * MIB) as i64,
         cpu_quota: 50_000,
         cpu_period: 100_000,
+        cpuset_cpus: "1".to_owned(),
         ..Default::default()
     });
     let app = node.run_container(&pod, &cfg, c).await?;
@@ -404,6 +413,8 @@ async fn update_container_resources_changes_the_cgroup_and_the_status() -> Resul
         r.memory_limit_in_bytes == (64 * MIB) as i64 && r.cpu_quota == 50_000,
         "{r:?}"
     );
+    ensure!(cpuset(&node, &app).await? == "1");
+    ensure!(r.cpuset_cpus == "1" && r.unified.is_empty(), "{r:?}");
 
     // Up (the v1 swap limit must move first), then down; the period is kept.
     update(
@@ -443,10 +454,7 @@ async fn update_container_resources_changes_the_cgroup_and_the_status() -> Resul
         },
     )
     .await?;
-    let cpus = node
-        .exec_ok(&app, &["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
-        .await?;
-    ensure!(cpus.trim() == "0", "cpuset.cpus {cpus:?}");
+    ensure!(cpuset(&node, &app).await? == "0");
     let r = reported(&node, &app).await?;
     ensure!(r.cpuset_cpus == "0" && r.unified.is_empty(), "{r:?}");
     // The stats see the limit.

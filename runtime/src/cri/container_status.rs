@@ -56,7 +56,7 @@ fn status(r: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: r.log_path.clone(),
-        resources: Some(super::update_container_resources::to_cri(&r.spec.resources)),
+        resources: Some(super::resources::to_cri(&r.spec.resources)),
         user: None,
     }
 }

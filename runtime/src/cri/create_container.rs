@@ -7,9 +7,7 @@ use tracing::Instrument;
 use super::CriService;
 use super::convert::ns_mode_from;
 use crate::container::ContainerError;
-use crate::container::model::{
-    ContainerSpec, MountReq, Propagation, Resources, SeccompReq, SecurityReq,
-};
+use crate::container::model::{ContainerSpec, MountReq, Propagation, SeccompReq, SecurityReq};
 use crate::sandbox::model::NsMode;
 
 pub async fn handle(
@@ -117,20 +115,7 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         log_path: config.log_path,
-        resources: Resources {
-            cpu_period: res.cpu_period,
-            cpu_quota: res.cpu_quota,
-            cpu_shares: res.cpu_shares,
-            memory_limit: res.memory_limit_in_bytes,
-            memory_swap_limit: res.memory_swap_limit_in_bytes,
-            oom_score_adj: res.oom_score_adj,
-            hugepage_limits: res
-                .hugepage_limits
-                .into_iter()
-                .map(|h| (h.page_size, h.limit))
-                .collect(),
-            unified: res.unified.into_iter().collect(),
-        },
+        resources: super::resources::from_cri(res)?,
         security: SecurityReq {
             seccomp: seccomp(&sc)?,
             privileged: sc.privileged,

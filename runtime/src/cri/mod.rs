@@ -21,6 +21,7 @@ mod remove_container;
 mod remove_image;
 mod remove_pod_sandbox;
 mod reopen_container_log;
+mod resources;
 mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_status;
