@@ -34,11 +34,12 @@ node_die() {
     exit 1
 }
 
-# node_start PAUSE: starts the node with PAUSE as its PID 1; sets NODE_DIR and NODE_PID1.
+# node_start PAUSE: starts the node with PAUSE as its PID 1; sets NODE_DIR (made under
+# $NODE_BASE, /tmp by default) and NODE_PID1.
 node_start() {
     local pause=$1 _
     [ -x "$pause" ] || node_die "$pause is not an executable"
-    NODE_DIR=$(mktemp -d /tmp/peapod-node-XXXXXX)
+    NODE_DIR=$(mktemp -d "${NODE_BASE:-/tmp}/peapod-node-XXXXXX")
     unshare --net --mount --pid --fork --kill-child --mount-proc --propagation private \
         -- sh -c "$NODE_HOLDER_SCRIPT" "$pause" \
         </dev/null >"$NODE_DIR/holder.out" 2>"$NODE_DIR/node.log" &
