@@ -172,6 +172,21 @@ async fn container_stats_show_cpu_memory_and_the_writable_layer() -> Result<()> 
     // A created container has stats (no cgroup yet, so no cpu) but is not listed.
     let s = container_stats(&node, &idle).await?;
     ensure!(s.cpu.is_none() && s.writable_layer.is_some(), "{s:?}");
+    // Starting writes nothing into the writable layer (the mount points for /etc/hosts and
+    // the like come from peapod's lowest layer): a running container that writes nothing
+    // has the same layer as one never started.
+    let untouched = |s: &ContainerStats| {
+        s.writable_layer
+            .as_ref()
+            .map(|l| (l.used_bytes, l.inodes_used))
+    };
+    let ran = container_stats(&node, &elsewhere).await?;
+    ensure!(
+        untouched(&ran) == untouched(&s),
+        "a started container's writable layer {:?}, a created one's {:?}",
+        ran.writable_layer,
+        s.writable_layer
+    );
     let all = list_container_stats(&node, Default::default()).await?;
     let mut want = vec![burner.clone(), hog.clone(), elsewhere.clone()];
     want.sort();

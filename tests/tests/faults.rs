@@ -45,14 +45,12 @@ const REMOVE_POINTS: &[&str] = &[
 ];
 const CREATE_POINTS: &[&str] = &["create:dir", "create:shm", "create:launch", "create:record"];
 const START_POINTS: &[&str] = &[
-    "start:cgroup-recorded",
     "start:cgroup",
     "start:limits",
     "start:monitor-spawned",
     // The daemon is back before the monitor reports: it must wait for it, not start another.
     "start:monitor-spawned,monitor:report",
     "start:monitor",
-    "start:running",
 ];
 const CSTOP_POINTS: &[&str] = &["cstop:killed", "cstop:leftovers", "cstop:monitor-gone"];
 const CREMOVE_POINTS: &[&str] = &[
@@ -413,5 +411,62 @@ async fn every_container_fault_point_recovers() -> Result<()> {
         node.shm_mounts().await?.is_empty(),
         "pod /dev/shm mounts left"
     );
+    node.assert_empty().await
+}
+
+/// The container's command runs only once its monitor has recorded it (`monitor.json`): the
+/// monitor is held before it records (the `monitor:report` stall), and all that while the
+/// command, which leaves a trace when it runs, has not run.
+#[tokio::test]
+async fn a_command_runs_only_once_recorded() -> Result<()> {
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("recorded");
+    let pod = node.run_pod(&cfg).await?;
+    let trace = node.dir().join("trace");
+    std::fs::create_dir_all(&trace)?;
+    let runs = || std::fs::read_to_string(trace.join("runs")).unwrap_or_default();
+    let mut c = container_config(
+        "traced",
+        BUSYBOX,
+        &["sh", "-c", "echo ran >> /trace/runs; exec sleep 1000"],
+    );
+    c.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/trace".into(),
+        host_path: trace.display().to_string(),
+        ..Default::default()
+    }];
+    let id = node.create_container(&pod, &cfg, c).await?;
+    arm(&mut node, "monitor:report").await?;
+    let mut client = node.client().await?;
+    let start = tokio::spawn(async move {
+        client
+            .start_container(k8s_cri::v1::StartContainerRequest { container_id: id })
+            .await
+    });
+    let record = node.state_dir().join("containers");
+    let recorded = || {
+        std::fs::read_dir(&record)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("monitor.json").exists())
+    };
+    // Well inside the stall (2 s): nothing recorded, and the command has not run.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ensure!(!start.is_finished(), "the start did not wait for the stall");
+    ensure!(!recorded(), "recorded before the stall ended");
+    ensure!(runs().is_empty(), "the command ran before it was recorded");
+    start.await??;
+    ensure!(recorded(), "started, and no monitor.json");
+    for _ in 0..100 {
+        if !runs().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(runs() == "ran\n", "runs {:?}", runs());
+    node.set_daemon_env("PEAPOD_FAULT", None);
+    node.stop_and_remove(&pod).await?;
     node.assert_empty().await
 }

@@ -7,7 +7,7 @@ use tracing::info;
 use super::error::ContainerError;
 use super::launch::{self, CgroupDir};
 use super::model::{ContainerRecord, ContainerSpec, ContainerState};
-use super::{Containers, Filter, Result, cgroup, new_id, now_nanos};
+use super::{Containers, Filter, ROOTFS_MOUNT_POINT, Result, cgroup, new_id, now_nanos};
 use crate::fault;
 use crate::monitor::LAUNCH_FILE;
 use crate::sandbox::SandboxState;
@@ -80,7 +80,7 @@ impl Containers {
     ) -> Result<()> {
         let image = self.images.resolve(&spec.image)?;
         let dir = self.dir(id);
-        for d in [dir.join("upper"), dir.join("work"), dir.join("rootfs")] {
+        for d in [dir.join("upper"), dir.join("work")] {
             store::create_dir_all(&d)?;
         }
         fault::point("create:dir");
@@ -91,17 +91,23 @@ impl Containers {
         };
         fault::point("create:shm");
         fault::stall("create:stall");
-        let cg_rel = sandbox
+        // Where its cgroup will be, recorded now so that StartContainer has nothing to
+        // record before it makes it.
+        let cg = sandbox
             .cgroup
             .as_ref()
-            .map(|c| c.rel.join(id))
+            .map(|c| {
+                self.sandboxes
+                    .cgroups()
+                    .record_for(&c.rel.to_string_lossy(), id)
+            })
             .ok_or_else(|| ContainerError::SandboxNotReady {
                 id: sandbox.id.clone(),
             })?;
         let cgroups = self
             .sandboxes
             .cgroups()
-            .dirs(&cg_rel)
+            .dirs(&cg.rel)
             .into_iter()
             .map(|(path, name)| CgroupDir { path, name })
             .collect();
@@ -120,6 +126,8 @@ impl Containers {
             cgroups,
             log_path: log_path.clone(),
             control_socket: self.socket(id),
+            mount_point: self.cfg.run_dir.join(ROOTFS_MOUNT_POINT),
+            mountpoints: Some(self.mountpoints_dir()).filter(|d| d.is_dir()),
         })?;
         store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
         fault::point("create:launch");
@@ -147,7 +155,7 @@ impl Containers {
             created_at: now_nanos(),
             started_at: 0,
             running: None,
-            cgroup: None,
+            cgroup: Some(cg),
             exit: None,
         };
         self.persist(&rec)?;

@@ -41,9 +41,14 @@ pub struct Rootfs {
     pub layers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
-    /// The mount point (inside the container's own mount namespace only).
+    /// The mount point (inside the container's own mount namespace only, so one directory
+    /// serves every container).
     pub target: PathBuf,
     pub readonly: bool,
+    /// The lowest layer, below the image's: empty mount points (see
+    /// `Containers::ensure_mountpoints`), when the daemon has it.
+    #[serde(default)]
+    pub mountpoints: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +107,9 @@ pub struct Inputs<'a> {
     pub cgroups: Vec<CgroupDir>,
     pub log_path: Option<PathBuf>,
     pub control_socket: PathBuf,
+    /// Where the rootfs is mounted, and the mount points layer.
+    pub mount_point: PathBuf,
+    pub mountpoints: Option<PathBuf>,
 }
 
 /// The kubelet's rule: `command` replaces the image's entrypoint, `args` its cmd.
@@ -354,8 +362,9 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
             layers: i.image.layers.clone(),
             upper: i.dir.join("upper"),
             work: i.dir.join("work"),
-            target: i.dir.join("rootfs"),
+            target: i.mount_point.clone(),
             readonly: sec.readonly_rootfs,
+            mountpoints: i.mountpoints.clone(),
         },
         mounts,
         shm: i.shm.clone(),

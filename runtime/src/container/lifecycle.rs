@@ -10,7 +10,7 @@ use super::error::ContainerError;
 use super::model::{ContainerRecord, ContainerState, ExitRecord};
 use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
-use crate::monitor::{MONITOR_FILE, MONITOR_LOCK, Reply};
+use crate::monitor::{MONITOR_FILE, Reply};
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
@@ -22,9 +22,9 @@ const MONITOR_WAIT: Duration = Duration::from_secs(10);
 
 impl Containers {
     /// StartContainer: cgroup and limits, then the monitor, which starts the process. The
-    /// cgroup is recorded before it is made, so that a crash in between leaves nothing that
-    /// RemoveContainer does not know of; a crash once the monitor answered is picked up from
-    /// its `monitor.json` (see `refresh`).
+    /// cgroup is recorded (by CreateContainer) before it is made, so that a crash in between
+    /// leaves nothing that RemoveContainer does not know of. That the container runs is recorded by its monitor
+    /// alone (`monitor.json`, read back by `refresh`), before it answers.
     pub fn start(&self, id: &str) -> Result<()> {
         let (id, entry) = self.lookup(id)?;
         let _op = entry.op.lock().expect("lock");
@@ -53,30 +53,41 @@ impl Containers {
         let pod_rel = pod_cg.rel.to_string_lossy();
         let cg = cgroups.record_for(&pod_rel, &id);
         if rec.cgroup.as_ref() != Some(&cg) {
+            // Recorded by CreateContainer; not in records from before it was.
             rec.cgroup = Some(cg.clone());
             self.persist(&rec)?;
             *entry.rec.lock().expect("lock") = rec.clone();
         }
-        fault::point("start:cgroup-recorded");
         let dirs = cgroups.paths(&cg.rel);
         let spawned = (|| {
             cgroups.create(&pod_rel, &id)?;
             fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
             fault::point("start:limits");
-            self.spawn_monitor(&id, lock)
+            match self.spawn_monitor(&id, lock)? {
+                Reply::NotRecorded {
+                    path,
+                    errno,
+                    message,
+                } => {
+                    let source = match errno {
+                        Some(errno) => std::io::Error::from_raw_os_error(errno),
+                        None => std::io::Error::other(message),
+                    };
+                    Err(crate::store::StoreError::Write { path, source }.into())
+                }
+                reply => Ok(reply),
+            }
         })();
         let reply = match spawned {
             Ok(reply) => reply,
             Err(e) => {
-                // Nothing runs: the container stays Created, without a cgroup.
+                // Nothing runs: the container stays Created, and the cgroup goes (its path
+                // stays recorded).
                 gc::kill_all_in(&dirs);
                 if let Err(e) = cgroups.remove(&cg) {
                     warn!(container = %id, error = %e.chain(), "cannot remove the cgroup of a failed start");
-                } else {
-                    rec.cgroup = None;
                 }
-                let _ = self.persist(&rec);
                 *entry.rec.lock().expect("lock") = rec;
                 return Err(e);
             }
@@ -87,13 +98,13 @@ impl Containers {
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
-                // In memory first: it runs, whether or not the record can be written.
-                *entry.rec.lock().expect("lock") = rec.clone();
-                self.persist(&rec)?;
-                fault::point("start:running");
+                // Not written to container.json: the monitor's `monitor.json` is the record
+                // that it runs, and `refresh` reads a Created record with one as Running.
+                *entry.rec.lock().expect("lock") = rec;
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
                 Ok(())
             }
+            Reply::NotRecorded { .. } => unreachable!("an error above"),
             Reply::Failed { message } => {
                 rec.state = ContainerState::Exited;
                 self.refresh(&mut rec);
@@ -120,18 +131,14 @@ impl Containers {
         }
     }
 
-    /// The container's `monitor.lock`, locked by us; `None` when a monitor holds it. The
-    /// daemon hands it, locked, to the monitor it spawns, and every monitor process keeps it
-    /// until it exits: so a lock that is held while no start is in flight (only after a
-    /// crash) means a monitor of an earlier daemon is still alive or still starting.
+    /// The monitor lock: the container's dir, opened and locked (flock) by us; `None` when a
+    /// monitor holds it. The daemon hands it, locked, to the monitor it spawns, and every
+    /// monitor process keeps it until it exits: so a lock that is held while no start is in
+    /// flight (only after a crash) means a monitor of an earlier daemon is still alive or
+    /// still starting. (A lock file of its own would cost a file creation on every start.)
     fn monitor_lock(&self, id: &str) -> Result<Option<std::fs::File>> {
-        let path = self.dir(id).join(MONITOR_LOCK);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(ContainerError::io("open", path.clone()))?;
+        let path = self.dir(id);
+        let f = std::fs::File::open(&path).map_err(ContainerError::io("open", path.clone()))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -144,7 +151,7 @@ impl Containers {
     /// report (`monitor.json`, then the container runs) or to end, then refreshes.
     pub(super) fn settle(&self, rec: &mut ContainerRecord) {
         self.refresh(rec);
-        if rec.state != ContainerState::Created || !self.dir(&rec.id).join(MONITOR_LOCK).exists() {
+        if rec.state != ContainerState::Created {
             return;
         }
         let deadline = Instant::now() + MONITOR_WAIT;
@@ -161,7 +168,7 @@ impl Containers {
         }
     }
 
-    /// Runs `peapod monitor <dir>` with the locked `monitor.lock` as its stdin: its first
+    /// Runs `peapod monitor <dir>` with the locked monitor lock as its stdin: its first
     /// process exits at once (the monitor is no child of ours); the monitor says on the pipe
     /// whether the container runs, then closes it.
     fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Reply> {

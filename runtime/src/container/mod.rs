@@ -73,6 +73,10 @@ pub struct Filter {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Under the run dir: where each container's process mounts its rootfs, in its own mount
+/// namespace (so one empty directory serves them all).
+const ROOTFS_MOUNT_POINT: &str = "rootfs";
+
 fn now_nanos() -> i64 {
     crate::monitor::log::now_nanos()
 }
@@ -106,6 +110,43 @@ impl Containers {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("containers").join(id)
+    }
+
+    /// The mount points layer: the lowest layer of every container's rootfs, empty
+    /// directories `proc`, `sys`, `dev` and `etc`, and empty files `etc/hosts`,
+    /// `etc/hostname` and `etc/resolv.conf`, for the mounts the container gets. Where the
+    /// image has them they hide these; where it has not, the container's process would
+    /// otherwise make each in its writable layer on every start (for `etc/hosts` with a
+    /// copy-up of `/etc`), and those file creations cost more than anything else in a start.
+    /// Made once, at start-up, in the run dir; never changed once made (overlayfs lower
+    /// layers must not change under a mount).
+    fn mountpoints_dir(&self) -> PathBuf {
+        self.cfg.run_dir.join("mountpoints")
+    }
+
+    /// Makes the mount points layer if it is not there (whole or not at all: made aside,
+    /// then renamed into place).
+    fn ensure_mountpoints(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = self.mountpoints_dir();
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let tmp = self.cfg.run_dir.join(".mountpoints.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut mkdir = std::fs::DirBuilder::new();
+        mkdir.mode(0o755).recursive(true);
+        for d in ["proc", "sys", "dev", "etc"] {
+            mkdir.create(tmp.join(d))?;
+        }
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(tmp.join("etc").join(f))?;
+        }
+        std::fs::rename(&tmp, &dir)
     }
 
     fn socket(&self, id: &str) -> PathBuf {
@@ -262,6 +303,10 @@ impl Containers {
     /// comes back Exited); containers whose pod is gone are removed; then whatever carries a
     /// container's name but has no record is collected (see [`gc`]).
     pub fn recover(&self) -> Result<()> {
+        if let Err(e) = self.ensure_mountpoints() {
+            // Containers still start: their process makes its mount points itself.
+            warn!(dir = %self.mountpoints_dir().display(), error = %e, "cannot make the mount points layer");
+        }
         let dir = self.cfg.state_dir.join("containers");
         store::create_dir_all(&dir)?;
         let read = std::fs::read_dir(&dir).map_err(|source| store::StoreError::Read {

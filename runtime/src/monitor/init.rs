@@ -6,6 +6,9 @@
 //!
 //! Both report on the status pipe (close-on-exec): the init writes `pid <n>`, the container's
 //! process `error <message>` if it fails before exec. EOF with a pid and no error: it runs.
+//! With its rootfs built, the container's process waits for one byte on the `go` pipe before
+//! it becomes the command: the monitor sends it once it has recorded the container, and
+//! closes the pipe without it if it cannot, so that nothing runs unrecorded.
 // fork() needs unsafe; each block says why it holds.
 #![allow(unsafe_code)]
 
@@ -45,6 +48,8 @@ pub enum InitError {
     Rootfs(#[from] rootfs::MountError),
     #[error(transparent)]
     Exec(#[from] process::ExecError),
+    #[error("the monitor could not record the container")]
+    NotRecorded,
 }
 
 /// The pipes the init's process gets as stdio, and the status pipe.
@@ -53,6 +58,8 @@ pub struct InitIo {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub status: File,
+    /// The read end of the `go` pipe (close-on-exec).
+    pub go: File,
 }
 
 fn report(mut status: &File, msg: &str) {
@@ -139,7 +146,7 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
             Ok(())
         }
         ForkResult::Child => {
-            let e = container_process(spec);
+            let e = container_process(spec, &io.go);
             report(&io.status, &format!("error {}", chain(&e)));
             // SAFETY: as in `run`.
             unsafe { libc::_exit(127) }
@@ -147,11 +154,16 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
     }
 }
 
-/// The container's process: rootfs, then the command. Returns only on failure.
-fn container_process(spec: &LaunchSpec) -> InitError {
-    // Our own status fd must not leak into the container: it is close-on-exec.
+/// The container's process: rootfs, the monitor's go, then the command. Returns only on
+/// failure.
+fn container_process(spec: &LaunchSpec, mut go: &File) -> InitError {
+    // Our own status and go fds must not leak into the container: they are close-on-exec.
     if let Err(e) = rootfs::setup(spec) {
         return e.into();
+    }
+    let mut byte = [0u8; 1];
+    if !matches!(std::io::Read::read(&mut go, &mut byte), Ok(1)) {
+        return InitError::NotRecorded;
     }
     process::become_command(spec, &spec.argv, &spec.env, &spec.cwd, false).into()
 }

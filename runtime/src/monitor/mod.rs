@@ -6,7 +6,7 @@
 //! writes them to the CRI log, answers `reopen` on its control socket, and when the container
 //! ends drains the pipes and writes `exit.json` atomically. It outlives the daemon.
 //!
-//! Its stdin is the container's `monitor.lock`, locked by the daemon (flock): the monitor
+//! Its stdin is the container's dir, opened and locked by the daemon (flock): the monitor
 //! keeps it open, never reads it, and the container's init replaces it with /dev/null. The
 //! lock is released only when the last monitor process ends, so a daemon restarted after a
 //! crash in the middle of a start knows whether a monitor is still on its way.
@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -49,15 +49,42 @@ const DRAIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     Running(Running),
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
+    /// `monitor.json` could not be written (`errno`, when there is one): the container's
+    /// process was killed before it ran the command, and nothing was recorded. For the
+    /// daemon the start did not happen.
+    NotRecorded {
+        path: PathBuf,
+        errno: Option<i32>,
+        message: String,
+    },
+}
+
+/// How a monitor's start fails.
+enum StartFailure {
+    /// The container did not start; recorded in `exit.json` as a start error.
+    Failed(io::Error),
+    /// Nothing could be recorded; see [`Reply::NotRecorded`].
+    NotRecorded(store::StoreError),
+}
+
+impl From<io::Error> for StartFailure {
+    fn from(e: io::Error) -> StartFailure {
+        StartFailure::Failed(e)
+    }
+}
+
+impl From<nix::errno::Errno> for StartFailure {
+    fn from(e: nix::errno::Errno) -> StartFailure {
+        StartFailure::Failed(e.into())
+    }
 }
 
 pub const LAUNCH_FILE: &str = "launch.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const MONITOR_FILE: &str = "monitor.json";
-/// Locked by the daemon and handed to the monitor as its stdin; held while any monitor
-/// process of the container lives (see `Containers::start`).
-pub const MONITOR_LOCK: &str = "monitor.lock";
 
 fn reply(r: &Reply) {
     let mut line = serde_json::to_vec(r).expect("serializes");
@@ -91,10 +118,22 @@ pub fn main(dir: &Path) -> ExitCode {
     }
     match Monitor::start(dir, &spec) {
         Ok(m) => m.run(dir, &spec),
-        Err(e) => {
+        Err(StartFailure::Failed(e)) => {
             let message = init::chain(&e);
             let _ = record_exit(dir, None, false, Some(message.clone()));
             reply(&Reply::Failed { message });
+            ExitCode::FAILURE
+        }
+        Err(StartFailure::NotRecorded(e)) => {
+            let (path, errno) = match &e {
+                store::StoreError::Write { path, source } => (path.clone(), source.raw_os_error()),
+                _ => (dir.join(MONITOR_FILE), None),
+            };
+            reply(&Reply::NotRecorded {
+                path,
+                errno,
+                message: init::chain(&e),
+            });
             ExitCode::FAILURE
         }
     }
@@ -109,13 +148,67 @@ struct Monitor {
     log: LogFile,
 }
 
+/// What the init and the container's process say on the status pipe: `pid <n>\n` from the
+/// init once it forked the process, `error <message>` from either if it fails; EOF once both
+/// are gone or exec'd.
+struct Status {
+    pipe: File,
+    text: String,
+}
+
+impl Status {
+    fn new(pipe: File) -> Status {
+        Status {
+            pipe,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the pid is known, an error is said, or EOF; the pid if it is known with
+    /// no error.
+    fn pid(&mut self) -> io::Result<Option<i32>> {
+        let mut buf = [0u8; 512];
+        loop {
+            if self.text.contains("error ") {
+                self.finish()?;
+                return Ok(None);
+            }
+            let complete = &self.text[..self.text.rfind('\n').map_or(0, |i| i + 1)];
+            let pid = complete
+                .lines()
+                .find_map(|l| l.strip_prefix("pid ")?.parse::<i32>().ok());
+            if pid.is_some() {
+                return Ok(pid);
+            }
+            match self.pipe.read(&mut buf)? {
+                0 => return Ok(None),
+                n => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    /// Reads to EOF.
+    fn finish(&mut self) -> io::Result<()> {
+        let mut rest = String::new();
+        self.pipe.read_to_string(&mut rest)?;
+        self.text.push_str(&rest);
+        Ok(())
+    }
+
+    /// The error said, if any.
+    fn error(&self) -> Option<String> {
+        let i = self.text.find("error ")?;
+        Some(self.text[i + 6..].trim().to_owned())
+    }
+}
+
 fn pipe() -> io::Result<(File, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     Ok((File::from(r), w))
 }
 
 impl Monitor {
-    fn start(dir: &Path, spec: &LaunchSpec) -> io::Result<Monitor> {
+    fn start(dir: &Path, spec: &LaunchSpec) -> Result<Monitor, StartFailure> {
         nix::unistd::setsid()?;
         nix::sys::prctl::set_child_subreaper(true)?;
         std::env::set_current_dir("/")?;
@@ -140,29 +233,37 @@ impl Monitor {
         listener.set_nonblocking(true)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let (mut status_r, status_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let io = init::InitIo {
             stdin: File::open("/dev/null")?.into(),
             stdout: out_w,
             stderr: err_w,
             status: File::from(status_w),
+            go: File::from(go_r),
         };
         // SAFETY: single-threaded, as in `main`.
         match unsafe { nix::unistd::fork() }? {
-            ForkResult::Child => init::run(spec, io),
+            ForkResult::Child => {
+                // The container's process must see EOF on `go` once we are gone.
+                drop(go_w);
+                init::run(spec, io)
+            }
             ForkResult::Parent { .. } => drop(io),
         }
-        let mut status = String::new();
-        status_r.read_to_string(&mut status)?;
-        if let Some(i) = status.find("error ") {
-            reap_all();
-            let _ = std::fs::remove_file(sock);
-            return Err(io::Error::other(status[i + 6..].trim().to_owned()));
-        }
-        let pid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()));
-        let init = pid.ok_or_else(|| io::Error::other("the init reported no pid"))?;
+        let mut status = Status::new(status_r);
+        // Its pid, while the process builds the rootfs (or an error, or EOF).
+        let init = match status.pid()? {
+            Some(pid) => pid,
+            None => {
+                let e = status
+                    .error()
+                    .unwrap_or_else(|| "the init reported no pid".into());
+                reap_all();
+                let _ = std::fs::remove_file(sock);
+                return Err(io::Error::other(e).into());
+            }
+        };
         // The container runs and nothing says so yet: a daemon that crashed after it spawned
         // us must wait for this report (the monitor lock tells it to).
         crate::fault::stall("monitor:report");
@@ -172,11 +273,21 @@ impl Monitor {
             started_at: now_nanos(),
         };
         if let Err(e) = store::write_json(&dir.join(MONITOR_FILE), &running) {
-            // Unrecorded, the container would run with no one to stop it.
+            // Unrecorded, the container would run with no one to stop it: it goes before it
+            // runs the command (it waits for `go`).
             let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+            drop(go_w);
             reap_all();
             let _ = std::fs::remove_file(sock);
-            return Err(io::Error::other(init::chain(&e)));
+            return Err(StartFailure::NotRecorded(e));
+        }
+        // Go: the process may exec the command now (it may have failed already: EPIPE).
+        let _ = File::from(go_w).write_all(b"g");
+        status.finish()?;
+        if let Some(e) = status.error() {
+            reap_all();
+            let _ = std::fs::remove_file(sock);
+            return Err(io::Error::other(e).into());
         }
         reply(&Reply::Running(running));
         // EOF for the daemon: nothing else holds our stdout.

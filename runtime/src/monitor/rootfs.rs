@@ -136,10 +136,12 @@ pub fn setup(spec: &LaunchSpec) -> Result {
     for d in [&r.upper, &r.work, &r.target] {
         mkdir_p(d)?;
     }
+    // Top first; the mount points layer, when there is one, last (lowest).
     let lower: Vec<String> = r
         .layers
         .iter()
         .rev()
+        .chain(r.mountpoints.iter().filter(|p| p.is_dir()))
         .map(|p| p.display().to_string())
         .collect();
     let opts = format!(
