@@ -575,3 +575,35 @@ async fn a_pod_removed_while_a_container_is_being_created_leaves_nothing() -> Re
     );
     Ok(())
 }
+
+/// A copy of the container's lock held for a moment by someone else (as a child forked by
+/// another thread of the daemon holds one until it execs): StartContainer waits it out
+/// instead of taking it for a monitor from before a crash. Found by the soak (8 clients).
+#[tokio::test]
+async fn a_start_waits_out_a_passing_holder_of_the_lock() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("lock");
+    let pod = node.run_pod(&cfg).await?;
+    let id = node
+        .create_container(
+            &pod,
+            &cfg,
+            container_config("app", IMAGE, &["sleep", "1000"]),
+        )
+        .await?;
+    let dir = std::fs::File::open(node.state_dir().join("containers").join(&id))?;
+    dir.lock()?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(dir);
+    });
+    node.start_container(&id).await?;
+    release.await?;
+    ensure!(
+        node.container_status(&id).await?.state == ContainerState::ContainerRunning as i32,
+        "not running"
+    );
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}

@@ -38,9 +38,7 @@ impl Containers {
                 op: "start",
             });
         }
-        let lock = self
-            .monitor_lock(&id)?
-            .ok_or_else(|| ContainerError::MonitorStarting { id: id.clone() })?;
+        let lock = self.lock_for_start(&id)?;
         let pod = self.sandboxes.status(&rec.sandbox_id)?;
         if pod.state != SandboxState::Ready {
             return Err(ContainerError::SandboxNotReady { id: pod.id });
@@ -146,12 +144,34 @@ impl Containers {
         }
     }
 
+    /// The monitor lock for a start. Held by someone else, it is a monitor still starting
+    /// from before a crash (`unsettled`), or else, for a moment, a copy of an earlier open of
+    /// ours (a probe, a start that failed) in a child another thread forked and that has not
+    /// exec'd yet: that one goes by itself.
+    fn lock_for_start(&self, id: &str) -> Result<std::fs::File> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            if let Some(lock) = self.monitor_lock(id)? {
+                return Ok(lock);
+            }
+            if self.unsettled.lock().expect("lock").contains(id) || Instant::now() >= deadline {
+                return Err(ContainerError::MonitorStarting { id: id.to_owned() });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Brings a Created record up to date when a monitor started by an earlier daemon (which
     /// crashed while it started) still holds the container's lock: waits for that monitor to
-    /// report (`monitor.json`, then the container runs) or to end, then refreshes.
+    /// report (`monitor.json`, then the container runs) or to end, then refreshes. Only
+    /// containers found Created at start-up can have one (`unsettled`).
     pub(super) fn settle(&self, rec: &mut ContainerRecord) {
         self.refresh(rec);
         if rec.state != ContainerState::Created {
+            self.unsettled.lock().expect("lock").remove(&rec.id);
+            return;
+        }
+        if !self.unsettled.lock().expect("lock").contains(&rec.id) {
             return;
         }
         let deadline = Instant::now() + MONITOR_WAIT;
@@ -165,6 +185,8 @@ impl Containers {
         self.refresh(rec);
         if rec.state == ContainerState::Created && matches!(self.monitor_lock(&rec.id), Ok(None)) {
             warn!(container = %rec.id, "a monitor from before a crash is still starting");
+        } else {
+            self.unsettled.lock().expect("lock").remove(&rec.id);
         }
     }
 
@@ -323,6 +345,7 @@ impl Containers {
             return Err(e.into());
         }
         self.ctrs.write().expect("lock").remove(&id);
+        self.unsettled.lock().expect("lock").remove(&id);
         let key = (
             rec.sandbox_id.clone(),
             rec.spec.name.clone(),

@@ -62,6 +62,11 @@ pub struct Containers {
     /// reading from its check to its record, so that closing a pod (writing) waits for the
     /// creations in flight, and the stop or removal that follows sees their containers.
     closed: RwLock<HashSet<String>>,
+    /// Containers found Created at start-up whose monitor lock was not yet seen free: a
+    /// monitor of the daemon that crashed may still be starting them (see `settle`). Only
+    /// for these is the lock probed before a start: a probe's open lock can be copied into a
+    /// child another thread forks at that moment, and then look held until that child execs.
+    unsettled: Mutex<HashSet<String>>,
 }
 
 /// A filter for `list`; every set field must match.
@@ -102,6 +107,7 @@ impl Containers {
             ctrs: RwLock::new(Default::default()),
             names: Mutex::new(HashSet::new()),
             closed: RwLock::new(HashSet::new()),
+            unsettled: Mutex::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&c);
         sandboxes.set_containers(weak);
@@ -317,6 +323,9 @@ impl Containers {
             let path = ent.path().join("container.json");
             match store::read_json_opt::<ContainerRecord>(&path) {
                 Ok(Some(mut rec)) => {
+                    if rec.state == ContainerState::Created {
+                        self.unsettled.lock().expect("lock").insert(rec.id.clone());
+                    }
                     self.settle(&mut rec);
                     self.sweep_if_ended(&mut rec);
                     self.insert(rec);
