@@ -235,7 +235,7 @@ async fn a_crashed_daemon_recovers_v2_pods_and_collects_orphaned_cgroups() -> Re
     ])?;
     escaped.wait_for_line("in").await?;
     // And a crash in the middle of RunPodSandbox, right after the pause went into its leaf.
-    node.set_daemon_env("PEAPOD_FAULT", Some("run:pause-recorded"));
+    node.set_daemon_env("PEAPOD_FAULT", Some("run:pause-placed"));
     node.start_daemon().await?;
     let crashed = node.run_pod(&node.pod_config("crashed")).await;
     ensure!(crashed.is_err(), "the armed daemon did not crash");

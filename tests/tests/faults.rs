@@ -28,7 +28,7 @@ const RUN_POINTS: &[&str] = &[
     "run:record",
     "run:cgroup",
     "run:pause",
-    "run:pause-recorded",
+    "run:pause-placed",
     "run:pins",
     "run:attach",
     "run:network-recorded",

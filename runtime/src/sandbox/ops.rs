@@ -113,8 +113,10 @@ impl Ops {
             self.cgroups
                 .place(rec.cgroup.as_ref().expect("set above"), pause.pid)?;
         }
-        self.persist(rec)?;
-        fault::point("run:pause-recorded");
+        // Persisted with the network (step 6), not before: after a crash in between,
+        // `complete_interrupted` finds the pause by its environment, and the pins, named by
+        // the pod's id, go with the garbage of an interrupted pod.
+        fault::point("run:pause-placed");
 
         // 5. pins: from here the namespaces outlive the pause.
         self.pin_all(rec, pause, flags)?;
