@@ -50,18 +50,26 @@ impl HostLocal {
         Some(u32::from(ip))
     }
 
-    /// Records the last address handed out, atomically (temp file + rename). It is only a
-    /// hint for where to start next time, so failing to write it is not an error.
+    /// Records the last address handed out, in place: padded to one fixed width, written at
+    /// the start of the file in one write, so that no file is created after the first time
+    /// (a file creation is the dearest step of an allocation on some disks). It is only a
+    /// hint for where to start next time: failing to write it is not an error, and a torn
+    /// one only means starting from the beginning of the range.
     fn set_last_reserved(&self, subnet: Ipv4Net, ip: Ipv4Addr) {
+        use std::os::unix::fs::FileExt;
         let path = self.last_reserved_path(subnet);
-        let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
-            last_reserved_name(subnet),
-            std::process::id()
-        ));
-        let written = fs::write(&tmp, format!("{ip}\n")).and_then(|()| fs::rename(&tmp, &path));
+        let line = format!("{:<width$}\n", ip.to_string(), width = HINT_LEN - 1);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .and_then(|f| {
+                f.write_all_at(line.as_bytes(), 0)?;
+                f.set_len(HINT_LEN as u64)
+            });
         if let Err(error) = written {
-            let _ = fs::remove_file(&tmp);
             tracing::warn!(path = %path.display(), %error, "cannot record the last reserved ip");
         }
     }
@@ -129,6 +137,9 @@ impl HostLocal {
         }
     }
 }
+
+/// The length of the last-reserved hint: the longest IPv4 address, padded, and a newline.
+const HINT_LEN: usize = 16;
 
 fn last_reserved_name(subnet: Ipv4Net) -> String {
     format!(

@@ -243,3 +243,23 @@ fn two_instances_on_one_directory_do_not_collide() {
     second.allocate(subnet, "x").unwrap();
     assert!(first.allocate(subnet, "y").is_err());
 }
+
+#[test]
+fn the_hint_is_rewritten_in_place_and_a_bad_one_means_the_start() {
+    let (_dir, ipam) = pool();
+    let subnet = net("10.0.0.0/24");
+    let hint = ipam.dir().join("last_reserved_ip.10.0.0.0_24");
+    ipam.allocate(subnet, "a").unwrap();
+    // An older, longer hint is overwritten whole; the file stays the same one.
+    std::fs::write(&hint, "10.0.0.200\n\n\n\n\n\n\n").unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&hint).unwrap());
+    assert_eq!(ipam.allocate(subnet, "b").unwrap(), ip("10.0.0.201"));
+    let text = std::fs::read_to_string(&hint).unwrap();
+    assert_eq!(text.trim(), "10.0.0.201");
+    assert_eq!(text.len(), 16);
+    let now = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&hint).unwrap());
+    assert_eq!(now, inode);
+    // Garbage (a torn write): from the beginning of the range (10.0.0.2 is a's).
+    std::fs::write(&hint, "10.0.").unwrap();
+    assert_eq!(ipam.allocate(subnet, "c").unwrap(), ip("10.0.0.3"));
+}
