@@ -416,7 +416,8 @@ async fn every_container_fault_point_recovers() -> Result<()> {
 
 /// The container's command runs only once its monitor has recorded it (`monitor.json`): the
 /// monitor is held before it records (the `monitor:report` stall), and all that while the
-/// command, which leaves a trace when it runs, has not run.
+/// command, which leaves a trace when it runs, has not run. And the monitor's stderr: the
+/// daemon's until it answers, its own `monitor.log` after.
 #[tokio::test]
 async fn a_command_runs_only_once_recorded() -> Result<()> {
     let mut node = common::node().await?;
@@ -466,6 +467,30 @@ async fn a_command_runs_only_once_recorded() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(runs() == "ran\n", "runs {:?}", runs());
+    // Until it answered, the monitor wrote to the daemon's stderr (its stall notice is in
+    // the daemon's log); from then on to its own monitor.log.
+    ensure!(
+        node.log_tail(400)
+            .contains("fault injection: stalling at monitor:report"),
+        "the monitor's early stderr is not the daemon's"
+    );
+    let dir = std::fs::read_dir(&record)?
+        .flatten()
+        .map(|d| d.path())
+        .find(|d| d.join("monitor.json").exists())
+        .context("no container dir")?;
+    let running: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("monitor.json"))?)?;
+    let monitor = running["monitor"]["pid"]
+        .as_i64()
+        .context("no monitor pid")?;
+    let stderr = node
+        .exec(&["readlink", &format!("/proc/{monitor}/fd/2")])
+        .await?;
+    ensure!(
+        stderr.trim() == dir.join("monitor.log").display().to_string(),
+        "the monitor's stderr is {stderr:?}"
+    );
     node.set_daemon_env("PEAPOD_FAULT", None);
     node.stop_and_remove(&pod).await?;
     node.assert_empty().await

@@ -195,17 +195,13 @@ impl Containers {
     /// whether the container runs, then closes it.
     fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Reply> {
         let dir = self.dir(id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("monitor.log"))
-            .map_err(ContainerError::io("open", dir.join("monitor.log")))?;
+        // Its stderr is ours until it answers (what goes wrong in a start shows in the
+        // daemon's log); then it moves to its own `monitor.log`.
         let mut child = Command::new(&self.exe)
             .arg("monitor")
             .arg(&dir)
             .stdin(lock)
             .stdout(Stdio::piped())
-            .stderr(log)
             .spawn()
             .map_err(|source| ContainerError::Spawn {
                 id: id.to_owned(),

@@ -85,6 +85,8 @@ impl From<nix::errno::Errno> for StartFailure {
 pub const LAUNCH_FILE: &str = "launch.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const MONITOR_FILE: &str = "monitor.json";
+/// The monitor's own stderr once it has answered the daemon.
+pub const MONITOR_LOG: &str = "monitor.log";
 
 fn reply(r: &Reply) {
     let mut line = serde_json::to_vec(r).expect("serializes");
@@ -292,6 +294,14 @@ impl Monitor {
         reply(&Reply::Running(running));
         // EOF for the daemon: nothing else holds our stdout.
         nix::unistd::dup2_stdout(File::options().write(true).open("/dev/null")?)?;
+        // And our stderr, the daemon's until now, becomes our own log: we outlive the daemon.
+        // Made here, after the answer, so that a start does not wait for a file creation.
+        let own_log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join(MONITOR_LOG))
+            .or_else(|_| File::options().write(true).open("/dev/null"))?;
+        nix::unistd::dup2_stderr(own_log)?;
         shed_file_pages();
         Ok(Monitor {
             init: Pid::from_raw(init),
