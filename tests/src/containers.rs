@@ -585,3 +585,43 @@ fn monitor_of(args: &str) -> Option<String> {
         .and_then(|dir| dir.rsplit('/').next())
         .map(str::to_owned)
 }
+
+/// A container whose command writes a line (`ran`) into a node dir of its own (mounted at
+/// `/trace`) when it runs, then sleeps: to tell whether, and when, its command ran.
+pub struct Traced {
+    pub config: ContainerConfig,
+    dir: std::path::PathBuf,
+}
+
+impl Traced {
+    pub fn new(node: &Node, name: &str) -> Result<Traced> {
+        let dir = node.dir().join(format!("trace-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut config = container_config(
+            name,
+            BUSYBOX,
+            &["sh", "-c", "echo ran >> /trace/runs; exec sleep 1000"],
+        );
+        config.mounts = vec![k8s_cri::v1::Mount {
+            container_path: "/trace".into(),
+            host_path: dir.display().to_string(),
+            ..Default::default()
+        }];
+        Ok(Traced { config, dir })
+    }
+
+    /// What the command wrote so far: empty until it ran, `ran\n` once it ran once.
+    pub fn runs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("runs")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the command to have run, and checks it ran once.
+    pub async fn ran_once(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.runs().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(self.runs() == "ran\n", "runs {:?}", self.runs());
+        Ok(())
+    }
+}

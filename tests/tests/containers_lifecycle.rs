@@ -12,7 +12,7 @@ use k8s_cri::v1::{
     CreateContainerRequest, ListContainersRequest, RemoveContainerRequest,
     ReopenContainerLogRequest, StopContainerRequest,
 };
-use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
+use peapod_tests::containers::{BUSYBOX as IMAGE, Traced, container_config};
 use tonic::Code;
 
 fn ticks(log: &str) -> usize {
@@ -422,20 +422,10 @@ async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result
     let alive = node.run_container(&pod, &cfg, sleeper("alive")).await?;
     let alive_pid = node.container_pid(&alive).await?;
     // The one that fails to start leaves a trace if its command ever runs.
-    let trace = node.dir().join("trace");
-    std::fs::create_dir_all(&trace)?;
-    let mut c = container_config(
-        "waiting",
-        IMAGE,
-        &["sh", "-c", "echo ran >> /trace/runs; exec sleep 1000"],
-    );
-    c.mounts = vec![k8s_cri::v1::Mount {
-        container_path: "/trace".into(),
-        host_path: trace.display().to_string(),
-        ..Default::default()
-    }];
-    let waiting = node.create_container(&pod, &cfg, c).await?;
-    let runs = || std::fs::read_to_string(trace.join("runs")).unwrap_or_default();
+    let traced = Traced::new(&node, "waiting")?;
+    let waiting = node
+        .create_container(&pod, &cfg, traced.config.clone())
+        .await?;
     let alive_cgroup = node.container_info(&alive).await?["cgroupPath"]
         .as_str()
         .unwrap_or_default()
@@ -467,7 +457,11 @@ async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result
         let sleeps = procs.iter().filter(|p| p.comm == "sleep").count();
         ensure!(sleeps == 1, "a failed start left a process: {procs:?}");
         // Not even for a moment: nothing runs that could not be recorded.
-        ensure!(runs().is_empty(), "the command ran: {:?}", runs());
+        ensure!(
+            traced.runs().is_empty(),
+            "the command ran: {:?}",
+            traced.runs()
+        );
         Ok::<(), anyhow::Error>(())
     };
     let mut client = node.client().await?;
@@ -520,13 +514,7 @@ async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result
         .container_id;
     node.start_container(&new).await?;
     node.start_container(&waiting).await?;
-    for _ in 0..100 {
-        if !runs().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(runs() == "ran\n", "runs {:?}", runs());
+    traced.ran_once().await?;
     node.stop_and_remove(&pod).await?;
     ensure!(ls().await?.is_empty(), "container dirs left");
     node.assert_empty().await

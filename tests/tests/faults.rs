@@ -20,7 +20,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{
     ContainerConfig, ContainerState, NamespaceMode, NamespaceOption, PodSandboxState,
 };
-use peapod_tests::containers::{BUSYBOX, container_config, security};
+use peapod_tests::containers::{BUSYBOX, Traced, container_config, security};
 use peapod_tests::{Node, PodConfig, host_veth};
 
 const RUN_POINTS: &[&str] = &[
@@ -424,20 +424,10 @@ async fn a_command_runs_only_once_recorded() -> Result<()> {
     node.import_busybox().await?;
     let cfg = node.pod_config("recorded");
     let pod = node.run_pod(&cfg).await?;
-    let trace = node.dir().join("trace");
-    std::fs::create_dir_all(&trace)?;
-    let runs = || std::fs::read_to_string(trace.join("runs")).unwrap_or_default();
-    let mut c = container_config(
-        "traced",
-        BUSYBOX,
-        &["sh", "-c", "echo ran >> /trace/runs; exec sleep 1000"],
-    );
-    c.mounts = vec![k8s_cri::v1::Mount {
-        container_path: "/trace".into(),
-        host_path: trace.display().to_string(),
-        ..Default::default()
-    }];
-    let id = node.create_container(&pod, &cfg, c).await?;
+    let traced = Traced::new(&node, "traced")?;
+    let id = node
+        .create_container(&pod, &cfg, traced.config.clone())
+        .await?;
     arm(&mut node, "monitor:report").await?;
     let mut client = node.client().await?;
     let start = tokio::spawn(async move {
@@ -457,16 +447,13 @@ async fn a_command_runs_only_once_recorded() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     ensure!(!start.is_finished(), "the start did not wait for the stall");
     ensure!(!recorded(), "recorded before the stall ended");
-    ensure!(runs().is_empty(), "the command ran before it was recorded");
+    ensure!(
+        traced.runs().is_empty(),
+        "the command ran before it was recorded"
+    );
     start.await??;
     ensure!(recorded(), "started, and no monitor.json");
-    for _ in 0..100 {
-        if !runs().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(runs() == "ran\n", "runs {:?}", runs());
+    traced.ran_once().await?;
     // Until it answered, the monitor wrote to the daemon's stderr (its stall notice is in
     // the daemon's log); from then on to its own monitor.log.
     ensure!(
