@@ -7,13 +7,20 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::error::ContainerError;
-use super::model::{ContainerRecord, ContainerState, ExitRecord};
+use super::model::{ContainerRecord, ContainerState, ExitRecord, Running};
 use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
 use crate::monitor::{MONITOR_FILE, Reply};
 use crate::sandbox::SandboxState;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
+
+/// What a monitor's answer means for a start (a `Reply::NotRecorded` is an error).
+enum Answer {
+    Running(Running),
+    /// The container did not start (the monitor recorded why in `exit.json`).
+    Failed(String),
+}
 
 /// How long a container may take to exit after SIGKILL, and its monitor to finish after.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -62,20 +69,7 @@ impl Containers {
             fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
             fault::point("start:limits");
-            match self.spawn_monitor(&id, lock)? {
-                Reply::NotRecorded {
-                    path,
-                    errno,
-                    message,
-                } => {
-                    let source = match errno {
-                        Some(errno) => std::io::Error::from_raw_os_error(errno),
-                        None => std::io::Error::other(message),
-                    };
-                    Err(crate::store::StoreError::Write { path, source }.into())
-                }
-                reply => Ok(reply),
-            }
+            self.spawn_monitor(&id, lock)
         })();
         let reply = match spawned {
             Ok(reply) => reply,
@@ -91,7 +85,7 @@ impl Containers {
             }
         };
         match reply {
-            Reply::Running(r) => {
+            Answer::Running(r) => {
                 fault::point("start:monitor");
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
@@ -102,8 +96,7 @@ impl Containers {
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
                 Ok(())
             }
-            Reply::NotRecorded { .. } => unreachable!("an error above"),
-            Reply::Failed { message } => {
+            Answer::Failed(message) => {
                 rec.state = ContainerState::Exited;
                 self.refresh(&mut rec);
                 let mut written = Ok(());
@@ -193,7 +186,7 @@ impl Containers {
     /// Runs `peapod monitor <dir>` with the locked monitor lock as its stdin: its first
     /// process exits at once (the monitor is no child of ours); the monitor says on the pipe
     /// whether the container runs, then closes it.
-    fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Reply> {
+    fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Answer> {
         let dir = self.dir(id);
         // Its stderr is ours until it answers (what goes wrong in a start shows in the
         // daemon's log); then it moves to its own `monitor.log`.
@@ -215,12 +208,28 @@ impl Containers {
             id: id.to_owned(),
             source,
         })?;
-        serde_json::from_str(out.trim()).map_err(|e| ContainerError::Spawn {
+        let reply = serde_json::from_str(out.trim()).map_err(|e| ContainerError::Spawn {
             id: id.to_owned(),
             source: std::io::Error::other(format!(
                 "unexpected answer from the monitor {out:?}: {e}"
             )),
-        })
+        })?;
+        match reply {
+            Reply::Running(r) => Ok(Answer::Running(r)),
+            Reply::Failed { message } => Ok(Answer::Failed(message)),
+            // For us the start did not happen: the error of the write.
+            Reply::NotRecorded {
+                path,
+                errno,
+                message,
+            } => {
+                let source = match errno {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::other(message),
+                };
+                Err(crate::store::StoreError::Write { path, source }.into())
+            }
+        }
     }
 
     /// StopContainer: the stop signal, SIGKILL after `timeout` seconds; an unknown id is OK.
