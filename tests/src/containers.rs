@@ -513,20 +513,12 @@ const MARK: &str = "==peapod-tests==";
 const PS: &str = "ps -e -o pid=,ppid=,comm=,args=";
 
 fn parse_ps(out: &str) -> Result<Vec<ProcArgs>> {
-    let mut procs = Vec::new();
-    for line in out.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(pid), Some(ppid), Some(comm)) = (f.next(), f.next(), f.next()) else {
-            bail!("unexpected ps line {line:?}");
-        };
-        procs.push(ProcArgs {
-            pid: pid.parse()?,
-            ppid: ppid.parse()?,
-            comm: comm.to_owned(),
-            args: f.collect::<Vec<_>>().join(" "),
-        });
-    }
-    Ok(procs)
+    crate::inspect::ps_rows(out, |pid, ppid, comm, args| ProcArgs {
+        pid,
+        ppid,
+        comm,
+        args,
+    })
 }
 
 /// (container id, monitor pid) of the monitors among `procs`, sorted.

@@ -20,6 +20,25 @@ pub struct Proc {
     pub comm: String,
 }
 
+/// Parses `ps -o pid=,ppid=,<word>=,<rest>=` output: each line's pid, ppid, third field and
+/// the rest (which may hold spaces), made into a `T`.
+pub(crate) fn ps_rows<T>(
+    out: &str,
+    make: impl Fn(u32, u32, String, String) -> T,
+) -> Result<Vec<T>> {
+    let mut rows = Vec::new();
+    for line in out.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(pid), Some(ppid), Some(third)) = (fields.next(), fields.next(), fields.next())
+        else {
+            bail!("unexpected ps line {line:?}");
+        };
+        let rest = fields.collect::<Vec<_>>().join(" ");
+        rows.push(make(pid.parse()?, ppid.parse()?, third.to_owned(), rest));
+    }
+    Ok(rows)
+}
+
 impl Proc {
     pub fn is_zombie(&self) -> bool {
         self.stat.starts_with('Z')
@@ -160,26 +179,38 @@ impl Node {
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
     }
 
+    /// Which of `pids` (as seen inside the node) still run: alive and not zombies.
+    pub async fn still_running(&self, pids: &[u64]) -> Result<Vec<Proc>> {
+        Ok(self
+            .processes()
+            .await?
+            .into_iter()
+            .filter(|p| pids.contains(&u64::from(p.pid)) && !p.is_zombie())
+            .collect())
+    }
+
+    /// A crash that lost pod `id`'s record: kills the daemon and deletes `sandbox.json`.
+    pub async fn crash_losing_pod_record(&mut self, id: &str) -> Result<()> {
+        self.kill_daemon().await?;
+        let record = self
+            .state_dir()
+            .join("sandboxes")
+            .join(id)
+            .join("sandbox.json");
+        std::fs::remove_file(&record).with_context(|| format!("cannot remove {record:?}"))
+    }
+
     /// The node's processes (pids as seen inside the node).
     pub async fn processes(&self) -> Result<Vec<Proc>> {
         let out = self
             .exec(&["ps", "-e", "-o", "pid=,ppid=,stat=,comm="])
             .await?;
-        let mut procs = Vec::new();
-        for line in out.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(pid), Some(ppid), Some(stat)) = (fields.next(), fields.next(), fields.next())
-            else {
-                bail!("unexpected ps line {line:?}");
-            };
-            procs.push(Proc {
-                pid: pid.parse()?,
-                ppid: ppid.parse()?,
-                stat: stat.to_owned(),
-                comm: fields.collect::<Vec<_>>().join(" "),
-            });
-        }
-        Ok(procs)
+        ps_rows(&out, |pid, ppid, stat, comm| Proc {
+            pid,
+            ppid,
+            stat,
+            comm,
+        })
     }
 
     /// Pause processes of pods (every `peapod-pause` but the node's own PID 1).

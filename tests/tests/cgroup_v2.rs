@@ -215,13 +215,7 @@ async fn a_crashed_daemon_recovers_v2_pods_and_collects_orphaned_cgroups() -> Re
 
     // A crash that lost the record of `lost`, with a process that escaped into a cgroup of
     // its own below the pod.
-    node.kill_daemon().await?;
-    std::fs::remove_file(
-        node.state_dir()
-            .join("sandboxes")
-            .join(&lost)
-            .join("sandbox.json"),
-    )?;
+    node.crash_losing_pod_record(&lost).await?;
     let stray = format!("{parent}/{lost}/stray");
     std::fs::create_dir(node.node_cgroup(&stray))?;
     let procs = format!(

@@ -48,13 +48,7 @@ async fn gc_removes_what_no_record_owns_and_nothing_else() -> Result<()> {
     );
 
     // A crash that lost the record: everything of `lost` is now garbage.
-    node.kill_daemon().await?;
-    let record = node
-        .state_dir()
-        .join("sandboxes")
-        .join(&lost)
-        .join("sandbox.json");
-    std::fs::remove_file(&record)?;
+    node.crash_losing_pod_record(&lost).await?;
 
     let dry = gc(&node, &["--dry-run"]).await?;
     let said = String::from_utf8_lossy(&dry.stdout).into_owned();
@@ -109,12 +103,10 @@ async fn gc_removes_what_no_record_owns_and_nothing_else() -> Result<()> {
         String::from_utf8_lossy(&again.stdout).contains("nothing to collect"),
         "a second gc found more: {again:?}"
     );
-    let procs = node.processes().await?;
+    let running = node.still_running(&[monitor, pid]).await?;
     ensure!(
-        !procs
-            .iter()
-            .any(|p| [monitor, pid].contains(&u64::from(p.pid)) && !p.is_zombie()),
-        "the lost pod's container or monitor still runs: {procs:?}"
+        running.is_empty(),
+        "the lost pod's container or monitor still runs: {running:?}"
     );
     ensure!(
         !node.state_dir().join("containers").join(&ctr).exists(),
@@ -414,12 +406,10 @@ async fn a_restart_collects_container_leftovers() -> Result<()> {
             && s.exit_code != 0,
         "a container whose monitor died: {s:?}"
     );
-    let procs = node.processes().await?;
+    let running = node.still_running(&[pid]).await?;
     ensure!(
-        !procs
-            .iter()
-            .any(|x| u64::from(x.pid) == pid && !x.is_zombie()),
-        "the container of a dead monitor still runs: {procs:?}"
+        running.is_empty(),
+        "the container of a dead monitor still runs: {running:?}"
     );
     node.remove_container(&lost).await?;
     kept_and_clean(&node, &p).await
@@ -441,21 +431,13 @@ async fn a_restart_removes_the_containers_of_a_lost_pod() -> Result<()> {
         info["monitorPid"].as_u64().context("monitorPid")?,
         info["pid"].as_u64().context("pid")?,
     );
-    node.kill_daemon().await?;
-    std::fs::remove_file(
-        node.state_dir()
-            .join("sandboxes")
-            .join(&lost)
-            .join("sandbox.json"),
-    )?;
+    node.crash_losing_pod_record(&lost).await?;
     node.start_daemon().await?;
 
-    let procs = node.processes().await?;
+    let running = node.still_running(&[monitor, pid]).await?;
     ensure!(
-        !procs
-            .iter()
-            .any(|p| [monitor, pid].contains(&u64::from(p.pid)) && !p.is_zombie()),
-        "the lost pod's container or monitor still runs: {procs:?}"
+        running.is_empty(),
+        "the lost pod's container or monitor still runs: {running:?}"
     );
     let socks = node.exec(&["ls", "-A", &format!("{RUN}/mon")]).await?;
     ensure!(socks.trim().is_empty(), "monitor sockets left: {socks}");

@@ -30,8 +30,9 @@ const MONITOR_WAIT: Duration = Duration::from_secs(10);
 impl Containers {
     /// StartContainer: cgroup and limits, then the monitor, which starts the process. The
     /// cgroup is recorded (by CreateContainer) before it is made, so that a crash in between
-    /// leaves nothing that RemoveContainer does not know of. That the container runs is recorded by its monitor
-    /// alone (`monitor.json`, read back by `refresh`), before it answers.
+    /// leaves nothing that RemoveContainer does not know of. That the container runs is
+    /// recorded by its monitor alone (`monitor.json`, read back by `refresh`), before it
+    /// answers.
     pub fn start(&self, id: &str) -> Result<()> {
         let (id, entry) = self.lookup(id)?;
         let _op = entry.op.lock().expect("lock");
