@@ -1,6 +1,7 @@
 //! Daemon configuration: a TOML file (every key optional, unknown keys are an error) with
 //! flags on top, and defaults that just work.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -29,6 +30,13 @@ pub struct FileConfig {
     /// Per registry host: mirrors, insecure, ca, client_cert, client_key (file only, no
     /// flag).
     pub registries: Option<RegistryConfig>,
+    /// Where the streaming server (exec, attach, port-forward URLs) listens.
+    pub stream_address: Option<IpAddr>,
+    /// 0: a free port, chosen at start (Status verbose info tells which).
+    pub stream_port: Option<u16>,
+    /// PEM certificate chain and key: the streaming server speaks HTTPS.
+    pub stream_tls_cert: Option<PathBuf>,
+    pub stream_tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -55,6 +63,10 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub registries: RegistryConfig,
+    pub stream_address: IpAddr,
+    pub stream_port: u16,
+    pub stream_tls_cert: Option<PathBuf>,
+    pub stream_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +160,22 @@ impl FileConfig {
                 key: "registries",
                 reason,
             })?;
+        let stream_tls_cert = over.stream_tls_cert.or(self.stream_tls_cert);
+        let stream_tls_key = over.stream_tls_key.or(self.stream_tls_key);
+        if stream_tls_cert.is_some() != stream_tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "stream_tls_cert",
+                reason: "stream_tls_cert and stream_tls_key go together".into(),
+            });
+        }
         Ok(Config {
+            stream_address: over
+                .stream_address
+                .or(self.stream_address)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            stream_port: over.stream_port.or(self.stream_port).unwrap_or(0),
+            stream_tls_cert,
+            stream_tls_key,
             socket: over
                 .socket
                 .or(self.socket)
@@ -217,6 +244,28 @@ mod tests {
         assert_eq!(c.mtu, None);
         assert_eq!(c.pause_path, PathBuf::from("/opt/bin/peapod-pause"));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.stream_address.to_string(), "127.0.0.1");
+        assert_eq!(c.stream_port, 0);
+        assert_eq!(c.stream_tls_cert, None);
+    }
+
+    #[test]
+    fn stream_keys_parse_and_tls_needs_both() {
+        let c = parse("stream_address = \"0.0.0.0\"\nstream_port = 10010")
+            .unwrap()
+            .resolve(FileConfig::default(), Path::new("/"))
+            .unwrap();
+        assert_eq!(c.stream_address.to_string(), "0.0.0.0");
+        assert_eq!(c.stream_port, 10010);
+        assert!(parse("stream_port = 70000").is_err());
+        let half = parse("stream_tls_cert = \"/etc/peapod/s.pem\"").unwrap();
+        assert!(matches!(
+            half.resolve(FileConfig::default(), Path::new("/")),
+            Err(ConfigError::Invalid {
+                key: "stream_tls_cert",
+                ..
+            })
+        ));
     }
 
     #[test]

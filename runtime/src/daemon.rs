@@ -159,6 +159,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
     }
 
+    let streaming =
+        crate::streaming::StreamServer::start(&cfg, containers.clone(), sandboxes.clone()).await?;
     let listener = bind_socket(&cfg)?;
     info!(socket = %cfg.socket.display(), "serving CRI");
     let svc = CriService {
@@ -166,6 +168,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         containers,
         net,
         images,
+        streaming,
     };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))

@@ -14,6 +14,7 @@ mod monitor;
 mod network;
 mod sandbox;
 mod store;
+mod streaming;
 
 use std::path::PathBuf;
 
@@ -136,6 +137,12 @@ struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Address of the streaming server (exec, attach, port-forward) [default: 127.0.0.1]
+    #[arg(long)]
+    stream_address: Option<std::net::IpAddr>,
+    /// Port of the streaming server [default: 0, a free port]
+    #[arg(long)]
+    stream_port: Option<u16>,
 }
 
 impl ServeArgs {
@@ -153,6 +160,10 @@ impl ServeArgs {
             log_level: self.log_level.clone(),
             log_format: self.log_format,
             registries: None,
+            stream_address: self.stream_address,
+            stream_port: self.stream_port,
+            stream_tls_cert: None,
+            stream_tls_key: None,
         }
     }
 }
@@ -206,27 +217,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The hidden per-container subcommands, dispatched before any argument parsing so that the
 /// long-lived monitor stays lean: `peapod monitor <container dir>` and
-/// `peapod enter <container dir> <pid> <start time> <command…>`.
+/// `peapod enter [--tty] <container dir> <pid> <start time> <command…>`.
 fn internal(args: &[std::ffi::OsString]) -> Option<std::process::ExitCode> {
     use std::path::Path;
     let sub = args.get(1)?.to_str()?;
     match (sub, args.get(2)) {
         ("monitor", Some(dir)) => Some(monitor::main(Path::new(dir))),
-        ("enter", Some(dir)) => {
+        ("enter", Some(_)) => {
+            let tty = args[2] == "--tty";
+            let at = if tty { 3 } else { 2 };
             let num = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
-            let (Some(pid), Some(start_time)) = (num(3), num(4)) else {
-                eprintln!("usage: peapod enter DIR PID START_TIME COMMAND...");
+            let (Some(dir), Some(pid), Some(start_time)) = (args.get(at), num(at + 1), num(at + 2))
+            else {
+                eprintln!("usage: peapod enter [--tty] DIR PID START_TIME COMMAND...");
                 return Some(std::process::ExitCode::from(2));
             };
             let target = sandbox::process::ProcRef {
                 pid: pid as i32,
                 start_time,
             };
-            let argv: Vec<String> = args[5..]
+            let argv: Vec<String> = args[at + 3..]
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            Some(monitor::enter::main(Path::new(dir), target, &argv))
+            Some(monitor::enter::main(Path::new(dir), target, &argv, tty))
         }
         _ => None,
     }

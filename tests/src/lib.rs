@@ -22,6 +22,7 @@ mod node;
 mod pods;
 mod registry;
 mod spawn;
+pub mod stream;
 
 use std::path::PathBuf;
 

@@ -22,9 +22,15 @@ pub struct ExecOutput {
 }
 
 impl Containers {
-    /// ExecSync: `cmd` in the running container; `timeout` seconds (0: none), then killed.
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
-        super::validate::exec_sync(&cmd, timeout)?;
+    /// `peapod enter` for `cmd` in running container `id` (the security context, namespaces
+    /// and cgroup of its process), stdio left to the caller; `tty`: the command gets the
+    /// terminal on its stdin as its controlling terminal. Killed when dropped.
+    pub fn enter_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<(String, i32, tokio::process::Command)> {
         let rec = self.status(id)?;
         let (ContainerState::Running, Some(r)) = (rec.state, rec.running) else {
             return Err(ContainerError::WrongState {
@@ -33,19 +39,30 @@ impl Containers {
                 op: "exec",
             });
         };
-        let mut child = tokio::process::Command::new(&self.exe)
-            .arg("enter")
-            .arg(self.dir(&rec.id))
+        let mut c = tokio::process::Command::new(&self.exe);
+        c.arg("enter");
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(self.dir(&rec.id))
             .arg(r.init.pid.to_string())
             .arg(r.init.start_time.to_string())
-            .args(&cmd)
+            .args(cmd)
+            .kill_on_drop(true);
+        Ok((rec.id, r.init.pid, c))
+    }
+
+    /// ExecSync: `cmd` in the running container; `timeout` seconds (0: none), then killed.
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
+        super::validate::exec_sync(&cmd, timeout)?;
+        let (id, _, mut command) = self.enter_command(id, &cmd, false)?;
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|source| ContainerError::Exec {
-                id: rec.id.clone(),
+                id: id.clone(),
                 source,
             })?;
         let mut out = child.stdout.take().expect("piped").take(MAX_OUTPUT);
@@ -63,24 +80,15 @@ impl Containers {
                 // Dropping `run` drops the child: SIGKILL (kill_on_drop), and the command,
                 // whose parent-death signal is SIGKILL, goes with it.
                 Err(_) => {
-                    return Err(ContainerError::ExecTimeout {
-                        id: rec.id,
-                        secs: timeout,
-                    });
+                    return Err(ContainerError::ExecTimeout { id, secs: timeout });
                 }
             }
         } else {
             run.await
         };
-        let (stdout, stderr, status) = done.map_err(|source| ContainerError::Exec {
-            id: rec.id.clone(),
-            source,
-        })?;
-        use std::os::unix::process::ExitStatusExt;
-        let exit_code = status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(255);
+        let (stdout, stderr, status) =
+            done.map_err(|source| ContainerError::Exec { id, source })?;
+        let exit_code = exit_code(status);
         Ok(ExecOutput {
             stdout,
             stderr,
@@ -115,4 +123,13 @@ impl Containers {
             other => Err(fail(other.trim_start_matches("error ").to_owned())),
         }
     }
+}
+
+/// A command's exit code as a shell reports it: 128 + the signal that killed it.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
 }

@@ -12,7 +12,7 @@
 pub mod cgroup;
 mod create;
 pub mod error;
-mod exec;
+pub mod exec;
 pub mod gc;
 pub mod launch;
 mod lifecycle;

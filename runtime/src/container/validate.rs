@@ -124,6 +124,30 @@ pub fn exec_sync(cmd: &[String], timeout: i64) -> Result {
     Ok(())
 }
 
+/// The CRI Exec request: a command as ExecSync takes it, and streams that make sense
+/// together (with a TTY, stderr is stdout: the CRI says stderr must then be false).
+pub fn exec_request(cmd: &[String], tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result {
+    exec_sync(cmd, 0)?;
+    streams(tty, stdin, stdout, stderr)
+}
+
+/// The streams of an Exec or Attach request.
+pub fn streams(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result {
+    if !(stdin || stdout || stderr) {
+        return Err(invalid(
+            "stdin/stdout/stderr",
+            "at least one of them must be requested",
+        ));
+    }
+    if tty && stderr {
+        return Err(invalid(
+            "stderr",
+            "must be false with tty (a terminal has one output stream)",
+        ));
+    }
+    Ok(())
+}
+
 fn absolute(field: &str, p: &str) -> Result {
     if !p.starts_with('/') || p.len() > MAX_PATH || p.contains('\0') {
         return Err(invalid(

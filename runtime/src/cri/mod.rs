@@ -5,6 +5,7 @@ mod container_stats;
 mod container_status;
 mod convert;
 mod create_container;
+mod exec;
 mod exec_sync;
 mod image;
 mod image_fs_info;
@@ -16,6 +17,7 @@ mod list_pod_sandbox;
 mod list_pod_sandbox_stats;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
+mod port_forward;
 mod pull_image;
 mod remove_container;
 mod remove_image;
@@ -45,6 +47,7 @@ use crate::container::Containers;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::Sandboxes;
+use crate::streaming::StreamServer;
 
 /// Serves both the RuntimeService and the ImageService (cheap to clone: all shared).
 #[derive(Clone)]
@@ -53,6 +56,7 @@ pub struct CriService {
     pub containers: Arc<Containers>,
     pub net: Arc<NodeNetwork>,
     pub images: Arc<ImageStore>,
+    pub streaming: Arc<StreamServer>,
 }
 
 impl CriService {
@@ -221,6 +225,17 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
+        exec::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Res<cri::PortForwardResponse> {
+        port_forward::handle(self, req.into_inner()).map(Response::new)
+    }
+
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
         exec_sync::handle(self, req.into_inner())
             .await
@@ -273,9 +288,7 @@ impl RuntimeService for CriService {
     }
 
     not_yet! {
-        exec: cri::ExecRequest => cri::ExecResponse;
         attach: cri::AttachRequest => cri::AttachResponse;
-        port_forward: cri::PortForwardRequest => cri::PortForwardResponse;
         checkpoint_container: cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors: cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics: cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;

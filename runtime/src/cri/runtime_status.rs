@@ -34,6 +34,7 @@ pub fn handle(svc: &CriService, req: cri::StatusRequest) -> cri::StatusResponse 
             "cgroupDriver": "cgroupfs",
             "networkError": net.err(),
             "version": env!("CARGO_PKG_VERSION"),
+            "streamServer": svc.streaming.base_url(),
         });
         info.insert("info".to_owned(), v.to_string());
     }

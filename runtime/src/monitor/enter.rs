@@ -1,4 +1,4 @@
-//! `peapod enter <container dir> <pid> <start time> <command…>`: ExecSync's helper. A fresh
+//! `peapod enter [--tty] <container dir> <pid> <start time> <command…>`: the exec helper. A fresh
 //! single-threaded process (setns into a mount namespace refuses threaded callers) that joins
 //! the running container's cgroup and namespaces, forks (a PID namespace takes effect for
 //! children), and the child becomes the command under the container's security context. The
@@ -28,7 +28,7 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(CANNOT_ENTER)
 }
 
-pub fn main(dir: &Path, target: ProcRef, argv: &[String]) -> ExitCode {
+pub fn main(dir: &Path, target: ProcRef, argv: &[String], tty: bool) -> ExitCode {
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => return fail(&init::chain(&e)),
@@ -66,11 +66,17 @@ pub fn main(dir: &Path, target: ProcRef, argv: &[String]) -> ExitCode {
     match unsafe { nix::unistd::fork() } {
         Err(e) => fail(&format!("cannot fork: {e}")),
         Ok(ForkResult::Child) => {
+            if tty && let Err(e) = controlling_terminal() {
+                eprintln!("peapod enter: cannot take the terminal: {e}");
+                // SAFETY: as below.
+                unsafe { libc::_exit(CANNOT_ENTER as i32) }
+            }
             let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
             let e = process::become_command(&spec, argv, &spec.env, cwd, true);
             eprintln!("peapod enter: {}", init::chain(&e));
             let code = match e {
-                process::ExecError::NotFound(_) => 127,
+                process::ExecError::NotFound(_)
+                | process::ExecError::Exec(_, nix::errno::Errno::ENOENT) => 127,
                 _ => CANNOT_ENTER as i32,
             };
             // SAFETY: _exit ends the forked child without running atexit handlers.
@@ -87,4 +93,14 @@ pub fn main(dir: &Path, target: ProcRef, argv: &[String]) -> ExitCode {
             }
         },
     }
+}
+
+/// `--tty`: stdin is a terminal; the command gets its own session with it as the controlling
+/// terminal (job control, ^C, SIGWINCH on resize).
+fn controlling_terminal() -> nix::Result<()> {
+    nix::unistd::setsid()?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal from another session) and
+    // reads no memory of ours.
+    let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).map(drop)
 }

@@ -1,0 +1,163 @@
+//! A pseudo-terminal pair for `exec -t`: the command gets the slave as stdin, stdout and
+//! stderr (and as its controlling terminal, see `peapod enter --tty`); the daemon keeps the
+//! master, non-blocking, registered with tokio, and sets its window size on resize.
+// The TIOCSWINSZ ioctl is a foreign call; its block says why it holds.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use nix::fcntl::{OFlag, fcntl};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub struct Pty {
+    pub master: Master,
+    pub slave: OwnedFd,
+}
+
+/// The master side; cheap to clone (reads and writes go to the same terminal).
+#[derive(Clone)]
+pub struct Master(Arc<AsyncFd<OwnedFd>>);
+
+impl Pty {
+    /// Opens a pair in the devpts instance of the filesystem tree at `root` (a container's
+    /// `/proc/<pid>/root`, so that the command finds its terminal under its own `/dev/pts`),
+    /// falling back to the node's when that tree has no usable `/dev/ptmx`. Both ends close
+    /// on exec, so no other child inherits them.
+    pub fn open_in(root: &Path) -> io::Result<Pty> {
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
+                .open(p)
+        };
+        let master: OwnedFd = match open(&root.join("dev/ptmx")) {
+            Ok(f) => f.into(),
+            Err(_) => open(Path::new("/dev/ptmx"))?.into(),
+        };
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK reads an int from a valid pointer; the fd is an open ptmx.
+        let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+        nix::errno::Errno::result(r)?;
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: TIOCGPTPEER opens the slave of this master and returns a new fd (or -1).
+        let peer = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+        let peer = nix::errno::Errno::result(peer)?;
+        // SAFETY: `peer` is a fresh fd the kernel just returned, owned by nobody else.
+        let slave = unsafe { OwnedFd::from_raw_fd(peer) };
+        let fl = OFlag::from_bits_truncate(fcntl(&master, nix::fcntl::F_GETFL)?);
+        fcntl(&master, nix::fcntl::F_SETFL(fl | OFlag::O_NONBLOCK))?;
+        Ok(Pty {
+            // SAFETY: `master` is an open fd that the AsyncFd owns from here on, and an
+            // OwnedFd always answers the same fd.
+            master: Master(Arc::new(
+                unsafe { AsyncFd::register(master) }.map_err(io::Error::from)?,
+            )),
+            slave,
+        })
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+impl Master {
+    /// Sets the terminal's window size (the command gets SIGWINCH).
+    pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: the fd is an open pty master for the lifetime of `self`, and `ws` is a
+        // valid winsize that the kernel only reads.
+        let r = unsafe { libc::ioctl(self.0.get_ref().as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        nix::errno::Errno::result(r)?;
+        Ok(())
+    }
+}
+
+impl AsyncRead for Master {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let dst = buf.initialize_unfilled();
+            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), dst).map_err(io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Every slave end is closed: the terminal's output is over.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Master {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
+            {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_terminal_echoes_and_reports_its_size() {
+        let pty = Pty::open_in(Path::new("/")).unwrap();
+        pty.master.resize(100, 30).unwrap();
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: the slave fd is open and `ws` is a writable winsize.
+        let r = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(r, 0);
+        assert_eq!((ws.ws_col, ws.ws_row), (100, 30));
+        let mut m = pty.master.clone();
+        m.write_all(b"hi\n").await.unwrap();
+        let mut out = [0u8; 16];
+        let n = m.read(&mut out).await.unwrap();
+        // The line discipline echoes what is typed.
+        assert!(out[..n].starts_with(b"hi"), "{:?}", &out[..n]);
+        drop(pty.slave);
+        let mut rest = Vec::new();
+        m.read_to_end(&mut rest).await.unwrap();
+    }
+}

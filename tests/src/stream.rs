@@ -1,0 +1,280 @@
+//! A client of peapod's streaming server, for the tests and the benchmark: it asks the CRI
+//! for an Exec/PortForward URL and opens it from inside the node's network namespace (where
+//! the daemon under test listens), over WebSocket (tokio-tungstenite) with the Kubernetes
+//! channel framing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use k8s_cri::v1::{ExecRequest, PortForwardRequest};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::Node;
+
+/// A streaming URL, taken apart.
+#[derive(Clone, Debug)]
+pub struct StreamUrl {
+    pub addr: SocketAddr,
+    /// Path and query: `/exec/<token>`.
+    pub path: String,
+}
+
+impl StreamUrl {
+    pub fn parse(url: &str) -> Result<StreamUrl> {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("{url:?} is not an http:// URL"))?;
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        Ok(StreamUrl {
+            addr: host.parse().with_context(|| format!("host of {url:?}"))?,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn with_query(&self, query: &str) -> StreamUrl {
+        StreamUrl {
+            addr: self.addr,
+            path: format!("{}?{query}", self.path),
+        }
+    }
+}
+
+impl Node {
+    /// A TCP connection to `addr` made inside the node's network namespace (a thread joins
+    /// it to connect; the socket stays there).
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream> {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid1()))?;
+        let std = tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let r = nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| {
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    });
+                let _ = tx.send(r);
+            });
+            Ok(rx.recv()??)
+        })
+        .await??;
+        std.set_nonblocking(true)?;
+        std.set_nodelay(true)?;
+        Ok(TcpStream::from_std(std)?)
+    }
+
+    /// The URL of a CRI Exec.
+    pub async fn exec_url(&self, req: ExecRequest) -> Result<StreamUrl> {
+        let url = self.client().await?.exec(req).await?.into_inner().url;
+        StreamUrl::parse(&url)
+    }
+
+    /// The URL of a CRI PortForward.
+    pub async fn port_forward_url(&self, pod: &str, ports: &[i32]) -> Result<StreamUrl> {
+        let url = self
+            .client()
+            .await?
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.to_owned(),
+                port: ports.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .url;
+        StreamUrl::parse(&url)
+    }
+}
+
+/// An Exec request: `cmd` in `container`, with stdout and stderr, and stdin if asked.
+pub fn exec_request(container: &str, cmd: &[&str], stdin: bool, tty: bool) -> ExecRequest {
+    ExecRequest {
+        container_id: container.to_owned(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    }
+}
+
+/// What an exec session left on its output channels.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub error: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The exit code a v4+ error stream reports: `Success` is 0, `NonZeroExitCode` says.
+    pub fn exit_code(&self) -> Result<i32> {
+        let v: serde_json::Value = serde_json::from_slice(&self.error).with_context(|| {
+            format!(
+                "the error stream is no Status: {:?}",
+                String::from_utf8_lossy(&self.error)
+            )
+        })?;
+        match v["status"].as_str() {
+            Some("Success") => Ok(0),
+            Some("Failure") if v["reason"] == "NonZeroExitCode" => {
+                let causes = v["details"]["causes"].as_array().context("no causes")?;
+                let code = causes
+                    .iter()
+                    .find(|c| c["reason"] == "ExitCode")
+                    .and_then(|c| c["message"].as_str())
+                    .context("no ExitCode cause")?;
+                Ok(code.parse()?)
+            }
+            _ => bail!("the error stream reports a failure: {v}"),
+        }
+    }
+}
+
+/// A WebSocket session on a streaming URL.
+pub struct WsSession {
+    ws: WebSocketStream<TcpStream>,
+    pub protocol: Option<String>,
+    base64: bool,
+}
+
+/// Why a handshake failed: the HTTP status the server answered, if it answered one.
+pub fn handshake_status(e: &anyhow::Error) -> Option<u16> {
+    match e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+        Some(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+        _ => None,
+    }
+}
+
+impl WsSession {
+    /// Opens `url` offering `protocols` (in preference order).
+    pub async fn open(node: &Node, url: &StreamUrl, protocols: &[&str]) -> Result<WsSession> {
+        let tcp = node.connect_tcp(url.addr).await?;
+        let mut req = format!("ws://{}{}", url.addr, url.path).into_client_request()?;
+        if !protocols.is_empty() {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocols.join(", ").parse()?);
+        }
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await?;
+        let protocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let base64 = protocol.as_deref().is_some_and(|p| p.contains("base64"));
+        Ok(WsSession {
+            ws,
+            protocol,
+            base64,
+        })
+    }
+
+    /// Sends `data` on channel `ch`.
+    pub async fn send(&mut self, ch: u8, data: &[u8]) -> Result<()> {
+        let m = if self.base64 {
+            let mut s = String::from((b'0' + ch) as char);
+            base64::engine::general_purpose::STANDARD.encode_string(data, &mut s);
+            Message::text(s)
+        } else {
+            let mut v = vec![ch];
+            v.extend_from_slice(data);
+            Message::binary(v)
+        };
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// Sends a raw message, for hostile-input tests.
+    pub async fn send_raw(&mut self, m: Message) -> Result<()> {
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// v5: closes stdin (channel 0).
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        self.ws.send(Message::binary(vec![255u8, 0])).await?;
+        Ok(())
+    }
+
+    /// Sends a terminal size on the resize channel.
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
+        let size = serde_json::json!({"Width": width, "Height": height}).to_string();
+        self.send(4, size.as_bytes()).await
+    }
+
+    /// The next channel message, `None` when the server closed the session.
+    pub async fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
+        loop {
+            let Some(m) = self.ws.next().await else {
+                return Ok(None);
+            };
+            let frame = match m? {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) if self.base64 => {
+                    let (ch, rest) = t.as_str().split_at(1);
+                    let mut v = vec![ch.as_bytes()[0] - b'0'];
+                    base64::engine::general_purpose::STANDARD.decode_vec(rest, &mut v)?;
+                    v
+                }
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            };
+            ensure!(!frame.is_empty(), "an empty message");
+            return Ok(Some((frame[0], frame[1..].to_vec())));
+        }
+    }
+
+    /// Reads until the server closes, collecting stdout (1), stderr (2) and error (3).
+    pub async fn collect(mut self, timeout: Duration) -> Result<ExecOutput> {
+        let mut out = ExecOutput::default();
+        tokio::time::timeout(timeout, async {
+            while let Some((ch, data)) = self.next().await? {
+                match ch {
+                    1 => out.stdout.extend(data),
+                    2 => out.stderr.extend(data),
+                    3 => out.error.extend(data),
+                    other => bail!("output on channel {other}"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("the session did not end")??;
+        Ok(out)
+    }
+}
+
+/// Runs `cmd` through Exec over WebSocket `protocol`, with `stdin` sent (and closed, on v5)
+/// if given.
+pub async fn ws_exec(
+    node: &Node,
+    container: &str,
+    cmd: &[&str],
+    protocol: &str,
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput> {
+    let url = node
+        .exec_url(exec_request(container, cmd, stdin.is_some(), false))
+        .await?;
+    let mut s = WsSession::open(node, &url, &[protocol]).await?;
+    ensure!(
+        s.protocol.as_deref() == Some(protocol),
+        "negotiated {:?}, offered {protocol}",
+        s.protocol
+    );
+    if let Some(data) = stdin {
+        s.send(0, data).await?;
+        if protocol.starts_with("v5.") {
+            s.close_stdin().await?;
+        }
+    }
+    s.collect(Duration::from_secs(30)).await
+}

@@ -1,0 +1,387 @@
+//! The streaming server: Exec and PortForward URLs opened over WebSocket (v4, v5, the
+//! original channel protocol and base64), one-time tokens, TTYs and resizes, a client that
+//! goes away, port-forward to a server in the pod, and hostile clients.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_cri::v1::ExecRequest;
+use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
+use peapod_tests::stream::{WsSession, exec_request, handshake_status, ws_exec};
+use peapod_tests::{Node, PodConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A node with a pod running `sleep`, for execs; and the pod's config and id.
+async fn pod_with_sleeper(node: &Node, name: &str) -> Result<(PodConfig, String, String)> {
+    node.import_busybox().await?;
+    let cfg = node.pod_config(name);
+    let pod = node.run_pod(&cfg).await?;
+    let ctr = node
+        .run_container(
+            &pod,
+            &cfg,
+            container_config("sleeper", IMAGE, &["sleep", "3600"]),
+        )
+        .await?;
+    Ok((cfg, pod, ctr))
+}
+
+#[tokio::test]
+async fn exec_over_websocket_every_protocol() -> Result<()> {
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "ws-exec").await?;
+    for proto in [
+        "v5.channel.k8s.io",
+        "v4.channel.k8s.io",
+        "v4.base64.channel.k8s.io",
+    ] {
+        let out = ws_exec(&node, &ctr, &["echo", "hello", proto], proto, None).await?;
+        ensure!(
+            out.stdout() == format!("hello {proto}\n"),
+            "{proto}: {out:?}"
+        );
+        ensure!(out.exit_code()? == 0, "{proto}: {out:?}");
+        let out = ws_exec(
+            &node,
+            &ctr,
+            &["sh", "-c", "echo oops >&2; exit 3"],
+            proto,
+            None,
+        )
+        .await?;
+        ensure!(out.stderr == b"oops\n", "{proto}: {out:?}");
+        ensure!(out.exit_code()? == 3, "{proto}: {out:?}");
+    }
+    // The original protocol reports failures as text and successes as nothing.
+    for proto in ["channel.k8s.io", "base64.channel.k8s.io"] {
+        let out = ws_exec(&node, &ctr, &["sh", "-c", "exit 4"], proto, None).await?;
+        let text = String::from_utf8_lossy(&out.error);
+        ensure!(text.contains("exit code: 4"), "{proto}: {out:?}");
+        let out = ws_exec(&node, &ctr, &["true"], proto, None).await?;
+        ensure!(out.error.is_empty(), "{proto}: {out:?}");
+    }
+    // stdin: v5 closes it, and `cat` ends; on v4 the command reads what it needs.
+    let out = ws_exec(&node, &ctr, &["cat"], "v5.channel.k8s.io", Some(b"a\nb\n")).await?;
+    ensure!(out.stdout() == "a\nb\n" && out.exit_code()? == 0, "{out:?}");
+    let out = ws_exec(
+        &node,
+        &ctr,
+        &["head", "-n", "1"],
+        "v4.channel.k8s.io",
+        Some(b"first\nsecond\n"),
+    )
+    .await?;
+    ensure!(out.stdout() == "first\n", "{out:?}");
+    // A command that cannot run: 127 from the shell's convention.
+    let out = ws_exec(&node, &ctr, &["/no/such"], "v4.channel.k8s.io", None).await?;
+    ensure!(out.exit_code()? == 127, "{out:?}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn exec_with_a_tty_sees_resizes() -> Result<()> {
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "ws-tty").await?;
+    let url = node
+        .exec_url(exec_request(
+            &ctr,
+            &["sh", "-c", "read x; stty size; tty; exit 5"],
+            true,
+            true,
+        ))
+        .await?;
+    let mut s = WsSession::open(&node, &url, &["v5.channel.k8s.io"]).await?;
+    s.resize(123, 45).await?;
+    // The resize channel and stdin are separate: give the size a moment to land first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.send(0, b"go\r").await?;
+    let out = s.collect(WAIT).await?;
+    let text = out.stdout();
+    ensure!(text.contains("45 123"), "{text:?}");
+    ensure!(text.contains("/dev/pts/"), "{text:?}");
+    ensure!(out.stderr.is_empty(), "{out:?}");
+    ensure!(out.exit_code()? == 5, "{out:?}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_kills_its_command() -> Result<()> {
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "ws-gone").await?;
+    let url = node
+        .exec_url(exec_request(&ctr, &["sleep", "1001"], false, false))
+        .await?;
+    let s = WsSession::open(&node, &url, &["v4.channel.k8s.io"]).await?;
+    let running = || async {
+        let ps = node.exec_ok(&ctr, &["ps", "-o", "args"]).await?;
+        Ok::<_, anyhow::Error>(ps.contains("sleep 1001"))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !running().await? {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the command never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(s);
+    while running().await? {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the command outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_requests_are_checked() -> Result<()> {
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "ws-tokens").await?;
+    const MARK: &[&str] = &["sh", "-c", "echo ran >> /tmp/runs"];
+    let runs = || async { node.exec_ok(&ctr, &["cat", "/tmp/runs"]).await };
+    let url = node
+        .exec_url(exec_request(&ctr, MARK, false, false))
+        .await?;
+    let out = WsSession::open(&node, &url, &["v4.channel.k8s.io"])
+        .await?
+        .collect(WAIT)
+        .await?;
+    ensure!(out.exit_code()? == 0, "{out:?}");
+    ensure!(runs().await? == "ran\n");
+    // Used: 404, and nothing runs again.
+    let again = WsSession::open(&node, &url, &["v4.channel.k8s.io"]).await;
+    let err = again.err().expect("a used token must be refused");
+    ensure!(handshake_status(&err) == Some(404), "{err:#}");
+    let mut forged = url.clone();
+    forged.path = "/exec/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+    let err = WsSession::open(&node, &forged, &[])
+        .await
+        .err()
+        .expect("forged");
+    ensure!(handshake_status(&err) == Some(404), "{err:#}");
+    // A token of one kind does not open another.
+    let url = node
+        .exec_url(exec_request(&ctr, MARK, false, false))
+        .await?;
+    let mut wrong = url.clone();
+    wrong.path = url.path.replacen("/exec/", "/portforward/", 1);
+    let err = WsSession::open(&node, &wrong, &[])
+        .await
+        .err()
+        .expect("kind");
+    ensure!(handshake_status(&err) == Some(404), "{err:#}");
+    // An unknown protocol: 400.
+    let url = node
+        .exec_url(exec_request(&ctr, &["true"], false, false))
+        .await?;
+    let err = WsSession::open(&node, &url, &["v9.channel.k8s.io"])
+        .await
+        .err()
+        .expect("protocol");
+    ensure!(handshake_status(&err) == Some(400), "{err:#}");
+    ensure!(runs().await? == "ran\n", "a refused URL ran its command");
+
+    let client = node.client().await?;
+    let bad = |r: ExecRequest| {
+        let mut c = client.clone();
+        async move { c.exec(r).await }
+    };
+    common::expect_code(
+        bad(exec_request(&ctr, &[], false, false)).await,
+        tonic::Code::InvalidArgument,
+        "empty command",
+    )?;
+    let mut tty_stderr = exec_request(&ctr, &["true"], false, true);
+    tty_stderr.stderr = true;
+    common::expect_code(
+        bad(tty_stderr).await,
+        tonic::Code::InvalidArgument,
+        "tty with stderr",
+    )?;
+    let mut none = exec_request(&ctr, &["true"], false, false);
+    none.stdout = false;
+    none.stderr = false;
+    common::expect_code(bad(none).await, tonic::Code::InvalidArgument, "no stream")?;
+    common::expect_code(
+        bad(exec_request(&"f".repeat(64), &["true"], false, false)).await,
+        tonic::Code::NotFound,
+        "unknown container",
+    )?;
+    common::expect_code(
+        client
+            .clone()
+            .port_forward(k8s_cri::v1::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![70000],
+            })
+            .await,
+        tonic::Code::InvalidArgument,
+        "port out of range",
+    )?;
+    node.stop_container(&ctr, 0).await?;
+    common::expect_code(
+        bad(exec_request(&ctr, &["true"], false, false)).await,
+        tonic::Code::FailedPrecondition,
+        "stopped container",
+    )?;
+    node.stop_pod(&pod).await?;
+    common::expect_code(
+        client
+            .clone()
+            .port_forward(k8s_cri::v1::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![80],
+            })
+            .await,
+        tonic::Code::FailedPrecondition,
+        "stopped pod",
+    )?;
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+/// A pod serving HTTP on port 80 (busybox httpd), ready.
+async fn web_pod(node: &Node, name: &str) -> Result<String> {
+    node.import_busybox().await?;
+    let cfg = node.pod_config(name);
+    let pod = node.run_pod(&cfg).await?;
+    let web = container_config("web", IMAGE, &["httpd", "-f", "-p", "80", "-h", "/var/www"]);
+    let web = node.run_container(&pod, &cfg, web).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node
+        .exec_ok(&web, &["wget", "-qO-", "http://127.0.0.1/"])
+        .await
+        .is_err()
+    {
+        ensure!(tokio::time::Instant::now() < deadline, "httpd never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(pod)
+}
+
+/// One HTTP request through a WebSocket port-forward to port 80; the response.
+async fn ws_get(node: &Node, pod: &str) -> Result<String> {
+    let url = node
+        .port_forward_url(pod, &[80])
+        .await?
+        .with_query("port=80");
+    let mut s = WsSession::open(node, &url, &["portforward.k8s.io"]).await?;
+    let mut opened = 0;
+    let mut body = Vec::new();
+    let mut sent = false;
+    tokio::time::timeout(WAIT, async {
+        while let Some((ch, data)) = s.next().await? {
+            match ch {
+                // Each channel opens with its port.
+                0 | 1 if opened < 2 && data == 80u16.to_le_bytes() => opened += 1,
+                0 => body.extend(data),
+                1 => anyhow::bail!("error: {}", String::from_utf8_lossy(&data)),
+                other => anyhow::bail!("channel {other}"),
+            }
+            if opened == 2 && !sent {
+                s.send(0, b"GET / HTTP/1.0\r\n\r\n").await?;
+                sent = true;
+            }
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn port_forward_over_websocket() -> Result<()> {
+    let node = common::node().await?;
+    let pod = web_pod(&node, "ws-pf").await?;
+    let page = ws_get(&node, &pod).await?;
+    ensure!(
+        page.starts_with("HTTP/1.") && page.contains("<h1>peapod</h1>"),
+        "{page}"
+    );
+    // 20 at once.
+    let all: Vec<_> = (0..20).map(|_| ws_get(&node, &pod)).collect();
+    for page in futures_util::future::join_all(all).await {
+        let page = page?;
+        ensure!(page.contains("<h1>peapod</h1>"), "{page}");
+    }
+    // A closed port: an error on the port's error channel.
+    let url = node
+        .port_forward_url(&pod, &[])
+        .await?
+        .with_query("port=81");
+    let mut s = WsSession::open(&node, &url, &["v4.channel.k8s.io"]).await?;
+    let mut error = String::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some((ch, data)) = s.next().await? {
+            if ch == 1 && data != 81u16.to_le_bytes() {
+                error.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await??;
+    ensure!(error.contains("error forwarding port 81"), "{error:?}");
+    // A port the request did not name: refused before the upgrade.
+    let url = node
+        .port_forward_url(&pod, &[80])
+        .await?
+        .with_query("port=22");
+    let err = WsSession::open(&node, &url, &["portforward.k8s.io"])
+        .await
+        .err()
+        .expect("port not in the request");
+    ensure!(handshake_status(&err) == Some(400), "{err:#}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn hostile_clients_do_not_stop_the_server() -> Result<()> {
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "ws-hostile").await?;
+    let url = node
+        .exec_url(exec_request(&ctr, &["true"], false, false))
+        .await?;
+    // Slowloris: half a request line, never finished.
+    let mut slow = node.connect_tcp(url.addr).await?;
+    slow.write_all(b"GET /exec/").await?;
+    // An oversized message: the connection is cut, the command killed or never started.
+    let big = node
+        .exec_url(exec_request(&ctr, &["cat"], true, false))
+        .await?;
+    let mut s = WsSession::open(&node, &big, &["v5.channel.k8s.io"]).await?;
+    let mut huge = vec![0u8; 2 << 20];
+    huge[0] = 0;
+    let _ = s.send_raw(Message::binary(huge)).await;
+    let _ = s.collect(WAIT).await;
+    // Unknown channels are ignored.
+    let odd = node
+        .exec_url(exec_request(&ctr, &["cat"], true, false))
+        .await?;
+    let mut s = WsSession::open(&node, &odd, &["v5.channel.k8s.io"]).await?;
+    s.send(7, b"junk").await?;
+    s.send(0, b"still fine\n").await?;
+    s.close_stdin().await?;
+    let out = s.collect(WAIT).await?;
+    ensure!(out.stdout() == "still fine\n", "{out:?}");
+    // Meanwhile the server serves others.
+    let out = ws_exec(&node, &ctr, &["echo", "ok"], "v4.channel.k8s.io", None).await?;
+    ensure!(out.stdout() == "ok\n", "{out:?}");
+    // The slow client is cut off after the header timeout.
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, slow.read(&mut buf)).await??;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    ensure!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
