@@ -22,7 +22,13 @@ mod node;
 mod pods;
 mod registry;
 mod spawn;
+#[path = "../../runtime/src/streaming/spdy.rs"]
+pub mod spdy;
+#[path = "../../runtime/src/streaming/spdy_conn.rs"]
+pub mod spdy_conn;
 pub mod stream;
+#[path = "../../runtime/src/streaming/ws_io.rs"]
+pub mod ws_io;
 
 use std::path::PathBuf;
 

@@ -132,6 +132,12 @@ impl TestCa {
         self.dir.path().join("ca.pem")
     }
 
+    /// The server certificate for `127.0.0.1` and its key (PEM).
+    pub fn server(&self) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        (d.join("server.pem"), d.join("server.key"))
+    }
+
     /// The client certificate and its key (PEM).
     pub fn client(&self) -> (PathBuf, PathBuf) {
         let d = self.client_dir();

@@ -15,11 +15,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::Node;
+use crate::{Client, Node};
 
 /// A streaming URL, taken apart.
 #[derive(Clone, Debug)]
 pub struct StreamUrl {
+    /// `https://`: the server speaks TLS.
+    pub https: bool,
     pub addr: SocketAddr,
     /// Path and query: `/exec/<token>`.
     pub path: String,
@@ -27,11 +29,14 @@ pub struct StreamUrl {
 
 impl StreamUrl {
     pub fn parse(url: &str) -> Result<StreamUrl> {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("{url:?} is not an http:// URL"))?;
+        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => bail!("{url:?} is neither http:// nor https://"),
+        };
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         Ok(StreamUrl {
+            https,
             addr: host.parse().with_context(|| format!("host of {url:?}"))?,
             path: path.to_owned(),
         })
@@ -39,9 +44,65 @@ impl StreamUrl {
 
     pub fn with_query(&self, query: &str) -> StreamUrl {
         StreamUrl {
+            https: self.https,
             addr: self.addr,
             path: format!("{}?{query}", self.path),
         }
+    }
+}
+
+/// A connection to the streaming server, plain or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// Connects to `url`; over TLS for an `https://` URL, trusting the CA in PEM file `ca`.
+pub async fn connect(
+    dial: &impl Dial,
+    url: &StreamUrl,
+    ca: Option<&std::path::Path>,
+) -> Result<BoxIo> {
+    let tcp = dial.dial(url.addr).await?;
+    if !url.https {
+        return Ok(Box::new(tcp));
+    }
+    use rustls::pki_types::pem::PemObject;
+    let ca = ca.context("an https:// URL needs the server's CA")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::from(url.addr.ip());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(Box::new(tls))
+}
+
+/// Where connections to the streaming server come from.
+pub trait Dial: Sync {
+    fn dial(&self, addr: SocketAddr) -> impl Future<Output = Result<TcpStream>> + Send;
+}
+
+/// From the calling process's own network namespace (the benchmark runs inside the node).
+pub struct Direct;
+
+impl Dial for Direct {
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+impl Dial for Node {
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream> {
+        self.connect_tcp(addr).await
     }
 }
 
@@ -70,24 +131,27 @@ impl Node {
 
     /// The URL of a CRI Exec.
     pub async fn exec_url(&self, req: ExecRequest) -> Result<StreamUrl> {
-        let url = self.client().await?.exec(req).await?.into_inner().url;
-        StreamUrl::parse(&url)
+        exec_url(&mut self.client().await?, req).await
     }
 
     /// The URL of a CRI PortForward.
     pub async fn port_forward_url(&self, pod: &str, ports: &[i32]) -> Result<StreamUrl> {
-        let url = self
-            .client()
-            .await?
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: pod.to_owned(),
-                port: ports.to_vec(),
-            })
-            .await?
-            .into_inner()
-            .url;
-        StreamUrl::parse(&url)
+        port_forward_url(&mut self.client().await?, pod, ports).await
     }
+}
+
+/// The URL of a CRI Exec.
+pub async fn exec_url(client: &mut Client, req: ExecRequest) -> Result<StreamUrl> {
+    StreamUrl::parse(&client.exec(req).await?.into_inner().url)
+}
+
+/// The URL of a CRI PortForward.
+pub async fn port_forward_url(client: &mut Client, pod: &str, ports: &[i32]) -> Result<StreamUrl> {
+    let req = PortForwardRequest {
+        pod_sandbox_id: pod.to_owned(),
+        port: ports.to_vec(),
+    };
+    StreamUrl::parse(&client.port_forward(req).await?.into_inner().url)
 }
 
 /// An Exec request: `cmd` in `container`, with stdout and stderr, and stdin if asked.
@@ -141,7 +205,7 @@ impl ExecOutput {
 
 /// A WebSocket session on a streaming URL.
 pub struct WsSession {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<BoxIo>,
     pub protocol: Option<String>,
     base64: bool,
 }
@@ -156,9 +220,20 @@ pub fn handshake_status(e: &anyhow::Error) -> Option<u16> {
 
 impl WsSession {
     /// Opens `url` offering `protocols` (in preference order).
-    pub async fn open(node: &Node, url: &StreamUrl, protocols: &[&str]) -> Result<WsSession> {
-        let tcp = node.connect_tcp(url.addr).await?;
-        let mut req = format!("ws://{}{}", url.addr, url.path).into_client_request()?;
+    pub async fn open(node: &impl Dial, url: &StreamUrl, protocols: &[&str]) -> Result<WsSession> {
+        Self::open_with(node, url, protocols, None).await
+    }
+
+    /// [`WsSession::open`], trusting `ca` for an `https://` URL.
+    pub async fn open_with(
+        node: &impl Dial,
+        url: &StreamUrl,
+        protocols: &[&str],
+        ca: Option<&std::path::Path>,
+    ) -> Result<WsSession> {
+        let tcp = connect(node, url, ca).await?;
+        let scheme = if url.https { "wss" } else { "ws" };
+        let mut req = format!("{scheme}://{}{}", url.addr, url.path).into_client_request()?;
         if !protocols.is_empty() {
             req.headers_mut()
                 .insert("Sec-WebSocket-Protocol", protocols.join(", ").parse()?);
@@ -277,4 +352,170 @@ pub async fn ws_exec(
         }
     }
     s.collect(Duration::from_secs(30)).await
+}
+
+/// A SPDY/3.1 connection on a streaming URL: the HTTP upgrade by hyper's client, then the
+/// same SPDY code the daemon uses, as the client.
+pub struct SpdySession {
+    pub conn: crate::spdy_conn::SpdyConn,
+    /// The version the server chose (`X-Stream-Protocol-Version`), if any.
+    pub protocol: Option<String>,
+}
+
+/// Why an upgrade failed: the status the server answered.
+#[derive(Debug, thiserror::Error)]
+#[error("the server answered {status}: {body}")]
+pub struct UpgradeRefused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl SpdySession {
+    pub async fn open(
+        node: &impl Dial,
+        url: &StreamUrl,
+        protocols: &[&str],
+    ) -> Result<SpdySession> {
+        let (io, protocol) = spdy_upgrade(node, url, protocols).await?;
+        let (conn, _incoming) = crate::spdy_conn::SpdyConn::client(io);
+        Ok(SpdySession { conn, protocol })
+    }
+
+    /// Opens a stream with these headers.
+    pub async fn stream(&self, headers: &[(&str, &str)]) -> Result<crate::spdy_conn::SpdyStream> {
+        let h: crate::spdy::Headers = headers.iter().copied().collect();
+        Ok(self.conn.open(h, false).await?)
+    }
+}
+
+/// The HTTP upgrade to SPDY/3.1: the raw upgraded connection and the version the server
+/// chose.
+pub async fn spdy_upgrade(
+    node: &impl Dial,
+    url: &StreamUrl,
+    protocols: &[&str],
+) -> Result<(
+    hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    Option<String>,
+)> {
+    use http_body_util::BodyExt;
+    let tcp = node.dial(url.addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn.with_upgrades());
+    let mut req = hyper::Request::post(url.path.as_str())
+        .header("Host", url.addr.to_string())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1");
+    for p in protocols {
+        req = req.header("X-Stream-Protocol-Version", *p);
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::<hyper::body::Bytes>::new())?)
+        .await?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        return Err(UpgradeRefused {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+        .into());
+    }
+    let protocol = resp
+        .headers()
+        .get("X-Stream-Protocol-Version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let upgraded = hyper::upgrade::on(resp).await?;
+    Ok((hyper_util::rt::TokioIo::new(upgraded), protocol))
+}
+
+/// The status an upgrade was refused with.
+pub fn refused_status(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<UpgradeRefused>().map(|r| r.status)
+}
+
+/// Runs an Exec over SPDY `protocol`: opens the streams the request implies (error first, as
+/// clients do), sends `stdin` then closes it, and reads every output to its end.
+pub async fn spdy_exec(
+    node: &Node,
+    req: ExecRequest,
+    protocol: &str,
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput> {
+    let url = node.exec_url(req.clone()).await?;
+    spdy_exec_at(node, &url, &req, protocol, stdin).await
+}
+
+/// [`spdy_exec`] on a URL already made for `req`.
+pub async fn spdy_exec_at(
+    dial: &impl Dial,
+    url: &StreamUrl,
+    req: &ExecRequest,
+    protocol: &str,
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = SpdySession::open(dial, url, &[protocol]).await?;
+    ensure!(
+        s.protocol.as_deref() == Some(protocol),
+        "negotiated {:?}",
+        s.protocol
+    );
+    let mut error = s.stream(&[("streamtype", "error")]).await?;
+    let mut input = match req.stdin {
+        true => Some(s.stream(&[("streamtype", "stdin")]).await?),
+        false => None,
+    };
+    let mut stdout = match req.stdout {
+        true => Some(s.stream(&[("streamtype", "stdout")]).await?),
+        false => None,
+    };
+    let mut stderr = match req.stderr && !req.tty {
+        true => Some(s.stream(&[("streamtype", "stderr")]).await?),
+        false => None,
+    };
+    if let Some(i) = input.as_mut() {
+        i.write_all(stdin.unwrap_or_default()).await?;
+        i.shutdown().await?;
+    }
+    let read = |st: Option<crate::spdy_conn::SpdyStream>| async move {
+        let mut v = Vec::new();
+        if let Some(mut st) = st {
+            st.read_to_end(&mut v).await?;
+        }
+        Ok::<_, std::io::Error>(v)
+    };
+    let mut out = ExecOutput::default();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (o, e) = tokio::join!(read(stdout.take()), read(stderr.take()));
+        out.stdout = o?;
+        out.stderr = e?;
+        error.read_to_end(&mut out.error).await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("the session did not end")??;
+    drop(input);
+    Ok(out)
+}
+
+/// A WebSocket on a streaming URL as a byte stream (a SPDY tunnel).
+pub struct WsIo;
+
+impl WsIo {
+    pub async fn open(
+        node: &Node,
+        url: &StreamUrl,
+        protocol: &str,
+    ) -> Result<crate::ws_io::WsIo<BoxIo>> {
+        let s = WsSession::open(node, url, &[protocol]).await?;
+        ensure!(
+            s.protocol.as_deref() == Some(protocol),
+            "negotiated {:?}",
+            s.protocol
+        );
+        Ok(crate::ws_io::WsIo::new(s.ws))
+    }
 }

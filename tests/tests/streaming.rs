@@ -192,6 +192,17 @@ async fn tokens_are_single_use_and_requests_are_checked() -> Result<()> {
     ensure!(runs().await? == "ran\n", "a refused URL ran its command");
 
     let client = node.client().await?;
+    // Status (verbose) names the streaming server the URLs point at.
+    let status = client
+        .clone()
+        .status(k8s_cri::v1::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"])?;
+    ensure!(
+        info["streamServer"] == format!("http://{}", url.addr),
+        "{info} vs {url:?}"
+    );
     let bad = |r: ExecRequest| {
         let mut c = client.clone();
         async move { c.exec(r).await }
@@ -382,6 +393,329 @@ async fn hostile_clients_do_not_stop_the_server() -> Result<()> {
     let n = tokio::time::timeout(WAIT, slow.read(&mut buf)).await??;
     let answer = String::from_utf8_lossy(&buf[..n]);
     ensure!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn exec_over_spdy_every_protocol() -> Result<()> {
+    use peapod_tests::stream::{SpdySession, refused_status, spdy_exec};
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "spdy-exec").await?;
+    let req = |cmd: &[&str], stdin: bool| exec_request(&ctr, cmd, stdin, false);
+    let out = spdy_exec(
+        &node,
+        req(&["echo", "hi"], false),
+        "v4.channel.k8s.io",
+        None,
+    )
+    .await?;
+    ensure!(out.stdout() == "hi\n" && out.exit_code()? == 0, "{out:?}");
+    let out = spdy_exec(
+        &node,
+        req(&["sh", "-c", "echo e >&2; exit 3"], false),
+        "v4.channel.k8s.io",
+        None,
+    )
+    .await?;
+    ensure!(out.stderr == b"e\n" && out.exit_code()? == 3, "{out:?}");
+    let out = spdy_exec(
+        &node,
+        req(&["cat"], true),
+        "v4.channel.k8s.io",
+        Some(b"x\ny\n"),
+    )
+    .await?;
+    ensure!(out.stdout() == "x\ny\n" && out.exit_code()? == 0, "{out:?}");
+    for proto in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
+        let out = spdy_exec(
+            &node,
+            req(&["sh", "-c", "echo $0; exit 2"], false),
+            proto,
+            None,
+        )
+        .await?;
+        ensure!(out.stdout() == "sh\n", "{proto}: {out:?}");
+        let text = String::from_utf8_lossy(&out.error);
+        ensure!(text.contains("exit code: 2"), "{proto}: {out:?}");
+    }
+    // A large output arrives whole (flow control both ways).
+    let out = spdy_exec(
+        &node,
+        req(&["sh", "-c", "head -c 8388608 /dev/zero"], false),
+        "v4.channel.k8s.io",
+        None,
+    )
+    .await?;
+    ensure!(
+        out.stdout.len() == 8 << 20 && out.exit_code()? == 0,
+        "{} bytes",
+        out.stdout.len()
+    );
+    // A TTY with a resize stream.
+    let url = node
+        .exec_url(exec_request(
+            &ctr,
+            &["sh", "-c", "read x; stty size"],
+            true,
+            true,
+        ))
+        .await?;
+    let s = SpdySession::open(&node, &url, &["v4.channel.k8s.io"]).await?;
+    let mut error = s.stream(&[("streamtype", "error")]).await?;
+    let mut stdin = s.stream(&[("streamtype", "stdin")]).await?;
+    let mut stdout = s.stream(&[("streamtype", "stdout")]).await?;
+    let mut resize = s.stream(&[("streamtype", "resize")]).await?;
+    resize.write_all(br#"{"Width":99,"Height":33}"#).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stdin.write_all(b"go\r").await?;
+    let mut text = Vec::new();
+    tokio::time::timeout(WAIT, stdout.read_to_end(&mut text)).await??;
+    let text = String::from_utf8_lossy(&text);
+    ensure!(text.contains("33 99"), "{text:?}");
+    let mut status = Vec::new();
+    tokio::time::timeout(WAIT, error.read_to_end(&mut status)).await??;
+    ensure!(
+        String::from_utf8_lossy(&status).contains("Success"),
+        "{status:?}"
+    );
+    drop(s);
+    // Refusals: an unknown version 403, a used token 404.
+    let url = node.exec_url(req(&["true"], false)).await?;
+    let err = SpdySession::open(&node, &url, &["v9.channel.k8s.io"])
+        .await
+        .err()
+        .expect("v9");
+    ensure!(refused_status(&err) == Some(403), "{err:#}");
+    let err = SpdySession::open(&node, &url, &["v4.channel.k8s.io"])
+        .await
+        .err()
+        .expect("used");
+    ensure!(refused_status(&err) == Some(404), "{err:#}");
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+/// One HTTP GET through a port-forward pair on a SPDY session.
+async fn spdy_get(s: &peapod_tests::stream::SpdySession, port: &str, id: &str) -> Result<String> {
+    let mut error = s
+        .stream(&[("streamtype", "error"), ("port", port), ("requestid", id)])
+        .await?;
+    let mut data = s
+        .stream(&[("streamtype", "data"), ("port", port), ("requestid", id)])
+        .await?;
+    // A refused pair may be closed before the request is written: what the error stream
+    // says is the answer then.
+    let _ = data.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut body = Vec::new();
+    let mut err = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let (a, b) = tokio::join!(data.read_to_end(&mut body), error.read_to_end(&mut err));
+        a.and(b)
+    })
+    .await??;
+    ensure!(
+        err.is_empty(),
+        "error stream: {}",
+        String::from_utf8_lossy(&err)
+    );
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn port_forward_over_spdy_and_tunnelled_spdy() -> Result<()> {
+    use peapod_tests::stream::{SpdySession, WsIo};
+    let node = common::node().await?;
+    let pod = web_pod(&node, "spdy-pf").await?;
+    let url = node.port_forward_url(&pod, &[80, 81]).await?;
+    let s = SpdySession::open(&node, &url, &["portforward.k8s.io"]).await?;
+    let page = spdy_get(&s, "80", "0").await?;
+    ensure!(page.contains("<h1>peapod</h1>"), "{page}");
+    // 20 connections at once on one session.
+    let ids: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    let all: Vec<_> = ids.iter().map(|id| spdy_get(&s, "80", id)).collect();
+    for page in futures_util::future::join_all(all).await {
+        ensure!(page?.contains("<h1>peapod</h1>"));
+    }
+    // A closed port: its error stream says so.
+    let err = spdy_get(&s, "81", "21")
+        .await
+        .expect_err("port 81 is closed");
+    ensure!(
+        format!("{err}").contains("error forwarding port 81"),
+        "{err:#}"
+    );
+    // A port the request did not name.
+    let err = spdy_get(&s, "22", "22")
+        .await
+        .expect_err("port 22 not asked");
+    ensure!(
+        format!("{err}").contains("not in the PortForward request"),
+        "{err:#}"
+    );
+    drop(s);
+    // SPDY tunnelled in WebSocket binary messages, as kubectl does now.
+    let url = node.port_forward_url(&pod, &[80]).await?;
+    let ws = WsIo::open(&node, &url, "SPDY/3.1+portforward.k8s.io").await?;
+    let (conn, _incoming) = peapod_tests::spdy_conn::SpdyConn::client(ws);
+    let s = SpdySession {
+        conn,
+        protocol: None,
+    };
+    let page = spdy_get(&s, "80", "0").await?;
+    ensure!(page.contains("<h1>peapod</h1>"), "{page}");
+    drop(s);
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+#[tokio::test]
+async fn the_streaming_server_speaks_tls_when_configured() -> Result<()> {
+    let ca = peapod_tests::TestCa::new()?;
+    let (cert, key) = ca.server();
+    let config = format!(
+        "stream_tls_cert = \"{}\"\nstream_tls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let node = common::builder().config(&config).start().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "tls").await?;
+    let url = node
+        .exec_url(exec_request(&ctr, &["echo", "secret"], false, false))
+        .await?;
+    ensure!(url.https, "{url:?}");
+    let out = WsSession::open_with(&node, &url, &["v4.channel.k8s.io"], Some(&ca.ca()))
+        .await?
+        .collect(WAIT)
+        .await?;
+    ensure!(
+        out.stdout() == "secret\n" && out.exit_code()? == 0,
+        "{out:?}"
+    );
+    // Plain HTTP on the TLS port gets nowhere.
+    let url = node
+        .exec_url(exec_request(&ctr, &["true"], false, false))
+        .await?;
+    let mut plain = url.clone();
+    plain.https = false;
+    ensure!(WsSession::open(&node, &plain, &[]).await.is_err());
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(kb << 10)
+}
+
+#[tokio::test]
+async fn hostile_spdy_clients_do_not_stop_the_server() -> Result<()> {
+    use peapod_tests::stream::{SpdySession, spdy_exec, spdy_upgrade};
+    let node = common::node().await?;
+    let (_cfg, pod, ctr) = pod_with_sleeper(&node, "spdy-hostile").await?;
+    let daemon = node.daemon_pid().expect("the daemon runs");
+    // A client that never reads a command writing without end: the daemon's memory stays
+    // bounded (back-pressure reaches the command), and others are served meanwhile.
+    let url = node
+        .exec_url(exec_request(&ctr, &["cat", "/dev/zero"], false, false))
+        .await?;
+    let stuck = SpdySession::open(&node, &url, &["v4.channel.k8s.io"]).await?;
+    let _error = stuck.stream(&[("streamtype", "error")]).await?;
+    let _stdout = stuck.stream(&[("streamtype", "stdout")]).await?;
+    let _stderr = stuck.stream(&[("streamtype", "stderr")]).await?;
+    let before = rss(daemon)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(daemon)?;
+    ensure!(
+        after < before + (64 << 20),
+        "the daemon grew from {before} to {after} bytes for a client that does not read"
+    );
+    let out = spdy_exec(
+        &node,
+        exec_request(&ctr, &["echo", "served"], false, false),
+        "v4.channel.k8s.io",
+        None,
+    )
+    .await?;
+    ensure!(out.stdout() == "served\n", "{out:?}");
+    drop(stuck);
+    // A stream type nobody asked for is reset; the session goes on.
+    let url = node
+        .exec_url(exec_request(&ctr, &["echo", "fine"], false, false))
+        .await?;
+    let s = SpdySession::open(&node, &url, &["v4.channel.k8s.io"]).await?;
+    let mut junk = s.stream(&[("streamtype", "bogus")]).await?;
+    let mut error = s.stream(&[("streamtype", "error")]).await?;
+    let mut stdout = s.stream(&[("streamtype", "stdout")]).await?;
+    let mut stderr = s.stream(&[("streamtype", "stderr")]).await?;
+    let mut text = Vec::new();
+    tokio::time::timeout(WAIT, stdout.read_to_end(&mut text)).await??;
+    ensure!(text == b"fine\n", "{text:?}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stderr.read_to_end(&mut rest)).await??;
+    tokio::time::timeout(WAIT, error.read_to_end(&mut rest)).await??;
+    ensure!(
+        junk.read_to_end(&mut rest).await.is_err(),
+        "the bogus stream was not reset"
+    );
+    drop(s);
+    // An oversized frame: a data frame claiming 16 MiB. The connection is closed.
+    let url = node
+        .exec_url(exec_request(&ctr, &["true"], false, false))
+        .await?;
+    let (mut raw, _) = spdy_upgrade(&node, &url, &["v4.channel.k8s.io"]).await?;
+    raw.write_all(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]).await?;
+    raw.write_all(&[0u8; 4096]).await?;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    ensure!(
+        closed.is_ok(),
+        "an oversized frame did not close the connection"
+    );
+    // Garbage instead of SPDY.
+    let url = node
+        .exec_url(exec_request(&ctr, &["true"], false, false))
+        .await?;
+    let (mut raw, _) = spdy_upgrade(&node, &url, &["v4.channel.k8s.io"]).await?;
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n this is no spdy")
+        .await?;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    ensure!(closed.is_ok(), "garbage did not close the connection");
+    // Nothing of the stuck exec is left running.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node
+        .exec_ok(&ctr, &["ps", "-o", "args"])
+        .await?
+        .contains("cat /dev/zero")
+    {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "cat /dev/zero outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     node.stop_and_remove(&pod).await?;
     node.assert_empty().await
 }

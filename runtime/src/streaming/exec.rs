@@ -35,15 +35,18 @@ pub async fn run(containers: &Containers, req: &ExecRequest, streams: Streams) {
         stderr,
         resize,
     };
+    // `gone` also holds the connection open: it lives until the outcome is written.
+    let mut gone = gone;
     let outcome = tokio::select! {
         o = session(containers, req, io) => o,
         // Dropping the session drops the child: SIGKILL.
-        () = gone => {
+        () = &mut gone => {
             tracing::debug!(container = %req.container_id, "exec: the client went away; killed");
             return;
         }
     };
     finish(error, version, &outcome).await;
+    drop(gone);
 }
 
 struct Io {

@@ -24,6 +24,8 @@ use tracing::{debug, warn};
 use super::StreamServer;
 use super::channels::Version;
 use super::portforward::{self, Target};
+use super::spdy_conn::SpdyConn;
+use super::spdy_session;
 use super::tokens::Pending;
 use super::ws::{self, Want};
 
@@ -119,6 +121,16 @@ fn negotiate<'a>(offered: &[String], ours: &[&'a str]) -> Option<&'a str> {
         .find_map(|o| ours.iter().find(|p| **p == o.as_str()).copied())
 }
 
+/// Exec and attach over SPDY.
+const SPDY_EXEC: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+const SPDY_PORTFORWARD: &[&str] = &["portforward.k8s.io"];
+const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
 /// Exec and attach over WebSocket.
 const WS_EXEC: &[&str] = &[
     "v5.channel.k8s.io",
@@ -129,8 +141,9 @@ const WS_EXEC: &[&str] = &[
     "channel.k8s.io",
     "base64.channel.k8s.io",
 ];
-/// Port-forward over WebSocket, in channels.
+/// Port-forward over WebSocket: SPDY tunnelled in binary messages, or channels.
 const WS_PORTFORWARD: &[&str] = &[
+    SPDY_TUNNEL,
     "portforward.k8s.io",
     "v4.channel.k8s.io",
     "channel.k8s.io",
@@ -157,10 +170,7 @@ fn handle(srv: &Arc<StreamServer>, req: Request<Incoming>) -> Response<Body> {
         .to_ascii_lowercase();
     match upgrade.as_str() {
         "websocket" => websocket(srv, req, pending),
-        "spdy/3.1" => plain(
-            StatusCode::BAD_REQUEST,
-            "SPDY/3.1 is not served yet: use WebSocket",
-        ),
+        "spdy/3.1" => spdy(srv, req, pending),
         _ => plain(
             StatusCode::BAD_REQUEST,
             "this URL must be opened with Upgrade: SPDY/3.1 or websocket",
@@ -193,10 +203,12 @@ fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) 
         }
     };
     let ports = match &pending {
-        Pending::PortForward(pf) => match portforward::query_ports(req.uri().query(), pf) {
-            Ok(p) => p,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
-        },
+        Pending::PortForward(pf) if chosen != Some(SPDY_TUNNEL) => {
+            match portforward::query_ports(req.uri().query(), pf) {
+                Ok(p) => p,
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+            }
+        }
         _ => Vec::new(),
     };
     let target = match &pending {
@@ -245,9 +257,80 @@ fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) 
                 let streams = ws::exec_streams(ws, version, base64, want);
                 super::exec::run(&srv.containers, &req, streams).await;
             }
+            Pending::PortForward(req) if name == SPDY_TUNNEL => {
+                let (conn, incoming) = SpdyConn::server(super::ws_io::WsIo::new(ws));
+                let target = target.expect("found above");
+                spdy_session::port_forward(conn, incoming, req, target).await;
+            }
             Pending::PortForward(_) => {
                 let target = target.expect("found above");
                 portforward::run_ws_channels(ws, base64, target, ports);
+            }
+        }
+    });
+    resp
+}
+
+fn spdy(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Response<Body> {
+    let offered = list(req.headers(), "x-stream-protocol-version");
+    let ours = match pending {
+        Pending::PortForward(_) => SPDY_PORTFORWARD,
+        _ => SPDY_EXEC,
+    };
+    // No version offered: a client older than the header, speaking the first protocol.
+    let chosen = match negotiate(&offered, ours) {
+        Some(p) => Some(p),
+        None if offered.is_empty() => None,
+        None => {
+            return plain(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "unable to upgrade: none of the protocols {offered:?} is supported; supported: {ours:?}"
+                ),
+            );
+        }
+    };
+    let target = match &pending {
+        Pending::PortForward(pf) => match Target::find(&srv.sandboxes, pf) {
+            Ok(t) => Some(t),
+            Err(e) => return plain(StatusCode::NOT_FOUND, &e),
+        },
+        _ => None,
+    };
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let rh = resp.headers_mut();
+    rh.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    rh.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Some(p) = chosen {
+        rh.insert("x-stream-protocol-version", HeaderValue::from_static(p));
+    }
+    let srv = srv.clone();
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => return debug!("spdy upgrade failed: {e}"),
+        };
+        let (conn, incoming) = SpdyConn::server(TokioIo::new(upgraded));
+        match pending {
+            Pending::Exec(req) => {
+                let version =
+                    Version::from_name(chosen.unwrap_or("channel.k8s.io")).unwrap_or(Version::V1);
+                let want = Want {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                };
+                if let Some(streams) =
+                    spdy_session::exec_streams(conn, incoming, version, want).await
+                {
+                    super::exec::run(&srv.containers, &req, streams).await;
+                }
+            }
+            Pending::PortForward(req) => {
+                let target = target.expect("found above");
+                spdy_session::port_forward(conn, incoming, req, target).await;
             }
         }
     });

@@ -82,14 +82,22 @@ impl Target {
     }
 }
 
-/// Copies both ways between the client's stream and a pod connection until both are done.
+/// Copies both ways between the client's stream and a pod connection. The client's end of
+/// input half-closes the pod connection; the pod's end of output ends the forward (as the
+/// kubelet does: a server that closed has said all it will).
 pub async fn splice<S>(client: S, conn: TcpStream)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (cr, cw) = tokio::io::split(client);
     let (tr, tw) = conn.into_split();
-    tokio::join!(pump(cr, Some(tw), true), pump(tr, Some(cw), true));
+    let up = pump(cr, Some(tw), true);
+    let down = pump(tr, Some(cw), true);
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut down => {}
+        () = &mut up => down.await,
+    }
 }
 
 /// The ports of a WebSocket port-forward (`?port=80&port=8080`): each must be one the request

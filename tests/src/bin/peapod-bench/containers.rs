@@ -31,9 +31,9 @@ pub struct Containers {
 }
 
 /// A pod with its one container, just started.
-struct Made {
-    pod: String,
-    id: String,
+pub struct Made {
+    pub pod: String,
+    pub id: String,
     log_dir: PathBuf,
     /// CreateContainer + StartContainer.
     create_start: Duration,
@@ -94,8 +94,18 @@ impl Containers {
         })
     }
 
-    /// RunPodSandbox, then CreateContainer + StartContainer.
+    /// RunPodSandbox, then CreateContainer + StartContainer of `sleep 3600`.
     async fn run_pod_with_container(&self, pods: &Pods, client: &mut Client) -> Result<Made> {
+        self.run_pod_with(pods, client, &["sleep", "3600"]).await
+    }
+
+    /// RunPodSandbox, then CreateContainer + StartContainer of `cmd`.
+    pub async fn run_pod_with(
+        &self,
+        pods: &Pods,
+        client: &mut Client,
+        cmd: &[&str],
+    ) -> Result<Made> {
         let mut config = pods.config();
         config.log_directory = self.log_dir(&config.name).display().to_string();
         let start = Instant::now();
@@ -103,7 +113,7 @@ impl Containers {
         let created = Instant::now();
         let request = CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(container_config("sleep", &self.image, &["sleep", "3600"])),
+            config: Some(container_config("bench", &self.image, cmd)),
             sandbox_config: Some(config.build()),
         };
         let id = client
@@ -130,7 +140,7 @@ impl Containers {
     }
 
     /// StopContainer (no grace: `sleep` would not mind) + RemoveContainer.
-    async fn remove(&self, client: &mut Client, id: &str) -> Result<Duration> {
+    pub async fn remove(&self, client: &mut Client, id: &str) -> Result<Duration> {
         let start = Instant::now();
         client
             .stop_container(StopContainerRequest {

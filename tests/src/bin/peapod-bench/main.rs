@@ -15,6 +15,7 @@
 mod containers;
 mod report;
 mod soak;
+mod streaming;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +76,10 @@ struct Args {
     /// Pods of one container each for the container rows (>= 50).
     #[arg(long, default_value_t = 50)]
     containers: usize,
+    /// Exec round trips and port-forward connections measured in the streaming rows
+    /// (0: no streaming rows).
+    #[arg(long, default_value_t = 100)]
+    stream_rounds: usize,
 }
 
 /// Makes pods with unique names and remembers every one not yet removed.
@@ -435,8 +440,16 @@ async fn main() -> Result<()> {
     if result.is_ok() {
         result = match containers::image_present(channel, &args.image).await {
             Ok(true) => {
-                ctrs.measure(args.containers, &pods, &mut client, &mut rows)
-                    .await
+                let r = ctrs
+                    .measure(args.containers, &pods, &mut client, &mut rows)
+                    .await;
+                match r {
+                    Ok(()) if args.stream_rounds > 0 => {
+                        streaming::measure(&ctrs, &pods, &mut client, args.stream_rounds, &mut rows)
+                            .await
+                    }
+                    r => r,
+                }
             }
             Ok(false) => {
                 note = Some(format!(
