@@ -107,6 +107,10 @@ impl Firewall for FakeFirewall {
         }
         Ok(())
     }
+
+    fn pod_rules(&self) -> Result<Vec<String>, FirewallError> {
+        Ok(Vec::new())
+    }
 }
 
 struct Fixture {
@@ -147,6 +151,7 @@ fn request(owner: &str) -> AttachRequest<'_> {
         netns: Path::new("/proc/self/ns/net"),
         host_ifname: "pp0000",
         subnet: "10.0.0.0/24".parse().unwrap(),
+        host_ports: &[],
     }
 }
 

@@ -11,7 +11,9 @@ fn code(e: &SandboxError) -> Code {
     match e {
         SandboxError::Invalid { .. } | SandboxError::Ambiguous { .. } => Code::InvalidArgument,
         SandboxError::NotFound { .. } => Code::NotFound,
-        SandboxError::AlreadyExists { .. } => Code::AlreadyExists,
+        SandboxError::AlreadyExists { .. } | SandboxError::HostPortTaken { .. } => {
+            Code::AlreadyExists
+        }
         SandboxError::Unsupported { .. } => Code::Unimplemented,
         SandboxError::NetworkNotReady { .. } => Code::FailedPrecondition,
         SandboxError::PoolExhausted(_) => Code::ResourceExhausted,
