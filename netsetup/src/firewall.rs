@@ -233,14 +233,16 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
             "postrouting",
             &format!("{family} saddr {subnet} {family} daddr != {subnet} masquerade"),
         );
+        // A pod reaching a hostPort of a pod of its subnet (itself included): the answer
+        // must come back through the node to be translated back, so the node is the source.
+        // Matched by addresses, not interfaces: with br_netfilter loaded the hooks may see
+        // the bridge ports instead of the bridge.
+        rule(
+            &mut s,
+            "postrouting",
+            &format!("{family} saddr {subnet} {family} daddr {subnet} ct status dnat masquerade"),
+        );
     }
-    // A pod reaching a hostPort of a pod on the same bridge (itself included): the answer
-    // must come back through the node to be translated back, so the node is the source.
-    rule(
-        &mut s,
-        "postrouting",
-        &format!("iifname \"{bridge}\" oifname \"{bridge}\" ct status dnat masquerade"),
-    );
     // hostPorts reached at 127.0.0.1: the pod cannot answer a loopback source.
     rule(
         &mut s,
@@ -401,9 +403,13 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let script = node_script("peapod0", &subnets);
-        assert_eq!(script.matches("ip saddr 10.").count(), 2);
+        assert_eq!(script.matches(" daddr != ").count(), 2);
         assert!(script.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
         assert!(script.contains("ip saddr 10.89.0.0/24 ip daddr != 10.89.0.0/24 masquerade"));
+        assert!(
+            script
+                .contains("ip saddr 10.89.0.0/24 ip daddr 10.89.0.0/24 ct status dnat masquerade")
+        );
         assert!(script.contains("iifname \"peapod0\" accept"));
         assert!(script.contains("oifname \"peapod0\" ct state established,related accept"));
     }
@@ -428,9 +434,6 @@ mod tests {
                 "add rule inet peapod {hook} fib daddr type local dnat ip to meta l4proto . th dport map @hostports_any\n"
             )));
         }
-        assert!(
-            script.contains("iifname \"peapod0\" oifname \"peapod0\" ct status dnat masquerade")
-        );
         assert!(script.contains("oifname \"peapod0\" ip saddr 127.0.0.0/8 masquerade"));
         assert!(script.contains(
             "iifname \"peapod0\" ip daddr 127.0.0.0/8 ct state != { established, related } drop"
