@@ -1,7 +1,8 @@
 //! hostPort mappings: a server in a pod reached at the node's address and at 127.0.0.1 on the
 //! host port, over TCP and UDP, and by the pod itself (hairpin); a second pod asking for a
 //! port that is taken is refused and gets nothing; nothing is left in nftables after the pod
-//! goes, or after a crash and a restart, and a running pod's mappings survive the restart.
+//! goes, or after a crash and a restart, and a running pod's mappings survive the restart;
+//! a pod cannot use the bridge's route_localnet to reach the node's loopback.
 
 mod common;
 
@@ -212,5 +213,52 @@ async fn a_crash_leaves_no_mapping_and_keeps_the_running_ones() -> Result<()> {
     for id in [&kept, &reborn] {
         node.stop_and_remove(id).await?;
     }
+    node.assert_empty().await
+}
+
+/// With `route_localnet` on the bridge, a pod that forges traffic to the node's loopback
+/// (it may: it is root in its own netns) must not reach the node's local services.
+#[tokio::test]
+async fn pods_cannot_reach_the_nodes_loopback() -> Result<()> {
+    let node = node_with_address().await?;
+    let pod = node
+        .run_pod(&node.pod_config("forger").port(Protocol::Tcp, "", 8080, 80))
+        .await?;
+    for command in [
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"][..],
+        &[
+            "ip",
+            "route",
+            "del",
+            "local",
+            "127.0.0.0/8",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ],
+        &[
+            "ip",
+            "route",
+            "add",
+            "127.0.0.5/32",
+            "via",
+            "10.88.0.1",
+            "dev",
+            "eth0",
+        ],
+    ] {
+        node.exec_in_pod(&pod, command).await?;
+    }
+    let listener = node.listen_in_node("127.0.0.5:7777", 1).await?;
+    let forged = node.connect_from_pod(&pod, "127.0.0.5:7777").await;
+    ensure!(
+        forged.is_err(),
+        "a pod reached the node's 127.0.0.5:7777: {forged:?}"
+    );
+    // The node itself still can (and so the listener ends).
+    node.ask_from_node("connect", "127.0.0.5:7777").await?;
+    listener.finish().await?;
+    node.stop_and_remove(&pod).await?;
     node.assert_empty().await
 }
