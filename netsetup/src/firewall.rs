@@ -43,6 +43,10 @@ pub trait Firewall: Send + Sync {
 
     /// Ids of every per-pod rule there is, for garbage collection.
     fn pod_rules(&self) -> Result<Vec<String>, FirewallError>;
+
+    /// Makes again those of `rules` (from [`Self::add_pod`]) that are missing, e.g. after
+    /// the table was deleted under a running pod; those there are left alone.
+    fn restore_pod(&self, rules: &[String]) -> Result<(), FirewallError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,10 @@ impl Firewall for NoFirewall {
 
     fn pod_rules(&self) -> Result<Vec<String>, FirewallError> {
         Ok(Vec::new())
+    }
+
+    fn restore_pod(&self, _rules: &[String]) -> Result<(), FirewallError> {
+        Ok(())
     }
 }
 
@@ -180,6 +188,26 @@ impl Firewall for Nftables {
     fn pod_rules(&self) -> Result<Vec<String>, FirewallError> {
         let json = self.nft(&["-j", "list", "maps", "inet"], "")?;
         parse_elements(&json).map_err(FirewallError::Output)
+    }
+
+    fn restore_pod(&self, rules: &[String]) -> Result<(), FirewallError> {
+        let elements = rules
+            .iter()
+            .filter(|id| HostPortElement::is_id(id))
+            .map(|id| {
+                id.parse()
+                    .map_err(|()| FirewallError::InvalidRuleId { id: id.clone() })
+            })
+            .collect::<Result<Vec<HostPortElement>, _>>()?;
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        declare_maps(&mut s);
+        // Adding an element that is there with the same value is a no-op.
+        s.push_str(&add_script(&elements));
+        self.run(&s)
     }
 }
 

@@ -203,13 +203,35 @@ async fn a_crash_leaves_no_mapping_and_keeps_the_running_ones() -> Result<()> {
     let reborn = node.run_pod(&lost).await?;
 
     // SIGKILL and restart with both pods running: nothing changes.
+    let mut both = node.hostport_elements().await?;
+    both.sort();
     node.kill_daemon().await?;
     node.start_daemon().await?;
+    let mut after = node.hostport_elements().await?;
+    after.sort();
     ensure!(
-        node.hostport_elements().await?.len() == 2,
-        "a restart changed the maps: {:?}",
-        node.hostport_elements().await?
+        after == both,
+        "a restart changed the maps: {after:?}, not {both:?}"
     );
+
+    // The table deleted under the running pods: a restart makes their mappings again.
+    node.stop_daemon().await?;
+    node.exec(&["nft", "delete", "table", "inet", "peapod"])
+        .await?;
+    node.start_daemon().await?;
+    let mut restored = node.hostport_elements().await?;
+    restored.sort();
+    ensure!(
+        restored == both,
+        "after the table went the maps hold {restored:?}, not {both:?}"
+    );
+    let listener = node.listen_in_pod(&reborn, "0.0.0.0:80", 1).await?;
+    says(
+        &node.ask_from_node("connect", "192.0.2.1:8081").await?,
+        "lost",
+        "a restored mapping",
+    )?;
+    listener.finish().await?;
     for id in [&kept, &reborn] {
         node.stop_and_remove(id).await?;
     }

@@ -157,6 +157,11 @@ impl Network {
         Ok(self.firewall.remove_pod(rules)?)
     }
 
+    /// Makes again those of a pod's recorded rules that are missing from the kernel.
+    pub fn restore_rules(&self, rules: &[String]) -> Result<(), NetError> {
+        Ok(self.firewall.restore_pod(rules)?)
+    }
+
     /// All leases on disk.
     pub fn leases(&self) -> Result<Vec<Lease>, NetError> {
         Ok(self.ipam.leases()?)

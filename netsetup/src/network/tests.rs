@@ -111,6 +111,10 @@ impl Firewall for FakeFirewall {
     fn pod_rules(&self) -> Result<Vec<String>, FirewallError> {
         Ok(Vec::new())
     }
+
+    fn restore_pod(&self, _rules: &[String]) -> Result<(), FirewallError> {
+        Ok(())
+    }
 }
 
 struct Fixture {

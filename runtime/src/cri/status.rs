@@ -189,6 +189,12 @@ mod tests {
         }
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
+        let s: Status = SandboxError::HostPortTaken {
+            mapping: "tcp/*:80".into(),
+            holder: "abc".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::AlreadyExists);
         let s: Status = ContainerError::SandboxNotReady { id: "p".into() }.into();
         assert_eq!(s.code(), Code::FailedPrecondition);
         let s: Status = ContainerError::Image(ImageError::NotFound {

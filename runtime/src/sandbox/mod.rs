@@ -415,6 +415,16 @@ impl Sandboxes {
                     Err(e) => warn!(error = %e.chain(), "cannot collect {g}"),
                 }
             }
+            // And the other way: what a pod's record lists but the kernel lost (a deleted
+            // table) is made again.
+            for rec in &records {
+                if let Some(att) = &rec.network
+                    && let Err(e) = ops.net.net.restore_rules(&att.rules)
+                {
+                    warn!(sandbox = %rec.id, error = %crate::errors::chain(&e),
+                        "cannot restore the pod's firewall rules");
+                }
+            }
         })
         .await
         .expect("no panic");
