@@ -29,19 +29,12 @@ use crate::store;
 /// One thing to collect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Garbage {
-    Pause {
-        sandbox: String,
-        pause: ProcRef,
-    },
+    Pause { sandbox: String, pause: ProcRef },
     Pin(PathBuf),
     NsDir(PathBuf),
     Cgroup(CgroupRecord),
     Link(String),
-    Leases {
-        owner: String,
-        ips: Vec<IpAddr>,
-    },
-    /// A per-pod firewall rule (a hostPort map element), by id.
+    Leases { owner: String, ips: Vec<IpAddr> },
     Rule(String),
     SandboxDir(String),
 }
@@ -57,7 +50,7 @@ impl fmt::Display for Garbage {
             Garbage::Cgroup(c) => write!(f, "cgroup {}", c.rel.display()),
             Garbage::Link(l) => write!(f, "host link {l}"),
             Garbage::Leases { owner, ips } => write!(f, "IP leases {ips:?} of {owner:?}"),
-            Garbage::Rule(id) => write!(f, "firewall rule {id:?}"),
+            Garbage::Rule(id) => write!(f, "firewall rule {id:?}"), // a hostPort map element
             Garbage::SandboxDir(id) => write!(f, "sandbox dir {id} (no record)"),
         }
     }
