@@ -15,6 +15,7 @@
 pub mod driver;
 mod error;
 pub mod firewall;
+pub mod hostport;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
@@ -59,7 +60,8 @@ pub struct Attachment {
     pub pod_ifname: String,
     /// MAC address of the pod end.
     pub mac: String,
-    /// Per-pod firewall rules (none yet; hostPorts later), removed first on detach.
+    /// Per-pod firewall rules, removed first on detach: the ids of the pod's hostPort map
+    /// elements ([`hostport::HostPortElement`]).
     #[serde(default)]
     pub rules: Vec<String>,
 }
@@ -80,6 +82,8 @@ pub struct AttachRequest<'a> {
     pub host_ifname: &'a str,
     /// The subnet to allocate from (the node's pod CIDR).
     pub subnet: IpNet,
+    /// hostPort mappings to forward to the pod.
+    pub host_ports: &'a [hostport::HostPort],
 }
 
 /// Host-side veth name for a sandbox: `pp` + the first 8 hex digits of its id.

@@ -29,6 +29,7 @@ fn attach_in(
         netns: &netns,
         host_ifname: &netsetup::host_ifname(owner),
         subnet: net(subnet),
+        host_ports: &[],
     })
 }
 
@@ -231,6 +232,7 @@ fn failed_attaches_leave_nothing_behind() {
                 netns: Path::new("/nonexistent/netns"),
                 host_ifname: "pp11111111",
                 subnet: net(SUBNET),
+                host_ports: &[],
             })
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
@@ -245,6 +247,7 @@ fn failed_attaches_leave_nothing_behind() {
                 netns: &netns,
                 host_ifname: &att.host_ifname,
                 subnet: net(SUBNET),
+                host_ports: &[],
             })
             .unwrap_err();
         assert!(err.to_string().contains("cannot create link"), "{err}");

@@ -34,6 +34,7 @@ fn fifty_concurrent_attaches_then_detaches() {
                                 netns: &netns,
                                 host_ifname: &netsetup::host_ifname(owner),
                                 subnet: net("10.88.0.0/24"),
+                                host_ports: &[],
                             })
                             .unwrap()
                     })
@@ -90,6 +91,7 @@ fn attach_and_detach_latency() {
                     netns: &netns,
                     host_ifname: &netsetup::host_ifname(&owner),
                     subnet: net("10.88.0.0/16"),
+                    host_ports: &[],
                 })
                 .unwrap();
             attach_times.push(started.elapsed());

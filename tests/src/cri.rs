@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RunPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, RunPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -69,6 +69,7 @@ pub struct PodConfig {
     pub network: NamespaceMode,
     pub pid: NamespaceMode,
     pub ipc: NamespaceMode,
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl PodConfig {
@@ -90,7 +91,25 @@ impl PodConfig {
             network: NamespaceMode::Pod,
             pid: NamespaceMode::Container,
             ipc: NamespaceMode::Pod,
+            port_mappings: Vec::new(),
         }
+    }
+
+    /// Adds a hostPort mapping; `host_ip` may be empty (every address of the node).
+    pub fn port(
+        mut self,
+        protocol: Protocol,
+        host_ip: &str,
+        host_port: i32,
+        container_port: i32,
+    ) -> Self {
+        self.port_mappings.push(PortMapping {
+            protocol: protocol as i32,
+            container_port,
+            host_port,
+            host_ip: host_ip.to_owned(),
+        });
+        self
     }
 
     pub fn namespace(mut self, namespace: &str) -> Self {
@@ -185,6 +204,7 @@ impl PodConfig {
             dns_config: self.dns.clone(),
             labels: self.labels.clone(),
             annotations: self.annotations.clone(),
+            port_mappings: self.port_mappings.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {

@@ -82,15 +82,39 @@ impl Node {
     /// Starts a probe listener in pod `id`'s network and UTS namespaces (so it greets with the
     /// pod's hostname) and waits until it listens.
     pub async fn listen_in_pod(&self, id: &str, addr: &str, count: u32) -> Result<Background> {
+        self.probe_in_pod(id, "listen", addr, count).await
+    }
+
+    /// Like [`Node::listen_in_pod`], over UDP: answers `count` datagrams.
+    pub async fn listen_udp_in_pod(&self, id: &str, addr: &str, count: u32) -> Result<Background> {
+        self.probe_in_pod(id, "udp-listen", addr, count).await
+    }
+
+    async fn probe_in_pod(
+        &self,
+        id: &str,
+        verb: &str,
+        addr: &str,
+        count: u32,
+    ) -> Result<Background> {
         let pid = self.pod_info(id).await?.pause_pid()?.to_string();
         let probe = self.probe_path().display().to_string();
         let count = count.to_string();
         let args = [
-            "nsenter", "-t", &pid, "-n", "-u", "--", &probe, "listen", addr, "--count", &count,
+            "nsenter", "-t", &pid, "-n", "-u", "--", &probe, verb, addr, "--count", &count,
         ];
         let mut listener = self.spawn(&args)?;
         listener.wait_for_line("listening").await?;
         Ok(listener)
+    }
+
+    /// Connects from the node's own network namespace to `addr` with the probe's `verb`
+    /// (`connect` for TCP, `udp-ask` for UDP); returns what the peer said.
+    pub async fn ask_from_node(&self, verb: &str, addr: &str) -> Result<String> {
+        let probe = self.probe_path().display().to_string();
+        self.exec(&[probe.as_str(), verb, addr, "--timeout-ms", "3000"])
+            .await
+            .with_context(|| format!("{verb} from the node to {addr}"))
     }
 
     /// Connects from pod `id`'s network namespace to `addr`; returns what the peer said.

@@ -179,6 +179,34 @@ impl Node {
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
     }
 
+    /// The elements of the hostPort maps of `inet peapod` inside the node, as
+    /// `<map>: <key> : <value>` (e.g. `hostports_any: tcp . 8080 : 10.88.0.2 . 80`).
+    pub async fn hostport_elements(&self) -> Result<Vec<String>> {
+        let out = self.exec(&["nft", "-j", "list", "maps", "inet"]).await?;
+        let doc: serde_json::Value = serde_json::from_str(&out).context("nft -j list maps")?;
+        let mut found = Vec::new();
+        let items = doc["nftables"].as_array().cloned().unwrap_or_default();
+        for map in items.iter().filter_map(|i| i.get("map")) {
+            if map["table"] != "peapod" {
+                continue;
+            }
+            let name = map["name"].as_str().unwrap_or_default();
+            for elem in map["elem"].as_array().into_iter().flatten() {
+                let part = |i: usize| {
+                    elem[i]["concat"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(" . ")
+                };
+                found.push(format!("{name}: {} : {}", part(0), part(1)));
+            }
+        }
+        Ok(found)
+    }
+
     /// Which of `pids` (as seen inside the node) still run: alive and not zombies.
     pub async fn still_running(&self, pids: &[u64]) -> Result<Vec<Proc>> {
         Ok(self
@@ -345,6 +373,10 @@ impl Node {
         let dirs = self.sandbox_dirs();
         if !dirs.is_empty() {
             found.push(format!("sandbox dirs {dirs:?}"));
+        }
+        let elements = self.hostport_elements().await?;
+        if !elements.is_empty() {
+            found.push(format!("hostPort map elements {elements:?}"));
         }
         let pauses = self.pauses().await?;
         if !pauses.is_empty() {

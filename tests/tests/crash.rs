@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
-    ContainerState, CreateContainerRequest, PodSandboxState, PodSandboxStatusRequest,
+    ContainerState, CreateContainerRequest, PodSandboxState, PodSandboxStatusRequest, Protocol,
     RemoveContainerRequest, RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
@@ -227,6 +227,25 @@ async fn check_invariants(node: &Node, iteration: u64) -> Result<()> {
             "#{iteration}: pin {pin} belongs to no pod"
         );
     }
+    // The hostPort maps hold exactly what the pods' records list (the start-up collected the
+    // rest, and made again what a crash in a stop had taken but not yet recorded).
+    let mut recorded = BTreeSet::new();
+    for pod in &pods {
+        let info = node.pod_info(&pod.id).await?;
+        for id in info.raw["network"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let id = id.as_str().context("a rule id that is no string")?;
+            recorded.insert(element_of_rule(id).with_context(|| format!("rule id {id:?}"))?);
+        }
+    }
+    let elements: BTreeSet<String> = node.hostport_elements().await?.into_iter().collect();
+    ensure!(
+        elements == recorded,
+        "#{iteration}: the hostPort maps hold {elements:?}, the records {recorded:?}"
+    );
     let owned_veths: BTreeSet<String> = ids.iter().map(|id| host_veth(id)).collect();
     for port in &ports {
         ensure!(
@@ -235,6 +254,21 @@ async fn check_invariants(node: &Node, iteration: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A recorded rule id (`hostport tcp *:8080 10.88.0.5:80`) as [`Node::hostport_elements`]
+/// shows the element (`hostports_any: tcp . 8080 : 10.88.0.5 . 80`).
+fn element_of_rule(id: &str) -> Result<String> {
+    let words: Vec<&str> = id.split(' ').collect();
+    let ["hostport", protocol, host, pod] = words[..] else {
+        bail!("not a hostPort element id");
+    };
+    let (host_ip, host_port) = host.rsplit_once(':').context("no host port")?;
+    let (pod_ip, pod_port) = pod.rsplit_once(':').context("no pod port")?;
+    Ok(match host_ip {
+        "*" => format!("hostports_any: {protocol} . {host_port} : {pod_ip} . {pod_port}"),
+        ip => format!("hostports: {ip} . {protocol} . {host_port} : {pod_ip} . {pod_port}"),
+    })
 }
 
 /// Every Ready pod answers TCP on its IP, from the node.
@@ -302,7 +336,12 @@ async fn sigkill_at_random_moments_loses_and_leaks_nothing() -> Result<()> {
         for c in 0..pod_clients {
             // Fresh names each iteration, so that a leftover pod never blocks a name.
             let configs = (0..3)
-                .map(|k| node.pod_config(&format!("crash-{i}-{c}-{k}")))
+                .map(|k| {
+                    // A hostPort each, one no other pod of the run asks for.
+                    let port = 10_000 + ((i * 16 + c * 4 + k) % 50_000) as i32;
+                    node.pod_config(&format!("crash-{i}-{c}-{k}"))
+                        .port(Protocol::Tcp, "", port, 80)
+                })
                 .collect();
             tasks.push(tokio::spawn(churn(node.socket(), configs, rng.next())));
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerState, NamespaceMode, NamespaceOption, PodSandboxState,
+    ContainerConfig, ContainerState, NamespaceMode, NamespaceOption, PodSandboxState, Protocol,
 };
 use peapod_tests::containers::{BUSYBOX, Traced, container_config, security};
 use peapod_tests::{Node, PodConfig, host_veth};
@@ -110,16 +110,33 @@ async fn assert_whole(node: &Node, id: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The hostPort maps hold `expected` and nothing else.
+async fn keeps_its_port(node: &Node, expected: &[String], point: &str) -> Result<()> {
+    let found = node.hostport_elements().await?;
+    ensure!(
+        found == expected,
+        "{point}: the hostPort maps hold {found:?}, not {expected:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_fault_point_recovers() -> Result<()> {
     let mut node = common::node().await?;
-    let keep = node.run_pod(&node.pod_config("keep")).await?;
+    // Every pod has a hostPort: a crash must leave no map element behind (the next pod on the
+    // same port would fail to add its own), and must not take away the kept pod's.
+    let keep = node
+        .run_pod(&node.pod_config("keep").port(Protocol::Tcp, "", 8080, 7000))
+        .await?;
+    let keep_elements = node.hostport_elements().await?;
     let mut n = 0;
 
     for point in RUN_POINTS {
         n += 1;
         arm(&mut node, point).await?;
-        let config = node.pod_config(&format!("run-{n}"));
+        let config = node
+            .pod_config(&format!("run-{n}"))
+            .port(Protocol::Tcp, "", 9000, 7000);
         let crashed = node.run_pod(&config).await;
         ensure!(
             crashed.is_err(),
@@ -137,14 +154,18 @@ async fn every_fault_point_recovers() -> Result<()> {
             "{point}: an interrupted pod survived: {pods:?}"
         );
         assert_whole(&node, &keep, point).await?;
-        // The same pod can be made again (no "name reserved").
+        keeps_its_port(&node, &keep_elements, point).await?;
+        // The same pod can be made again (no "name reserved", no port left taken).
         let again = node.run_pod(&config).await.context(*point)?;
         node.stop_and_remove(&again).await?;
     }
 
     for point in STOP_POINTS {
         n += 1;
-        let id = node.run_pod(&node.pod_config(&format!("stop-{n}"))).await?;
+        let config = node.pod_config(&format!("stop-{n}"));
+        let id = node
+            .run_pod(&config.port(Protocol::Udp, "", 9000, 7000))
+            .await?;
         arm(&mut node, point).await?;
         ensure!(node.stop_pod(&id).await.is_err(), "{point}: Stop answered");
         crashed_then_restart(&mut node, point).await?;
@@ -155,11 +176,15 @@ async fn every_fault_point_recovers() -> Result<()> {
         );
         node.stop_and_remove(&id).await.context(*point)?;
         assert_whole(&node, &keep, point).await?;
+        keeps_its_port(&node, &keep_elements, point).await?;
     }
 
     for point in REMOVE_POINTS {
         n += 1;
-        let id = node.run_pod(&node.pod_config(&format!("rm-{n}"))).await?;
+        let config = node.pod_config(&format!("rm-{n}"));
+        let id = node
+            .run_pod(&config.port(Protocol::Tcp, "127.0.0.1", 9000, 7000))
+            .await?;
         arm(&mut node, point).await?;
         ensure!(
             node.remove_pod(&id).await.is_err(),
@@ -172,6 +197,7 @@ async fn every_fault_point_recovers() -> Result<()> {
             "{point}: removed pod still listed"
         );
         assert_whole(&node, &keep, point).await?;
+        keeps_its_port(&node, &keep_elements, point).await?;
     }
 
     node.stop_and_remove(&keep).await?;

@@ -90,6 +90,7 @@ impl Network {
             owner: req.owner,
             ip,
             host_ifname: req.host_ifname,
+            host_ports: req.host_ports,
         };
         let rules = match self.firewall.add_pod(&pod) {
             Ok(rules) => rules,
@@ -143,6 +144,22 @@ impl Network {
             errors.push(e.into());
         }
         finish(errors)
+    }
+
+    /// Ids of every per-pod firewall rule in the kernel (hostPort map elements), for the
+    /// start-up garbage collection of those no record names.
+    pub fn pod_rules(&self) -> Result<Vec<String>, NetError> {
+        Ok(self.firewall.pod_rules()?)
+    }
+
+    /// Removes per-pod firewall rules by id, e.g. those left by a crash.
+    pub fn remove_rules(&self, rules: &[String]) -> Result<(), NetError> {
+        Ok(self.firewall.remove_pod(rules)?)
+    }
+
+    /// Makes again those of a pod's recorded rules that are missing from the kernel.
+    pub fn restore_rules(&self, rules: &[String]) -> Result<(), NetError> {
+        Ok(self.firewall.restore_pod(rules)?)
     }
 
     /// All leases on disk.

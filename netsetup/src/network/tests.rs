@@ -107,6 +107,14 @@ impl Firewall for FakeFirewall {
         }
         Ok(())
     }
+
+    fn pod_rules(&self) -> Result<Vec<String>, FirewallError> {
+        Ok(Vec::new())
+    }
+
+    fn restore_pod(&self, _rules: &[String]) -> Result<(), FirewallError> {
+        Ok(())
+    }
 }
 
 struct Fixture {
@@ -147,6 +155,7 @@ fn request(owner: &str) -> AttachRequest<'_> {
         netns: Path::new("/proc/self/ns/net"),
         host_ifname: "pp0000",
         subnet: "10.0.0.0/24".parse().unwrap(),
+        host_ports: &[],
     }
 }
 

@@ -11,7 +11,9 @@ fn code(e: &SandboxError) -> Code {
     match e {
         SandboxError::Invalid { .. } | SandboxError::Ambiguous { .. } => Code::InvalidArgument,
         SandboxError::NotFound { .. } => Code::NotFound,
-        SandboxError::AlreadyExists { .. } => Code::AlreadyExists,
+        SandboxError::AlreadyExists { .. } | SandboxError::HostPortTaken { .. } => {
+            Code::AlreadyExists
+        }
         SandboxError::Unsupported { .. } => Code::Unimplemented,
         SandboxError::NetworkNotReady { .. } => Code::FailedPrecondition,
         SandboxError::PoolExhausted(_) => Code::ResourceExhausted,
@@ -187,6 +189,12 @@ mod tests {
         }
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
+        let s: Status = SandboxError::HostPortTaken {
+            mapping: "tcp/*:80".into(),
+            holder: "abc".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::AlreadyExists);
         let s: Status = ContainerError::SandboxNotReady { id: "p".into() }.into();
         assert_eq!(s.code(), Code::FailedPrecondition);
         let s: Status = ContainerError::Image(ImageError::NotFound {

@@ -20,6 +20,8 @@ pub enum SandboxError {
         id: String,
         state: String,
     },
+    #[error("hostPort {mapping} is already mapped by pod sandbox {holder}")]
+    HostPortTaken { mapping: String, holder: String },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
     #[error("pod network is not ready: {reason}")]

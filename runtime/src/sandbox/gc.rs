@@ -5,7 +5,8 @@
 //! What a crash can leave, and what finds it: a pause (its environment names its sandbox), a
 //! netns pin and the ipc/uts/pid pins (named by id), a host veth (`pp` + 8 hex), an IP lease
 //! (names its owner), a sandbox cgroup (a leaf named by id, below a parent peapod made or its
-//! default one), a sandbox dir without a record. Containers' leftovers are found by
+//! default one), a sandbox dir without a record, a hostPort map element (no record lists it
+//! among its attachment's rules). Containers' leftovers are found by
 //! `container::gc` and collected first.
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,6 +35,7 @@ pub enum Garbage {
     Cgroup(CgroupRecord),
     Link(String),
     Leases { owner: String, ips: Vec<IpAddr> },
+    Rule(String),
     SandboxDir(String),
 }
 
@@ -48,6 +50,7 @@ impl fmt::Display for Garbage {
             Garbage::Cgroup(c) => write!(f, "cgroup {}", c.rel.display()),
             Garbage::Link(l) => write!(f, "host link {l}"),
             Garbage::Leases { owner, ips } => write!(f, "IP leases {ips:?} of {owner:?}"),
+            Garbage::Rule(id) => write!(f, "firewall rule {id:?}"), // a hostPort map element
             Garbage::SandboxDir(id) => write!(f, "sandbox dir {id} (no record)"),
         }
     }
@@ -102,7 +105,7 @@ pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), Sandbo
         let done = (!dry_run).then(|| ctr_gc::collect(&ops.cgroups, &g).map_err(|e| e.chain()));
         ok &= report(&mut lines, &g, done);
     }
-    for g in ops.find_garbage(&owners(kept.iter())) {
+    for g in ops.find_garbage(&kept) {
         let done = (!dry_run).then(|| ops.collect(&g).map_err(|e| e.chain()));
         ok &= report(&mut lines, &g, done);
     }
@@ -154,9 +157,10 @@ impl Ops {
         }
     }
 
-    /// Everything of peapod's that no record in `known` (sandbox id → its host link, if it
-    /// has one) owns. Pauses come first: they hold namespaces and cgroups.
-    pub fn find_garbage(&self, known: &BTreeMap<String, Option<String>>) -> Vec<Garbage> {
+    /// Everything of peapod's that none of `records` owns. Pauses come first: they hold
+    /// namespaces and cgroups.
+    pub fn find_garbage(&self, records: &[SandboxRecord]) -> Vec<Garbage> {
+        let known = &owners(records.iter());
         let is_known = |id: &str| known.contains_key(id);
         let mut found = Vec::new();
         for (sandbox, pause) in process::sandbox_processes() {
@@ -196,6 +200,22 @@ impl Ops {
                 .into_iter()
                 .map(|(owner, ips)| Garbage::Leases { owner, ips }),
         );
+        let rules: HashSet<&str> = records
+            .iter()
+            .filter_map(|r| r.network.as_ref())
+            .flat_map(|a| a.rules.iter().map(String::as_str))
+            .collect();
+        match self.net.net.pod_rules() {
+            Ok(found_rules) => found.extend(
+                found_rules
+                    .into_iter()
+                    .filter(|id| !rules.contains(id.as_str()))
+                    .map(Garbage::Rule),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "cannot list firewall rules")
+            }
+        }
         for id in crate::store::dir_names(&self.cfg.state_dir.join("sandboxes")) {
             if is_sandbox_id(&id) && !is_known(&id) {
                 found.push(Garbage::SandboxDir(id));
@@ -243,6 +263,11 @@ impl Ops {
                 .net
                 .cleanup_partial(owner, &netsetup::host_ifname(owner))
                 .map_err(SandboxError::Detach),
+            Garbage::Rule(id) => self
+                .net
+                .net
+                .remove_rules(std::slice::from_ref(id))
+                .map_err(SandboxError::Network),
             Garbage::SandboxDir(id) => self.remove_sandbox_dir(id),
         }
     }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod files;
 pub mod gc;
 mod hooks;
+mod hostports;
 pub mod model;
 mod ops;
 pub mod pins;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::errors::Lookup;
 use crate::network::NodeNetwork;
 use cgroup::Cgroups;
+use hostports::HostPorts;
 
 type Result<T> = std::result::Result<T, SandboxError>;
 
@@ -45,6 +47,7 @@ pub struct Sandboxes {
     ops: Arc<Ops>,
     pods: RwLock<HashMap<String, Arc<Entry>>>,
     by_meta: Mutex<HashMap<PodMetadata, Slot>>,
+    host_ports: HostPorts,
     containers: OnceLock<Weak<dyn PodContainers>>,
 }
 
@@ -80,6 +83,7 @@ impl Sandboxes {
             ops: Arc::new(Ops { cfg, net, cgroups }),
             pods: RwLock::new(HashMap::new()),
             by_meta: Mutex::new(HashMap::new()),
+            host_ports: HostPorts::default(),
             containers: OnceLock::new(),
         })
     }
@@ -151,6 +155,17 @@ impl Sandboxes {
 
     pub async fn run(self: &Arc<Self>, spec: PodSpec) -> Result<String> {
         validate::validate(&spec)?;
+        // A NODE-network pod's ports are the node's already: nothing to forward.
+        let host_ports = if spec.host_network() {
+            Vec::new()
+        } else {
+            validate::host_ports(&spec)?
+        };
+        if !host_ports.is_empty() && !self.ops.net.cidr().addr().is_ipv4() {
+            return Err(SandboxError::Unsupported {
+                what: "hostPort mappings to IPv6 pods".into(),
+            });
+        }
         if !spec.host_network() {
             let net = self.ops.net.clone();
             let ready = tokio::task::spawn_blocking(move || net.ready())
@@ -184,6 +199,7 @@ impl Sandboxes {
             });
         }
         let id = self.fresh_id();
+        self.host_ports.reserve(&id, &host_ports)?;
         let ops = self.ops.clone();
         let rec = SandboxRecord::new(id.clone(), spec, now_nanos());
         let rec = tokio::task::spawn_blocking(move || -> Result<SandboxRecord> {
@@ -203,7 +219,8 @@ impl Sandboxes {
             Ok(rec)
         })
         .await
-        .expect("no panic")?;
+        .expect("no panic")
+        .inspect_err(|_| self.host_ports.release(&id))?;
         info!(sandbox = %id, ip = ?rec.ip(), "pod sandbox ready");
         *slot = Some(id.clone());
         drop(slot);
@@ -251,6 +268,9 @@ impl Sandboxes {
         })
         .await
         .expect("no panic");
+        if rec.network.is_none() {
+            self.host_ports.release(&rec.id);
+        }
         if r.is_ok() && forget {
             self.forget(&rec);
         }
@@ -371,9 +391,13 @@ impl Sandboxes {
                     rec.state = SandboxState::NotReady;
                     rec.pause = None;
                     self.ops.persist(&rec)?;
+                    self.host_ports.restore(&rec);
                     self.insert(rec);
                 }
-                _ => self.insert(rec),
+                _ => {
+                    self.host_ports.restore(&rec);
+                    self.insert(rec);
+                }
             }
         }
         Ok(())
@@ -382,13 +406,23 @@ impl Sandboxes {
     /// Start-up, after the containers' reconcile (a stray container keeps a stray pod's
     /// cgroup busy): collects whatever carries our names but belongs to no record.
     pub async fn collect_garbage(&self) {
-        let known = gc::owners(self.list(&Filter::default()).iter());
+        let records = self.list(&Filter::default());
         let ops = self.ops.clone();
         tokio::task::spawn_blocking(move || {
-            for g in ops.find_garbage(&known) {
+            for g in ops.find_garbage(&records) {
                 match ops.collect(&g) {
                     Ok(()) => info!("collected {g}"),
                     Err(e) => warn!(error = %e.chain(), "cannot collect {g}"),
+                }
+            }
+            // And the other way: what a pod's record lists but the kernel lost (a deleted
+            // table) is made again.
+            for rec in &records {
+                if let Some(att) = &rec.network
+                    && let Err(e) = ops.net.net.restore_rules(&att.rules)
+                {
+                    warn!(sandbox = %rec.id, error = %crate::errors::chain(&e),
+                        "cannot restore the pod's firewall rules");
                 }
             }
         })

@@ -14,6 +14,7 @@ use super::files::{self, PodFiles};
 use super::model::{NsMode, SandboxRecord, SandboxState};
 use super::pins;
 use super::process::{self, PauseSpec, ProcRef};
+use super::validate;
 use crate::config::Config;
 use crate::fault;
 use crate::network::NodeNetwork;
@@ -132,6 +133,7 @@ impl Ops {
                     netns: rec.pins.net.as_deref().expect("pinned above"),
                     host_ifname: &netsetup::host_ifname(&id),
                     subnet: self.net.cidr(),
+                    host_ports: &validate::host_ports(&spec)?,
                 })
                 .map_err(|e| {
                     if e.is_exhausted() {

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::{Component, Path};
 
+use netsetup::hostport::{HostPort, Protocol};
 use netsetup::sysctl::{self, SysctlNamespace};
 
 use super::error::SandboxError;
@@ -77,22 +78,7 @@ pub fn validate(spec: &PodSpec) -> Result {
             token("dns_config.options", o, 253)?;
         }
     }
-    if spec.port_mappings.len() > MAX_PORT_MAPPINGS {
-        return Err(invalid(
-            "port_mappings",
-            format!("more than {MAX_PORT_MAPPINGS}"),
-        ));
-    }
-    for p in &spec.port_mappings {
-        if !(0..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
-            return Err(invalid("port_mappings", "port outside 0..=65535"));
-        }
-        if p.host_port != 0 {
-            return Err(SandboxError::Unsupported {
-                what: "hostPort mappings".into(),
-            });
-        }
-    }
+    host_ports(spec)?;
     if !spec.runtime_handler.is_empty() && spec.runtime_handler != "peapod" {
         return Err(invalid(
             "runtime_handler",
@@ -103,6 +89,79 @@ pub fn validate(spec: &PodSpec) -> Result {
         ));
     }
     Ok(())
+}
+
+/// The hostPort mappings of a pod: those with a host port (the others only document a
+/// container port). Refused: ports outside 1..=65535, protocols other than TCP and UDP, a host
+/// IP that does not parse or is IPv6, two mappings of one pod that would catch the same
+/// packets. A host IP of `""` or `0.0.0.0` means every address of the node.
+pub fn host_ports(spec: &PodSpec) -> Result<Vec<HostPort>> {
+    if spec.port_mappings.len() > MAX_PORT_MAPPINGS {
+        return Err(invalid(
+            "port_mappings",
+            format!("more than {MAX_PORT_MAPPINGS}"),
+        ));
+    }
+    let mut ports: Vec<HostPort> = Vec::new();
+    for p in &spec.port_mappings {
+        if !(0..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
+            return Err(invalid("port_mappings", "port outside 0..=65535"));
+        }
+        if p.host_port == 0 {
+            continue;
+        }
+        let container_port = u16::try_from(p.container_port)
+            .ok()
+            .filter(|&c| c != 0)
+            .ok_or_else(|| {
+                invalid(
+                    "port_mappings",
+                    format!("host port {} maps to container port 0", p.host_port),
+                )
+            })?;
+        let protocol = match p.protocol.as_str() {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => {
+                return Err(invalid(
+                    "port_mappings",
+                    format!("protocol {other} (hostPorts forward TCP and UDP)"),
+                ));
+            }
+        };
+        let host_ip = match p.host_ip.as_str() {
+            "" => None,
+            ip => match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) if v4.is_unspecified() => None,
+                Ok(IpAddr::V4(v4)) => Some(v4),
+                Ok(IpAddr::V6(_)) => {
+                    return Err(SandboxError::Unsupported {
+                        what: format!("hostPort on the IPv6 address {ip}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "port_mappings",
+                        format!("host_ip {ip:?} is not an IP address"),
+                    ));
+                }
+            },
+        };
+        let port = HostPort {
+            protocol,
+            host_ip,
+            host_port: p.host_port as u16,
+            container_port,
+        };
+        if let Some(other) = ports.iter().find(|o| o.overlaps(&port)) {
+            return Err(invalid(
+                "port_mappings",
+                format!("{port} and {other} catch the same packets"),
+            ));
+        }
+        ports.push(port);
+    }
+    Ok(ports)
 }
 
 pub(crate) fn name(field: &str, v: &str, required: bool) -> Result {
@@ -418,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn dns_ports_namespaces_handlers() {
+    fn dns_and_ports() {
         let mut s = spec();
         s.dns = Some(DnsConfig {
             servers: vec!["10.96.0.10".into(), "fd00::a".into()],
@@ -437,12 +496,77 @@ mod tests {
             host_ip: String::new(),
         });
         validate(&s).unwrap();
+        assert_eq!(host_ports(&s).unwrap(), []);
         s.port_mappings[0].host_port = 8080;
+        validate(&s).unwrap();
+
+        let mut s = spec();
+        s.port_mappings.push(PortMapping {
+            protocol: "UDP".into(),
+            container_port: 53,
+            host_port: 5353,
+            host_ip: String::new(),
+        });
+        s.port_mappings.push(PortMapping {
+            protocol: "TCP".into(),
+            container_port: 53,
+            host_port: 5353,
+            host_ip: "192.0.2.7".into(),
+        });
+        let ports = host_ports(&s).unwrap();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].to_string(), "udp/*:5353");
+        assert_eq!(ports[1].to_string(), "tcp/192.0.2.7:5353");
+    }
+
+    #[test]
+    fn bad_host_ports_are_refused() {
+        let mapping = |protocol: &str, container_port, host_port, host_ip: &str| PortMapping {
+            protocol: protocol.into(),
+            container_port,
+            host_port,
+            host_ip: host_ip.into(),
+        };
+        let with = |mappings: Vec<PortMapping>| {
+            let mut s = spec();
+            s.port_mappings = mappings;
+            validate(&s)
+        };
+        for bad in [
+            vec![mapping("TCP", 80, 65536, "")],
+            vec![mapping("TCP", 80, -1, "")],
+            vec![mapping("TCP", 0, 8080, "")],
+            vec![mapping("SCTP", 80, 8080, "")],
+            vec![mapping("7", 80, 8080, "")],
+            vec![mapping("TCP", 80, 8080, "192.0.2.300")],
+            // Twice the same, or a wildcard over a specific address.
+            vec![mapping("TCP", 80, 8080, ""), mapping("TCP", 81, 8080, "")],
+            vec![
+                mapping("UDP", 80, 8080, "0.0.0.0"),
+                mapping("UDP", 81, 8080, "192.0.2.1"),
+            ],
+        ] {
+            assert_eq!(field_of(with(bad.clone())), "port_mappings", "{bad:?}");
+        }
         assert!(matches!(
-            validate(&s),
+            with(vec![mapping("TCP", 80, 8080, "fd00::1")]),
             Err(SandboxError::Unsupported { .. })
         ));
+        // Same port, other protocol or other address: fine.
+        with(vec![
+            mapping("TCP", 80, 8080, ""),
+            mapping("UDP", 80, 8080, ""),
+        ])
+        .unwrap();
+        with(vec![
+            mapping("TCP", 80, 8080, "192.0.2.1"),
+            mapping("TCP", 81, 8080, "192.0.2.2"),
+        ])
+        .unwrap();
+    }
 
+    #[test]
+    fn namespaces_and_handlers() {
         let mut s = spec();
         s.namespaces.network = NsMode::Container;
         assert_eq!(field_of(validate(&s)), "namespace_options.network");

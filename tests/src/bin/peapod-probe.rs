@@ -6,21 +6,25 @@
 //!                                                  "hello from <hostname>" each
 //! peapod-probe connect ADDR:PORT [--timeout-ms N] connect (default 2000 ms), print what the
 //!                                                  peer says; exit 1 on any failure
+//! peapod-probe udp-listen ADDR:PORT [--count N]   the same over UDP: answer N datagrams
+//! peapod-probe udp-ask ADDR:PORT [--timeout-ms N] send one datagram, print the answer
 //! ```
 //! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
 //! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: peapod-probe listen ADDR:PORT [--count N]\n       \
-                     peapod-probe connect ADDR:PORT [--timeout-ms N]";
+const USAGE: &str = "usage: peapod-probe [udp-]listen ADDR:PORT [--count N]\n       \
+                     peapod-probe connect|udp-ask ADDR:PORT [--timeout-ms N]";
 
 enum Cmd {
     Listen { addr: SocketAddr, count: u64 },
     Connect { addr: SocketAddr, timeout: Duration },
+    UdpListen { addr: SocketAddr, count: u64 },
+    UdpAsk { addr: SocketAddr, timeout: Duration },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cmd {
         Cmd::Listen { addr, count } => listen(addr, count),
         Cmd::Connect { addr, timeout } => connect(addr, timeout),
+        Cmd::UdpListen { addr, count } => udp_listen(addr, count),
+        Cmd::UdpAsk { addr, timeout } => udp_ask(addr, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +72,14 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             count: option("--count", 1)?,
         }),
         "connect" => Ok(Cmd::Connect {
+            addr,
+            timeout: Duration::from_millis(option("--timeout-ms", 2000)?),
+        }),
+        "udp-listen" => Ok(Cmd::UdpListen {
+            addr,
+            count: option("--count", 1)?,
+        }),
+        "udp-ask" => Ok(Cmd::UdpAsk {
             addr,
             timeout: Duration::from_millis(option("--timeout-ms", 2000)?),
         }),
@@ -102,5 +116,41 @@ fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     conn.read_to_string(&mut answer)
         .map_err(|e| io::Error::new(e.kind(), format!("read from {addr}: {e}")))?;
     print!("{answer}");
+    io::stdout().flush()
+}
+
+fn udp_listen(addr: SocketAddr, count: u64) -> io::Result<()> {
+    let socket =
+        UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "listening")?;
+    stdout.flush()?;
+    let greeting = format!("hello from {}\n", hostname());
+    let mut buf = [0u8; 512];
+    for _ in 0..count {
+        let (_, peer) = socket.recv_from(&mut buf)?;
+        socket.send_to(greeting.as_bytes(), peer)?;
+    }
+    Ok(())
+}
+
+fn udp_ask(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let any: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a valid address");
+    let socket = UdpSocket::bind(any)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket
+        .send_to(b"hello\n", addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("send to {addr}: {e}")))?;
+    let mut buf = [0u8; 512];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| io::Error::new(e.kind(), format!("answer from {addr}: {e}")))?;
+    io::stdout().write_all(&buf[..n])?;
     io::stdout().flush()
 }
