@@ -428,7 +428,11 @@ impl Node {
             }
         }
         for sock in sockets.lines() {
-            let id = sock.trim_end_matches(".sock");
+            // A running container's monitor has two: control (`.sock`) and attach (`.attach`).
+            let id = sock
+                .strip_suffix(".sock")
+                .or_else(|| sock.strip_suffix(".attach"))
+                .unwrap_or(sock);
             if !running.contains(id) {
                 found.push(format!("monitor socket {sock}"));
             }

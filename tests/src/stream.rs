@@ -140,6 +140,23 @@ impl Node {
     }
 }
 
+/// The URL of a CRI Attach to `container`, with stdout (and stderr without a TTY).
+pub async fn attach_url(
+    client: &mut Client,
+    container: &str,
+    stdin: bool,
+    tty: bool,
+) -> Result<StreamUrl> {
+    let req = k8s_cri::v1::AttachRequest {
+        container_id: container.to_owned(),
+        stdin,
+        tty,
+        stdout: true,
+        stderr: !tty,
+    };
+    StreamUrl::parse(&client.attach(req).await?.into_inner().url)
+}
+
 /// The URL of a CRI Exec.
 pub async fn exec_url(client: &mut Client, req: ExecRequest) -> Result<StreamUrl> {
     StreamUrl::parse(&client.exec(req).await?.into_inner().url)
@@ -219,6 +236,24 @@ pub fn handshake_status(e: &anyhow::Error) -> Option<u16> {
 }
 
 impl WsSession {
+    /// Reads stdout until it holds `text` (bounded by `timeout`); what came on stdout.
+    pub async fn stdout_until(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        let mut out = Vec::new();
+        tokio::time::timeout(timeout, async {
+            while !String::from_utf8_lossy(&out).contains(text) {
+                match self.next().await? {
+                    Some((1, data)) => out.extend(data),
+                    Some(_) => {}
+                    None => bail!("the session ended"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("no {text:?} on stdout: {:?}", String::from_utf8_lossy(&out)))??;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
     /// Opens `url` offering `protocols` (in preference order).
     pub async fn open(node: &impl Dial, url: &StreamUrl, protocols: &[&str]) -> Result<WsSession> {
         Self::open_with(node, url, protocols, None).await

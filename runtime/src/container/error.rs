@@ -99,6 +99,12 @@ pub enum ContainerError {
     },
     #[error("command in container {id} timed out after {secs} s and was killed")]
     ExecTimeout { id: String, secs: i64 },
+    #[error("cannot attach to container {id}")]
+    Attach {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]

@@ -167,7 +167,9 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
             .map(|(rec, kill)| Garbage::Cgroup { rec, kill }),
     );
     for name in crate::store::dir_names(&cfg.run_dir.join("mon")) {
-        if let Some(id) = name.strip_suffix(".sock")
+        if let Some(id) = name
+            .strip_suffix(".sock")
+            .or_else(|| name.strip_suffix(".attach"))
             && is_id(id)
             && !is_known(id)
         {

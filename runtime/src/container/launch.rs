@@ -91,8 +91,10 @@ pub struct LaunchSpec {
     pub cgroups: Vec<CgroupDir>,
     pub oom_score_adj: Option<i32>,
     pub log_path: Option<PathBuf>,
-    /// The monitor's control socket (log reopen).
+    /// The monitor's control socket (log reopen); the attach socket is beside it.
     pub control_socket: PathBuf,
+    #[serde(default)]
+    pub stdio: super::model::StdioMode,
 }
 
 /// What `build` needs besides the request.
@@ -379,6 +381,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
             .then(|| spec.resources.oom_score_adj.clamp(-1000, 1000) as i32),
         log_path: i.log_path.clone(),
         control_socket: i.control_socket.clone(),
+        stdio: spec.stdio,
     })
 }
 

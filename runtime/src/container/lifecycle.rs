@@ -334,11 +334,13 @@ impl Containers {
             }
             fault::point("cremove:cgroup");
         }
-        let sock = self.socket(&id);
-        if let Err(e) = std::fs::remove_file(&sock)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(ContainerError::io("remove", sock)(e));
+        let control = self.socket(&id);
+        for sock in [crate::monitor::attach::socket_path(&control), control] {
+            if let Err(e) = std::fs::remove_file(&sock)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                errors.push(ContainerError::io("remove", sock)(e));
+            }
         }
         fault::point("cremove:socket");
         if !errors.is_empty() {

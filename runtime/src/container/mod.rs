@@ -9,6 +9,7 @@
 //! one whose monitor died reports MonitorDied (its processes are killed: nothing supervises
 //! them any more).
 
+pub mod attach;
 pub mod cgroup;
 mod create;
 pub mod error;

@@ -90,6 +90,15 @@ impl Default for SecurityReq {
     }
 }
 
+/// The CRI's interactive stdio of a container: its stdin held open by the monitor for
+/// attachers, closed after the first attach with `stdin_once`; a pty with `tty`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioMode {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+}
+
 /// A validated CreateContainer request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -107,6 +116,8 @@ pub struct ContainerSpec {
     pub log_path: String,
     pub resources: Resources,
     pub security: SecurityReq,
+    #[serde(default)]
+    pub stdio: StdioMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

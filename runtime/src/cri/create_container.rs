@@ -115,6 +115,11 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         log_path: config.log_path,
+        stdio: crate::container::model::StdioMode {
+            stdin: config.stdin,
+            stdin_once: config.stdin && config.stdin_once,
+            tty: config.tty,
+        },
         resources: super::resources::from_cri(res)?,
         security: SecurityReq {
             seccomp: seccomp(&sc)?,

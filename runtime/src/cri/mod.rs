@@ -1,6 +1,7 @@
 //! Thin gRPC adapters, one file per RPC: proto → domain → proto. Errors become a
 //! `tonic::Status` in one place (`status.rs`).
 
+mod attach;
 mod container_stats;
 mod container_status;
 mod convert;
@@ -229,6 +230,10 @@ impl RuntimeService for CriService {
         exec::handle(self, req.into_inner()).map(Response::new)
     }
 
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
+        attach::handle(self, req.into_inner()).map(Response::new)
+    }
+
     async fn port_forward(
         &self,
         req: Request<cri::PortForwardRequest>,
@@ -288,7 +293,6 @@ impl RuntimeService for CriService {
     }
 
     not_yet! {
-        attach: cri::AttachRequest => cri::AttachResponse;
         checkpoint_container: cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors: cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics: cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;

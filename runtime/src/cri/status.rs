@@ -62,7 +62,7 @@ fn container_code(e: &ContainerError) -> Code {
         | ContainerError::WrongState { .. }
         | ContainerError::ControllerMissing { .. } => Code::FailedPrecondition,
         ContainerError::AlreadyExists { .. } => Code::AlreadyExists,
-        ContainerError::MonitorStarting { .. } => Code::Unavailable,
+        ContainerError::MonitorStarting { .. } | ContainerError::Attach { .. } => Code::Unavailable,
         ContainerError::Unsupported { .. } => Code::Unimplemented,
         ContainerError::Image(e) => image_code(e),
         ContainerError::ExecTimeout { .. } => Code::DeadlineExceeded,

@@ -66,7 +66,7 @@ pub fn main(dir: &Path, target: ProcRef, argv: &[String], tty: bool) -> ExitCode
     match unsafe { nix::unistd::fork() } {
         Err(e) => fail(&format!("cannot fork: {e}")),
         Ok(ForkResult::Child) => {
-            if tty && let Err(e) = controlling_terminal() {
+            if tty && let Err(e) = init::controlling_terminal() {
                 eprintln!("peapod enter: cannot take the terminal: {e}");
                 // SAFETY: as below.
                 unsafe { libc::_exit(CANNOT_ENTER as i32) }
@@ -93,14 +93,4 @@ pub fn main(dir: &Path, target: ProcRef, argv: &[String], tty: bool) -> ExitCode
             }
         },
     }
-}
-
-/// `--tty`: stdin is a terminal; the command gets its own session with it as the controlling
-/// terminal (job control, ^C, SIGWINCH on resize).
-fn controlling_terminal() -> nix::Result<()> {
-    nix::unistd::setsid()?;
-    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal from another session) and
-    // reads no memory of ours.
-    let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-    nix::errno::Errno::result(r).map(drop)
 }

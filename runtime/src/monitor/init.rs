@@ -165,5 +165,20 @@ fn container_process(spec: &LaunchSpec, mut go: &File) -> InitError {
     if !matches!(std::io::Read::read(&mut go, &mut byte), Ok(1)) {
         return InitError::NotRecorded;
     }
+    if spec.stdio.tty
+        && let Err(e) = controlling_terminal()
+    {
+        return InitError::Stdio(e);
+    }
     process::become_command(spec, &spec.argv, &spec.env, &spec.cwd, false).into()
+}
+
+/// With a TTY the command leads its own session, the terminal on its stdin as its
+/// controlling terminal (job control, ^C, SIGWINCH).
+pub fn controlling_terminal() -> nix::Result<()> {
+    nix::unistd::setsid()?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal the terminal from another
+    // session) and reads no memory of ours.
+    let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).map(drop)
 }

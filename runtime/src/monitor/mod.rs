@@ -13,6 +13,7 @@
 // fork() needs unsafe; each block says why it holds.
 #![allow(unsafe_code)]
 
+pub mod attach;
 pub mod enter;
 pub mod init;
 pub mod log;
@@ -147,7 +148,66 @@ struct Monitor {
     out: Option<File>,
     err: Option<File>,
     listener: UnixListener,
+    hub: attach::Hub,
     log: LogFile,
+}
+
+/// The container's stdio: its ends for the init, ours for the monitor.
+struct Stdio {
+    init_in: OwnedFd,
+    init_out: OwnedFd,
+    init_err: OwnedFd,
+    out: File,
+    err: Option<File>,
+    /// Where attachers' input goes: the stdin pipe, or the pty master.
+    stdin: Option<File>,
+    pty: Option<File>,
+}
+
+fn cloexec(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{F_SETFD, FdFlag, fcntl};
+    fcntl(fd, F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
+    if spec.stdio.tty {
+        // One terminal for the three: the container's output is all "stdout".
+        let pty = nix::pty::openpty(None, None)?;
+        cloexec(&pty.master)?;
+        cloexec(&pty.slave)?;
+        let master = File::from(pty.master);
+        return Ok(Stdio {
+            init_in: pty.slave.try_clone()?,
+            init_out: pty.slave.try_clone()?,
+            init_err: pty.slave,
+            out: master.try_clone()?,
+            err: None,
+            stdin: if spec.stdio.stdin {
+                Some(master.try_clone()?)
+            } else {
+                None
+            },
+            pty: Some(master),
+        });
+    }
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (init_in, stdin) = if spec.stdio.stdin {
+        let (r, w) = pipe()?;
+        (OwnedFd::from(r), Some(File::from(w)))
+    } else {
+        (File::open("/dev/null")?.into(), None)
+    };
+    Ok(Stdio {
+        init_in,
+        init_out: out_w,
+        init_err: err_w,
+        out: out_r,
+        err: Some(err_r),
+        stdin,
+        pty: None,
+    })
 }
 
 /// What the init and the container's process say on the status pipe: `pid <n>\n` from the
@@ -233,14 +293,24 @@ impl Monitor {
         let _ = std::fs::remove_file(sock);
         let listener = UnixListener::bind(sock)?;
         listener.set_nonblocking(true)?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        let io_ends = stdio(spec)?;
+        let attach_sock = attach::socket_path(sock);
+        let gone = |sock: &Path| {
+            let _ = std::fs::remove_file(sock);
+            let _ = std::fs::remove_file(attach::socket_path(sock));
+        };
+        let hub = attach::Hub::new(
+            attach_sock,
+            io_ends.stdin,
+            spec.stdio.stdin_once,
+            io_ends.pty,
+        )?;
         let (status_r, status_w) = pipe()?;
         let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let io = init::InitIo {
-            stdin: File::open("/dev/null")?.into(),
-            stdout: out_w,
-            stderr: err_w,
+            stdin: io_ends.init_in,
+            stdout: io_ends.init_out,
+            stderr: io_ends.init_err,
             status: File::from(status_w),
             go: File::from(go_r),
         };
@@ -262,7 +332,7 @@ impl Monitor {
                     .error()
                     .unwrap_or_else(|| "the init reported no pid".into());
                 reap_all();
-                let _ = std::fs::remove_file(sock);
+                gone(sock);
                 return Err(io::Error::other(e).into());
             }
         };
@@ -280,7 +350,7 @@ impl Monitor {
             let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
             drop(go_w);
             reap_all();
-            let _ = std::fs::remove_file(sock);
+            gone(sock);
             return Err(StartFailure::NotRecorded(e));
         }
         // Go: the process may exec the command now (it may have failed already: EPIPE).
@@ -288,7 +358,7 @@ impl Monitor {
         status.finish()?;
         if let Some(e) = status.error() {
             reap_all();
-            let _ = std::fs::remove_file(sock);
+            gone(sock);
             return Err(io::Error::other(e).into());
         }
         reply(&Reply::Running(running));
@@ -306,9 +376,10 @@ impl Monitor {
         Ok(Monitor {
             init: Pid::from_raw(init),
             sigfd,
-            out: Some(out_r),
-            err: Some(err_r),
+            out: Some(io_ends.out),
+            err: io_ends.err,
             listener,
+            hub,
             log,
         })
     }
@@ -328,7 +399,7 @@ impl Monitor {
                 Some(d) => PollTimeout::try_from(d - Instant::now()).unwrap_or(PollTimeout::ZERO),
                 None => PollTimeout::NONE,
             };
-            let (ready_out, ready_err, ready_sig, ready_ctl) = {
+            let (ready_out, ready_err, ready_sig, ready_ctl, ready_hub) = {
                 let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
@@ -336,6 +407,10 @@ impl Monitor {
                 let pipes = [&self.out, &self.err];
                 for p in pipes.iter().copied().flatten() {
                     fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                }
+                let hub_at = fds.len();
+                for (fd, flags) in self.hub.poll_fds() {
+                    fds.push(PollFd::new(fd, flags));
                 }
                 match poll(&mut fds, timeout) {
                     Err(nix::errno::Errno::EINTR) | Ok(0) => continue,
@@ -355,7 +430,11 @@ impl Monitor {
                         next += 1;
                     }
                 }
-                (pipe_hit[0], pipe_hit[1], hit(0), hit(1))
+                let hub: Vec<PollFlags> = fds[hub_at..]
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
+                (pipe_hit[0], pipe_hit[1], hit(0), hit(1), hub)
             };
             let now = rfc3339_nano(now_nanos());
             for (slot, ready) in [(0, ready_out), (1, ready_err)] {
@@ -369,13 +448,20 @@ impl Monitor {
                 };
                 let Some(f) = pipe else { continue };
                 match f.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // EIO: a pty whose every slave end is closed.
                     Ok(0) | Err(_) => {
                         framers[slot].finish(&now, &mut records);
                         *pipe = None;
                     }
-                    Ok(n) => framers[slot].feed(&buf[..n], &now, &mut records),
+                    Ok(n) => {
+                        framers[slot].feed(&buf[..n], &now, &mut records);
+                        let kind = [attach::STDOUT, attach::STDERR][slot];
+                        self.hub.broadcast(kind, &buf[..n]);
+                    }
                 }
             }
+            self.hub.handle(&ready_hub);
             self.log.write(&records);
             records.clear();
             if ready_sig {
@@ -397,6 +483,7 @@ impl Monitor {
         let oom = oom_killed(spec);
         let _ = record_exit(dir, exit, oom, None);
         let _ = std::fs::remove_file(&spec.control_socket);
+        self.hub.finish(exit.map_or(255, |e| e.0));
         ExitCode::SUCCESS
     }
 

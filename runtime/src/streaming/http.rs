@@ -246,16 +246,10 @@ fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) 
         let name = chosen.unwrap_or("channel.k8s.io");
         let base64 = name.contains("base64");
         match pending {
-            Pending::Exec(req) => {
+            session @ (Pending::Exec(_) | Pending::Attach(_)) => {
                 let version = Version::from_name(name).unwrap_or(Version::V1);
-                let want = Want {
-                    stdin: req.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                    tty: req.tty,
-                };
-                let streams = ws::exec_streams(ws, version, base64, want);
-                super::exec::run(&srv.containers, &req, streams).await;
+                let streams = ws::exec_streams(ws, version, base64, want(&session));
+                run_session(&srv, session, streams).await;
             }
             Pending::PortForward(req) if name == SPDY_TUNNEL => {
                 let (conn, incoming) = SpdyConn::server(super::ws_io::WsIo::new(ws));
@@ -269,6 +263,39 @@ fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) 
         }
     });
     resp
+}
+
+/// The streams an exec or attach asked for.
+fn want(p: &Pending) -> Want {
+    match p {
+        Pending::Exec(r) => Want {
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            tty: r.tty,
+        },
+        Pending::Attach(r) => Want {
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            tty: r.tty,
+        },
+        Pending::PortForward(_) => Want {
+            stdin: false,
+            stdout: false,
+            stderr: false,
+            tty: false,
+        },
+    }
+}
+
+/// Runs an exec or attach session on its streams.
+async fn run_session(srv: &StreamServer, p: Pending, streams: super::channels::Streams) {
+    match p {
+        Pending::Exec(req) => super::exec::run(&srv.containers, &req, streams).await,
+        Pending::Attach(req) => super::attach::run(&srv.containers, &req, streams).await,
+        Pending::PortForward(_) => {}
+    }
 }
 
 fn spdy(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Response<Body> {
@@ -313,24 +340,19 @@ fn spdy(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Re
         };
         let (conn, incoming) = SpdyConn::server(TokioIo::new(upgraded));
         match pending {
-            Pending::Exec(req) => {
-                let version =
-                    Version::from_name(chosen.unwrap_or("channel.k8s.io")).unwrap_or(Version::V1);
-                let want = Want {
-                    stdin: req.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                    tty: req.tty,
-                };
-                if let Some(streams) =
-                    spdy_session::exec_streams(conn, incoming, version, want).await
-                {
-                    super::exec::run(&srv.containers, &req, streams).await;
-                }
-            }
             Pending::PortForward(req) => {
                 let target = target.expect("found above");
                 spdy_session::port_forward(conn, incoming, req, target).await;
+            }
+            session => {
+                let version =
+                    Version::from_name(chosen.unwrap_or("channel.k8s.io")).unwrap_or(Version::V1);
+                let want = want(&session);
+                if let Some(streams) =
+                    spdy_session::exec_streams(conn, incoming, version, want).await
+                {
+                    run_session(&srv, session, streams).await;
+                }
             }
         }
     });

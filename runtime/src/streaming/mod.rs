@@ -4,8 +4,9 @@
 //! `http://<stream_address>:<stream_port>/<kind>/<token>`; the client (kubelet, crictl)
 //! opens that URL and upgrades the connection, to SPDY/3.1 or to WebSocket, speaking one of
 //! the Kubernetes channel protocols ([`http`] negotiates them). The session then runs on the
-//! connection: [`exec`], attach (through the container's monitor) or [`portforward`].
+//! connection: [`exec`], [`attach`] (through the container's monitor) or [`portforward`].
 
+pub mod attach;
 pub mod channels;
 pub mod exec;
 pub mod http;

@@ -1,4 +1,4 @@
-//! One-time tokens for the streaming URLs: `Exec` and `PortForward` each store the
+//! One-time tokens for the streaming URLs: `Exec`, `Attach` and `PortForward` each store the
 //! request they were made for under a fresh random token, and the streaming server takes it
 //! back exactly once. A token is 192 random bits (base64url), lives one minute, and the cache
 //! holds a bounded number of them, so a client that asks for URLs it never uses cannot grow
@@ -20,6 +20,7 @@ pub const MAX_PENDING: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pending {
     Exec(ExecRequest),
+    Attach(AttachRequest),
     PortForward(PortForwardRequest),
 }
 
@@ -28,6 +29,7 @@ impl Pending {
     pub fn kind(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward(_) => "portforward",
         }
     }
@@ -37,6 +39,15 @@ impl Pending {
 pub struct ExecRequest {
     pub container_id: String,
     pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub container_id: String,
     pub tty: bool,
     pub stdin: bool,
     pub stdout: bool,
