@@ -8,7 +8,6 @@
 //! when someone listens.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast;
 use tracing::warn;
@@ -25,7 +24,7 @@ pub const CAPACITY: usize = 1024;
 pub enum EventKind {
     Created,
     Started,
-    /// The container's process ended (it exited, was stopped, or never started): once per
+    /// The container's process ended (it exited, was stopped, or its start failed): once per
     /// container.
     Stopped,
     Deleted,
@@ -98,9 +97,15 @@ impl Containers {
     }
 
     /// Publishes CONTAINER_STOPPED for a container found Exited, unless that was done: the
-    /// watcher of its monitor and a StopContainer may both see the end.
+    /// watcher of its monitor and a StopContainer may both see the end. Returns once it was
+    /// published, by whichever of them.
     pub(super) fn note_end(&self, entry: &Entry, rec: &ContainerRecord) {
-        if rec.state == ContainerState::Exited && !entry.ended.swap(true, Ordering::SeqCst) {
+        if rec.state != ContainerState::Exited {
+            return;
+        }
+        let mut ended = entry.ended.lock().expect("lock");
+        if !*ended {
+            *ended = true;
             self.publish(&rec.id, &rec.sandbox_id, EventKind::Stopped);
         }
     }

@@ -28,7 +28,6 @@ pub mod validate;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tracing::warn;
@@ -50,8 +49,9 @@ struct Entry {
     op: Mutex<()>,
     rec: Mutex<ContainerRecord>,
     /// Its end was published (CONTAINER_STOPPED): whoever sees it first, the monitor's
-    /// watcher or a stop, says so, once.
-    ended: AtomicBool,
+    /// watcher or a stop, says so, once. Held while it is said, so that a stop returns only
+    /// once it was (and a removal's CONTAINER_DELETED comes after).
+    ended: Mutex<bool>,
 }
 
 pub struct Containers {
@@ -212,7 +212,7 @@ impl Containers {
         let id = rec.id.clone();
         let e = Arc::new(Entry {
             op: Mutex::new(()),
-            ended: AtomicBool::new(rec.state == ContainerState::Exited),
+            ended: Mutex::new(rec.state == ContainerState::Exited),
             rec: Mutex::new(rec),
         });
         self.ctrs.write().expect("lock").insert(id, e);
