@@ -173,3 +173,59 @@ async fn containers_started_before_a_restart_still_report_their_exit() -> Result
         .await?;
     node.stop_and_remove(&pod).await
 }
+
+#[tokio::test]
+async fn a_monitor_killed_from_outside_is_reported_without_being_asked() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("orphan");
+    let pod = node.run_pod(&cfg).await?;
+    let config = container_config("sleeper", IMAGE, &["sleep", "1000"]);
+    let id = node.run_container(&pod, &cfg, config).await?;
+    let info = node.container_info(&id).await?;
+    let monitor = info["monitorPid"].as_u64().context("no monitor pid")?;
+    let mut events = node.container_events().await?;
+
+    // No status call in between: only the watcher can notice.
+    node.exec(&["kill", "-KILL", &monitor.to_string()]).await?;
+    let stopped = events.expect(&id, Ev::ContainerStoppedEvent, WAIT).await?;
+    check_statuses(&stopped, &pod, &id, Some(ContainerState::ContainerExited))?;
+    let status = stopped.containers_statuses.iter().find(|c| c.id == id);
+    ensure!(
+        status.is_some_and(|s| s.reason == "MonitorDied"),
+        "expected MonitorDied: {status:?}"
+    );
+    node.stop_and_remove(&pod).await
+}
+
+#[tokio::test]
+async fn stopping_and_removing_the_pod_reports_its_containers() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("closing");
+    let pod = node.run_pod(&cfg).await?;
+    let config = container_config("sleeper", IMAGE, &["sleep", "1000"]);
+    let id = node.run_container(&pod, &cfg, config).await?;
+    let mut events = node.container_events().await?;
+
+    node.stop_pod(&pod).await?;
+    let stopped = events.expect(&id, Ev::ContainerStoppedEvent, WAIT).await?;
+    let status = stopped.containers_statuses.iter().find(|c| c.id == id);
+    ensure!(
+        status.is_some_and(|s| s.state == ContainerState::ContainerExited as i32),
+        "not exited: {status:?}"
+    );
+    node.remove_pod(&pod).await?;
+    let deleted = events.expect(&id, Ev::ContainerDeletedEvent, WAIT).await?;
+    ensure!(
+        deleted.containers_statuses.iter().all(|c| c.id != id),
+        "a deleted container among its pod's: {deleted:?}"
+    );
+    if let Some(p) = &deleted.pod_sandbox_status {
+        ensure!(
+            p.id == pod && p.state == PodSandboxState::SandboxNotready as i32,
+            "the pod of a container deleted by its removal: {p:?}"
+        );
+    }
+    Ok(())
+}
