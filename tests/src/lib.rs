@@ -15,6 +15,7 @@
 mod cgroup;
 pub mod containers;
 pub mod cri;
+pub mod events;
 mod exec;
 pub mod images;
 mod inspect;

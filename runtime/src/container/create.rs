@@ -161,7 +161,9 @@ impl Containers {
         self.persist(&rec)?;
         fault::point("create:record");
         info!(container = %id, sandbox = %rec.sandbox_id, name = %rec.spec.name, "container created");
+        let sandbox_id = rec.sandbox_id.clone();
         self.insert(rec);
+        self.publish(id, &sandbox_id, super::events::EventKind::Created);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::error::ContainerError;
+use super::events::EventKind;
 use super::model::{ContainerRecord, ContainerState, ExitRecord, Running};
 use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
@@ -93,8 +94,12 @@ impl Containers {
                 rec.started_at = r.started_at;
                 // Not written to container.json: the monitor's `monitor.json` is the record
                 // that it runs, and `refresh` reads a Created record with one as Running.
+                let sandbox_id = rec.sandbox_id.clone();
                 *entry.rec.lock().expect("lock") = rec;
                 info!(container = %id, pid = r.init.pid, monitor = r.monitor.pid, "container started");
+                // Before the watch, so that a quick exit's event comes after this one.
+                self.publish(&id, &sandbox_id, EventKind::Started);
+                self.watch_monitor(&id, r);
                 Ok(())
             }
             Answer::Failed(message) => {
@@ -116,6 +121,7 @@ impl Containers {
                 }
                 // In memory first (with its cgroup, for Remove), whatever the disk says.
                 *entry.rec.lock().expect("lock") = rec.clone();
+                self.note_end(&entry, &rec);
                 written?;
                 self.persist(&rec)?;
                 Err(ContainerError::Start { id, message })
@@ -258,7 +264,10 @@ impl Containers {
             self.refresh(&mut rec);
             info!(container = %id, exit = ?rec.exit.as_ref().map(|e| e.exit_code), "container stopped");
         }
-        *entry.rec.lock().expect("lock") = rec;
+        *entry.rec.lock().expect("lock") = rec.clone();
+        // Also when it had exited by itself and its watcher has not said so yet: a removal's
+        // CONTAINER_DELETED must not come before it.
+        self.note_end(&entry, &rec);
         Ok(())
     }
 
@@ -361,6 +370,7 @@ impl Containers {
         );
         self.names.lock().expect("lock").remove(&key);
         info!(container = %id, "container removed");
+        self.publish(&id, &rec.sandbox_id, EventKind::Deleted);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Container lifecycle: the registry of containers and their records, CreateContainer's
 //! validation and launch spec, and the pod hooks. Start, stop and remove are in `lifecycle`,
-//! ExecSync and log reopening in `exec`, what reconcile collects in `gc`. One lock per
-//! container, never one around all.
+//! ExecSync and log reopening in `exec`, what reconcile collects in `gc`, GetContainerEvents's
+//! hub and the monitor watchers in `events`. One lock per container, never one around all.
 //!
 //! A container's truth is on disk: `container.json` (the record) plus, once its process has
 //! ended, the monitor's `exit.json`. State is refreshed from them lazily (status, list), so a
@@ -13,6 +13,7 @@ pub mod attach;
 pub mod cgroup;
 mod create;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod gc;
 pub mod launch;
@@ -28,7 +29,7 @@ pub mod validate;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tracing::warn;
 
@@ -48,6 +49,10 @@ struct Entry {
     /// Serialises operations on this container (taken on blocking threads).
     op: Mutex<()>,
     rec: Mutex<ContainerRecord>,
+    /// Its end was published (CONTAINER_STOPPED): whoever sees it first, the monitor's
+    /// watcher or a stop, says so, once. Held while it is said, so that a stop returns only
+    /// once it was (and a removal's CONTAINER_DELETED comes after).
+    ended: Mutex<bool>,
 }
 
 pub struct Containers {
@@ -68,6 +73,10 @@ pub struct Containers {
     /// for these is the lock probed before a start: a probe's open lock can be copied into a
     /// child another thread forks at that moment, and then look held until that child execs.
     unsettled: Mutex<HashSet<String>>,
+    /// GetContainerEvents.
+    events: events::Hub,
+    /// Ourselves, for the tasks that watch monitors.
+    me: Weak<Containers>,
 }
 
 /// A filter for `list`; every set field must match.
@@ -100,7 +109,7 @@ impl Containers {
         images: Arc<ImageStore>,
         exe: PathBuf,
     ) -> Arc<Containers> {
-        let c = Arc::new(Containers {
+        let c = Arc::new_cyclic(|me| Containers {
             cfg,
             sandboxes: sandboxes.clone(),
             images,
@@ -109,6 +118,8 @@ impl Containers {
             names: Mutex::new(HashSet::new()),
             closed: RwLock::new(HashSet::new()),
             unsettled: Mutex::new(HashSet::new()),
+            events: events::Hub::new(events::CAPACITY),
+            me: me.clone(),
         });
         let weak = Arc::downgrade(&c);
         sandboxes.set_containers(weak);
@@ -202,6 +213,7 @@ impl Containers {
         let id = rec.id.clone();
         let e = Arc::new(Entry {
             op: Mutex::new(()),
+            ended: Mutex::new(rec.state == ContainerState::Exited),
             rec: Mutex::new(rec),
         });
         self.ctrs.write().expect("lock").insert(id, e);
@@ -329,7 +341,14 @@ impl Containers {
                     }
                     self.settle(&mut rec);
                     self.sweep_if_ended(&mut rec);
+                    let watch = (rec.state == ContainerState::Running)
+                        .then_some(rec.running)
+                        .flatten()
+                        .map(|r| (rec.id.clone(), r));
                     self.insert(rec);
+                    if let Some((id, r)) = watch {
+                        self.watch_monitor(&id, r);
+                    }
                 }
                 // Collected below, with its monitor and cgroup if it has any.
                 Ok(None) => {}

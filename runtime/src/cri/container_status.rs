@@ -24,7 +24,7 @@ pub fn handle(
     })
 }
 
-fn status(r: &ContainerRecord) -> cri::ContainerStatus {
+pub(super) fn status(r: &ContainerRecord) -> cri::ContainerStatus {
     let exit = r.exit.as_ref();
     cri::ContainerStatus {
         id: r.id.clone(),

@@ -8,6 +8,7 @@ mod convert;
 mod create_container;
 mod exec;
 mod exec_sync;
+mod get_container_events;
 mod image;
 mod image_fs_info;
 mod image_status;
@@ -162,9 +163,12 @@ impl RuntimeService for CriService {
 
     async fn get_container_events(
         &self,
-        _req: Request<cri::GetEventsRequest>,
+        req: Request<cri::GetEventsRequest>,
     ) -> Res<Self::GetContainerEventsStream> {
-        Err(status::unimplemented("get_container_events"))
+        Ok(Response::new(get_container_events::handle(
+            self,
+            req.into_inner(),
+        )))
     }
 
     async fn create_container(

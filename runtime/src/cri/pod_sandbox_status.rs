@@ -26,7 +26,7 @@ pub fn handle(
     })
 }
 
-fn status(r: &SandboxRecord) -> cri::PodSandboxStatus {
+pub(super) fn status(r: &SandboxRecord) -> cri::PodSandboxStatus {
     cri::PodSandboxStatus {
         id: r.id.clone(),
         metadata: Some(convert::metadata(&r.spec.metadata)),
