@@ -60,7 +60,7 @@ impl From<IpamError> for NetError {
 pub struct DetachError(pub Vec<NetError>);
 
 /// An error and its sources, joined by `: `.
-pub(crate) fn chain(error: &dyn Error) -> String {
+pub fn chain(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 pub use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use error::chain;
+pub use error::chain;
 pub use error::{DetachError, NetError};
-pub use network::Network;
+pub use network::{Network, check_ifname};
 
 /// Name of the pod end of the veth pair, inside the pod's netns.
 pub const POD_IFNAME: &str = "eth0";
@@ -80,6 +80,9 @@ pub struct AttachRequest<'a> {
     pub netns: &'a Path,
     /// Name for the host end of the veth, from [`host_ifname`].
     pub host_ifname: &'a str,
+    /// Name of the pod end inside `netns`: [`POD_IFNAME`] for peapod's pods; a CNI runtime
+    /// names its own.
+    pub pod_ifname: &'a str,
     /// The subnet to allocate from (the node's pod CIDR).
     pub subnet: IpNet,
     /// hostPort mappings to forward to the pod.

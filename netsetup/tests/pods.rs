@@ -28,6 +28,7 @@ fn attach_in(
         owner,
         netns: &netns,
         host_ifname: &netsetup::host_ifname(owner),
+        pod_ifname: netsetup::POD_IFNAME,
         subnet: net(subnet),
         host_ports: &[],
     })
@@ -231,6 +232,7 @@ fn failed_attaches_leave_nothing_behind() {
                 owner: "11111111",
                 netns: Path::new("/nonexistent/netns"),
                 host_ifname: "pp11111111",
+                pod_ifname: netsetup::POD_IFNAME,
                 subnet: net(SUBNET),
                 host_ports: &[],
             })
@@ -246,6 +248,7 @@ fn failed_attaches_leave_nothing_behind() {
                 owner: "33333333",
                 netns: &netns,
                 host_ifname: &att.host_ifname,
+                pod_ifname: netsetup::POD_IFNAME,
                 subnet: net(SUBNET),
                 host_ports: &[],
             })

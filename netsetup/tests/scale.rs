@@ -33,6 +33,7 @@ fn fifty_concurrent_attaches_then_detaches() {
                                 owner,
                                 netns: &netns,
                                 host_ifname: &netsetup::host_ifname(owner),
+                                pod_ifname: netsetup::POD_IFNAME,
                                 subnet: net("10.88.0.0/24"),
                                 host_ports: &[],
                             })
@@ -90,6 +91,7 @@ fn attach_and_detach_latency() {
                     owner: &owner,
                     netns: &netns,
                     host_ifname: &netsetup::host_ifname(&owner),
+                    pod_ifname: netsetup::POD_IFNAME,
                     subnet: net("10.88.0.0/16"),
                     host_ports: &[],
                 })

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use crate::driver::{BridgeVeth, LinkDriver, PodLinkSpec};
 use crate::firewall::{Firewall, Nftables, PodRules};
 use crate::ipam::{self, HostLocal, Ipam, Release};
+use crate::sysctl;
 use crate::{AttachRequest, Attachment, DetachError, Lease, NetError, NodeNetConfig, chain};
-use crate::{POD_IFNAME, sysctl};
 
 pub struct Network {
     cfg: NodeNetConfig,
@@ -69,13 +69,14 @@ impl Network {
     /// `lo` up, default route via the gateway. On failure everything made is undone.
     pub fn attach(&self, req: &AttachRequest<'_>) -> Result<Attachment, NetError> {
         check_ifname(req.host_ifname)?;
+        check_ifname(req.pod_ifname)?;
         let ip = self.ipam.allocate(req.subnet, req.owner)?;
         let gateway = ipam::gateway(req.subnet);
         let prefix_len = req.subnet.prefix_len();
         let spec = PodLinkSpec {
             netns: req.netns,
             host_ifname: req.host_ifname,
-            pod_ifname: POD_IFNAME,
+            pod_ifname: req.pod_ifname,
             address: IpNet::new(ip, prefix_len).expect("prefix length of a valid subnet"),
             gateway,
         };
@@ -108,7 +109,7 @@ impl Network {
             prefix_len,
             gateway,
             host_ifname: req.host_ifname.to_owned(),
-            pod_ifname: POD_IFNAME.to_owned(),
+            pod_ifname: req.pod_ifname.to_owned(),
             mac: link.mac,
             rules,
         })
@@ -205,7 +206,7 @@ fn finish(errors: Vec<NetError>) -> Result<(), DetachError> {
 }
 
 /// Linux interface names: 1 to 15 bytes, no `/`, `:`, whitespace, and not `.` or `..`.
-pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
+pub fn check_ifname(name: &str) -> Result<(), NetError> {
     let valid = !name.is_empty()
         && name.len() <= 15
         && name != "."

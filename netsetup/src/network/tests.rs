@@ -154,6 +154,7 @@ fn request(owner: &str) -> AttachRequest<'_> {
         owner,
         netns: Path::new("/proc/self/ns/net"),
         host_ifname: "pp0000",
+        pod_ifname: crate::POD_IFNAME,
         subnet: "10.0.0.0/24".parse().unwrap(),
         host_ports: &[],
     }

@@ -132,6 +132,7 @@ impl Ops {
                     owner: &id,
                     netns: rec.pins.net.as_deref().expect("pinned above"),
                     host_ifname: &netsetup::host_ifname(&id),
+                    pod_ifname: netsetup::POD_IFNAME,
                     subnet: self.net.cidr(),
                     host_ports: &validate::host_ports(&spec)?,
                 })
