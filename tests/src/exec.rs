@@ -12,7 +12,7 @@ use crate::node::Node;
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Node {
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("nsenter");
         cmd.args(["-t", &self.pid1().to_string(), "-n", "-m", "-p", "--"])
             .args(args)

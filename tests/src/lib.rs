@@ -13,6 +13,7 @@
 //! The whole thing needs root; [`require_root`] fails loudly otherwise, it never skips.
 
 mod cgroup;
+mod cni;
 pub mod containers;
 pub mod cri;
 pub mod events;
@@ -33,6 +34,7 @@ pub mod ws_io;
 
 use std::path::PathBuf;
 
+pub use cni::CniOutput;
 pub use cri::{Client, PodConfig, connect};
 pub use exec::Background;
 pub use images::{ImageClient, TestImages, make_test_images_script};
