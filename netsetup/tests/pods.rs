@@ -286,6 +286,8 @@ fn cleanup_partial_removes_link_and_every_lease_of_the_owner() {
         network
             .cleanup_partial("55555555", &att.host_ifname)
             .unwrap();
+        // The link is cut off at once and deleted in the background.
+        network.settle();
         assert!(!link_exists(&att.host_ifname));
         assert!(network.leases().unwrap().is_empty());
     });
