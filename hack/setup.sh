@@ -21,6 +21,7 @@ packages=(
     skopeo                     # pushes the test images into it
     apache2-utils              # htpasswd, for the registry's basic auth
     openssl                    # a throwaway CA and certificates for the HTTPS pull tests
+    containerd                 # containerd and ctr: the shim tests run it in a throwaway node
     ca-certificates
 )
 

@@ -9,6 +9,9 @@ host_traces() {
             cut -d: -f2 | sed 's/^ */link: /'
         grep peapod /proc/mounts | sed 's/^/mount: /'
         ps -eo pid=,comm=,args= | awk '$2 ~ /^peapod(-pause|-probe|-bench)?$/' | sed 's/^ */process: /'
+        # The shim tests' containerd and shims (comm is cut at 15 characters: match args).
+        ps -eo pid=,args= | grep -E 'containerd-shim-peapod|containerd --config /tmp/peapod-test-' |
+            grep -v grep | sed 's/^ */process: /'
         nft list tables 2>/dev/null | grep peapod | sed 's/^/nftables: /'
         # In every cgroup hierarchy, v1 and v2 (the cgroup2 one is /sys/fs/cgroup/unified on a
         # hybrid host, /sys/fs/cgroup on a pure v2 one): the parents of the tests and benches,

@@ -13,6 +13,7 @@ mod image_cmd;
 mod monitor;
 mod network;
 mod sandbox;
+mod shim;
 mod store;
 mod streaming;
 
@@ -247,6 +248,9 @@ fn internal(args: &[std::ffi::OsString]) -> Option<std::process::ExitCode> {
 }
 
 fn main() -> std::process::ExitCode {
+    if shim::invoked_as_shim() {
+        return shim::main();
+    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(code) = internal(&args) {
         return code;

@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod cni;
+pub mod containerd;
 pub mod containers;
 pub mod cri;
 pub mod events;

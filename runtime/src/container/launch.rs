@@ -33,6 +33,28 @@ pub struct Namespaces {
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
     pub pid: PidNs,
+    /// Namespaces of the container's own, made at start (an OCI bundle's namespaces without
+    /// a path); peapod's pods never ask for them, their pause holds the pod's.
+    #[serde(default)]
+    pub new: NewNamespaces,
+}
+
+/// Which namespaces (besides mount, always new, and PID, see [`PidNs`]) are made fresh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNamespaces {
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub cgroup: bool,
+}
+
+/// The FIFOs a containerd client hands a task for its stdio, given to the container's
+/// process as they are (no copy through the monitor); `None`: `/dev/null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fifos {
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +81,18 @@ pub struct Bind {
     pub propagation: Propagation,
 }
 
+/// A tmpfs an OCI bundle asks for (e.g. `/run`), mounted before the bind mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    pub destination: String,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub readonly: bool,
+    /// The filesystem's own options, e.g. `mode=755,size=65536k`.
+    pub data: String,
+}
+
 /// A cgroup directory of the container in one hierarchy; `name` is the hierarchy's mount
 /// name under `/sys/fs/cgroup` (empty for the v2 unified hierarchy).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +112,9 @@ pub struct LaunchSpec {
     pub rootfs: Rootfs,
     /// Bind mounts, in mount order (parents before children).
     pub mounts: Vec<Bind>,
+    /// tmpfs mounts (OCI bundles only), parents before children.
+    #[serde(default)]
+    pub tmpfs: Vec<Tmpfs>,
     /// The pod's `/dev/shm` (None: a tmpfs of the container's own).
     pub shm: Option<PathBuf>,
     pub masked_paths: Vec<String>,
@@ -95,6 +132,12 @@ pub struct LaunchSpec {
     pub control_socket: PathBuf,
     #[serde(default)]
     pub stdio: super::model::StdioMode,
+    /// Set for an OCI bundle's task: its stdio are these FIFOs, and no CRI log is written.
+    #[serde(default)]
+    pub fifos: Option<Fifos>,
+    /// The hostname of a new UTS namespace.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// What `build` needs besides the request.
@@ -290,6 +333,7 @@ fn namespaces(i: &Inputs<'_>) -> Result<Namespaces, ContainerError> {
         ipc: pins.ipc.clone(),
         uts: pins.uts.clone(),
         pid,
+        new: NewNamespaces::default(),
     })
 }
 
@@ -369,6 +413,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
             mountpoints: i.mountpoints.clone(),
         },
         mounts,
+        tmpfs: Vec::new(),
         shm: i.shm.clone(),
         masked_paths: defaults(&sec.masked_paths, DEFAULT_MASKED),
         readonly_paths: defaults(&sec.readonly_paths, DEFAULT_READONLY),
@@ -382,6 +427,8 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         log_path: i.log_path.clone(),
         control_socket: i.control_socket.clone(),
         stdio: spec.stdio,
+        fifos: None,
+        hostname: None,
     })
 }
 

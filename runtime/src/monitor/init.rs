@@ -40,6 +40,8 @@ pub enum InitError {
     },
     #[error("cannot make the container's namespaces")]
     Unshare(#[source] nix::errno::Errno),
+    #[error("cannot set the hostname")]
+    Hostname(#[source] nix::errno::Errno),
     #[error("cannot set up stdio")]
     Stdio(#[source] nix::errno::Errno),
     #[error("cannot fork the container's process")]
@@ -137,7 +139,20 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
         PidNs::Own => flags |= CloneFlags::CLONE_NEWPID,
         PidNs::Node => {}
     }
+    for (new, kind) in [
+        (ns.new.net, CloneFlags::CLONE_NEWNET),
+        (ns.new.ipc, CloneFlags::CLONE_NEWIPC),
+        (ns.new.uts, CloneFlags::CLONE_NEWUTS),
+        (ns.new.cgroup, CloneFlags::CLONE_NEWCGROUP),
+    ] {
+        if new {
+            flags |= kind;
+        }
+    }
     nix::sched::unshare(flags).map_err(InitError::Unshare)?;
+    if let Some(name) = &spec.hostname {
+        nix::unistd::sethostname(name).map_err(InitError::Hostname)?;
+    }
     // SAFETY: this process has a single thread (a fork child of the single-threaded
     // monitor), so the child may run any code.
     match unsafe { nix::unistd::fork() }.map_err(InitError::Fork)? {

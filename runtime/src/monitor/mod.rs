@@ -15,6 +15,7 @@
 
 pub mod attach;
 pub mod enter;
+pub mod fifo;
 pub mod init;
 pub mod log;
 pub mod process;
@@ -157,7 +158,7 @@ struct Stdio {
     init_in: OwnedFd,
     init_out: OwnedFd,
     init_err: OwnedFd,
-    out: File,
+    out: Option<File>,
     err: Option<File>,
     /// Where attachers' input goes: the stdin pipe, or the pty master.
     stdin: Option<File>,
@@ -171,6 +172,17 @@ fn cloexec(fd: &OwnedFd) -> io::Result<()> {
 }
 
 fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
+    if let Some(fifos) = &spec.fifos {
+        return Ok(Stdio {
+            init_in: fifo::open(fifos.stdin.as_deref(), fifo::Dir::Read)?,
+            init_out: fifo::open(fifos.stdout.as_deref(), fifo::Dir::Write)?,
+            init_err: fifo::open(fifos.stderr.as_deref(), fifo::Dir::Write)?,
+            out: None,
+            err: None,
+            stdin: None,
+            pty: None,
+        });
+    }
     if spec.stdio.tty {
         // One terminal for the three: the container's output is all "stdout".
         let pty = nix::pty::openpty(None, None)?;
@@ -181,7 +193,7 @@ fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
             init_in: pty.slave.try_clone()?,
             init_out: pty.slave.try_clone()?,
             init_err: pty.slave,
-            out: master.try_clone()?,
+            out: Some(master.try_clone()?),
             err: None,
             stdin: if spec.stdio.stdin {
                 Some(master.try_clone()?)
@@ -203,7 +215,7 @@ fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
         init_in,
         init_out: out_w,
         init_err: err_w,
-        out: out_r,
+        out: Some(out_r),
         err: Some(err_r),
         stdin,
         pty: None,
@@ -376,7 +388,7 @@ impl Monitor {
         Ok(Monitor {
             init: Pid::from_raw(init),
             sigfd,
-            out: Some(io_ends.out),
+            out: io_ends.out,
             err: io_ends.err,
             listener,
             hub,

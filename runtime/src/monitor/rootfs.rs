@@ -160,6 +160,9 @@ pub fn setup(spec: &LaunchSpec) -> Result {
     )?;
     proc_and_dev(spec, root)?;
     sys(spec, root)?;
+    for t in &spec.tmpfs {
+        tmpfs(root, t)?;
+    }
     for (b, peer) in spec.mounts.iter().zip(peers) {
         bind(root, b, peer)?;
     }
@@ -307,6 +310,24 @@ fn sys(spec: &LaunchSpec, root: &Path) -> Result {
         mnt(Some("cgroup"), &cg, Some("tmpfs"), f, Some("mode=755"))?;
     }
     Ok(())
+}
+
+fn tmpfs(root: &Path, t: &crate::container::launch::Tmpfs) -> Result {
+    let at = resolve_in(root, &t.destination);
+    mkdir_p(&at)?;
+    let mut flags = MsFlags::empty();
+    for (on, flag) in [
+        (t.nosuid, MsFlags::MS_NOSUID),
+        (t.nodev, MsFlags::MS_NODEV),
+        (t.noexec, MsFlags::MS_NOEXEC),
+        (t.readonly, MsFlags::MS_RDONLY),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    let data = (!t.data.is_empty()).then_some(t.data.as_str());
+    mnt(Some("tmpfs"), &at, Some("tmpfs"), flags, data)
 }
 
 fn remount_ro(p: &Path) -> Result {

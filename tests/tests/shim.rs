@@ -1,0 +1,222 @@
+//! peapod's containerd shim (`containerd-shim-peapod-v2`) under Debian's containerd, driven
+//! with `ctr` in a throwaway node: output and exit codes, a detached task listed, killed and
+//! deleted, containerd killed and restarted under a running task, the shim killed.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use peapod_tests::containerd::{BUSYBOX, Containerd};
+
+const RUNTIME: &str = "io.containerd.peapod.v2";
+
+/// The status `ctr task ls` shows for `id`, if it lists it.
+async fn task_status(c: &Containerd, id: &str) -> Result<Option<(u32, String)>> {
+    let out = c.ctr_ok(&["task", "ls"]).await?;
+    Ok(out.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next()? == id).then_some(())?;
+        let pid = f.next()?.parse().ok()?;
+        Some((pid, f.next()?.to_owned()))
+    }))
+}
+
+async fn wait_for(c: &Containerd, id: &str, want: Option<&str>) -> Result<Option<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = task_status(c, id).await?;
+        if now.as_ref().map(|(_, s)| s.as_str()) == want {
+            return Ok(now.map(|(pid, _)| pid));
+        }
+        if Instant::now() > deadline {
+            bail!("task {id} is {now:?}, not {want:?}\n{}", c.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Nothing of the test's tasks is left in the node: no process of theirs, no shim, no task
+/// dir, no cgroup.
+async fn nothing_left(c: &Containerd) -> Result<()> {
+    let node = c.node();
+    for pattern in ["containerd-shim-peapod", "peapod monitor", "sleep"] {
+        let found = node.exec_output(&["pgrep", "-a", "-f", pattern]).await?;
+        ensure!(
+            !found.status.success(),
+            "left running: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+    let dirs = node
+        .exec(&["ls", "-A", "/run/peapod-shim"])
+        .await
+        .unwrap_or_default();
+    let tasks: Vec<&str> = dirs
+        .lines()
+        .filter(|l| *l != "cgroup-parents.json")
+        .collect();
+    ensure!(tasks.is_empty(), "task dirs left: {tasks:?}");
+    ensure!(
+        c.cgroups_left().is_empty(),
+        "cgroups left: {:?}",
+        c.cgroups_left()
+    );
+    Ok(())
+}
+
+/// `ctr run <flags> --runtime peapod busybox <id> <argv>`, whatever its exit status.
+async fn run(c: &Containerd, flags: &[&str], id: &str, argv: &[&str]) -> Result<Output> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--runtime", RUNTIME, BUSYBOX, id]);
+    args.extend_from_slice(argv);
+    c.ctr(&args).await
+}
+
+/// `ctr run -d …` of a task that must start.
+async fn run_detached(c: &Containerd, flags: &[&str], id: &str, argv: &[&str]) -> Result<()> {
+    let mut all = vec!["-d"];
+    all.extend_from_slice(flags);
+    let out = run(c, &all, id, argv).await?;
+    ensure!(
+        out.status.success(),
+        "ctr run -d {id} failed: {}
+{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log_tail()
+    );
+    wait_for(c, id, Some("RUNNING")).await?;
+    Ok(())
+}
+
+/// SIGKILL, then delete the task and its container.
+async fn kill_and_remove(c: &Containerd, id: &str) -> Result<()> {
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]).await?;
+    wait_for(c, id, Some("STOPPED")).await?;
+    c.ctr_ok(&["task", "delete", id]).await?;
+    c.ctr_ok(&["container", "rm", id]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ctr_run_shows_output_and_the_exit_code() -> Result<()> {
+    let c = Containerd::start().await?;
+    let script = "echo out; echo err >&2; id -u";
+    let out = run(&c, &["--rm"], "t1", &["sh", "-c", script]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "ctr run failed: {stdout} {stderr}\n{}",
+        c.log_tail()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines == ["out", "0"], "stdout {stdout:?}");
+    ensure!(stderr.contains("err"), "stderr {stderr:?}");
+
+    let out = run(&c, &["--rm"], "t2", &["sh", "-c", "exit 3"]).await?;
+    ensure!(
+        out.status.code() == Some(3),
+        "ctr run of exit 3: {}",
+        out.status
+    );
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn a_detached_task_is_listed_killed_and_deleted_leaving_nothing() -> Result<()> {
+    let c = Containerd::start().await?;
+    run_detached(
+        &c,
+        &[],
+        "long",
+        &["sh", "-c", "sleep 1000 & exec sleep 1001"],
+    )
+    .await?;
+    let pid = wait_for(&c, "long", Some("RUNNING")).await?.unwrap_or(0);
+    ensure!(pid > 0, "no pid for a running task");
+
+    // Its processes, from its cgroup (`/<namespace>/long`).
+    let ps = c.ctr_ok(&["task", "ps", "long"]).await?;
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    ensure!(pids.len() == 2 && pids.contains(&pid), "task ps: {ps}");
+    ensure!(!c.cgroups_left().is_empty(), "the task has no cgroup");
+
+    // exec is not there yet, and says so.
+    let exec = c
+        .ctr(&["task", "exec", "--exec-id", "e1", "long", "true"])
+        .await?;
+    ensure!(!exec.status.success(), "exec ran");
+    let why = String::from_utf8_lossy(&exec.stderr);
+    ensure!(why.contains("not supported"), "exec: {why}");
+
+    // A running task is not deleted; a killed one is.
+    let early = c.ctr(&["task", "delete", "long"]).await?;
+    ensure!(!early.status.success(), "a running task was deleted");
+    kill_and_remove(&c, "long").await?;
+    wait_for(&c, "long", None).await?;
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn the_containers_of_a_pod_share_one_shim() -> Result<()> {
+    let c = Containerd::start().await?;
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod-1"];
+    for id in ["a", "b"] {
+        run_detached(&c, &pod, id, &["sleep", "1000"]).await?;
+    }
+    let shims = c
+        .node()
+        .exec(&["pgrep", "-f", "containerd-shim-peapod"])
+        .await?;
+    ensure!(shims.lines().count() == 1, "shims: {shims}");
+    // Each task goes on its own; the shim with the last.
+    for id in ["a", "b"] {
+        kill_and_remove(&c, id).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .node()
+        .exec_output(&["pgrep", "-f", "containerd-shim-peapod"])
+        .await?
+        .status
+        .success()
+    {
+        ensure!(Instant::now() < deadline, "the shim outlived its last task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn a_task_outlives_a_containerd_restart() -> Result<()> {
+    let mut c = Containerd::start().await?;
+    run_detached(&c, &[], "keep", &["sleep", "1000"]).await?;
+    let pid = wait_for(&c, "keep", Some("RUNNING")).await?;
+    c.kill_daemon().await?;
+    c.start_daemon().await?;
+    let again = wait_for(&c, "keep", Some("RUNNING")).await?;
+    ensure!(
+        again == pid,
+        "the task's pid changed from {pid:?} to {again:?}"
+    );
+    kill_and_remove(&c, "keep").await?;
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn a_shim_killed_with_sigkill_takes_its_task_along() -> Result<()> {
+    let c = Containerd::start().await?;
+    run_detached(&c, &[], "doomed", &["sleep", "1000"]).await?;
+    c.node()
+        .exec(&["pkill", "-KILL", "-f", "containerd-shim-peapod"])
+        .await?;
+    // containerd sees the shim go, runs `<shim> delete`, and the task is gone.
+    wait_for(&c, "doomed", None).await?;
+    c.ctr_ok(&["container", "rm", "doomed"]).await?;
+    nothing_left(&c).await
+}
