@@ -22,6 +22,10 @@
 # peapod.test/busybox:multi    an image index: this machine's architecture → the :latest
 #                              image; one other (arm64, or amd64 on arm64) → a tiny image.
 #
+# With PAUSE=path (a static binary, e.g. peapod-pause) it also writes pause.oci.tar, the
+# image peapod.test/pause:latest: that binary as /pause, its entrypoint (a pod sandbox image
+# for containerd's CRI). It is not in the layout's index.
+#
 # Usage: hack/make-test-images.sh OUT_DIR   (BUSYBOX=path overrides /bin/busybox)
 # Run as root to give /home/app its owner (otherwise everything is owned by root).
 # The output is reproducible: the same busybox gives the same digests.
@@ -246,6 +250,18 @@ oci_archive variant "$variant_entry" "$variant_manifest"
 docker_archive busybox peapod.test/busybox:latest "$base_manifest" "$work/base.tar"
 docker_archive variant peapod.test/busybox:variant "$variant_manifest" \
     "$work/base.tar" "$work/variant.tar"
+
+if [ -n "${PAUSE:-}" ]; then
+    root=$work/pause
+    mkdir -p "$root"
+    cp "$PAUSE" "$root/pause"
+    chmod 0755 "$root/pause"
+    layer "$root" pause gzip
+    image pause "$(config "$arch" "[\"sha256:$layer_diff\"]" '{"Entrypoint": ["/pause"]}')" \
+        "[$(descriptor "$layer_type" "$layer_blob" "$layer_size")]"
+    oci_archive pause "$(entry $m "$manifest_hex" "$manifest_size" peapod.test/pause:latest)" \
+        "$manifest_hex"
+fi
 
 cat >"$out/digests.env" <<EOF
 ARCH=$arch

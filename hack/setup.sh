@@ -22,6 +22,7 @@ packages=(
     apache2-utils              # htpasswd, for the registry's basic auth
     openssl                    # a throwaway CA and certificates for the HTTPS pull tests
     containerd                 # containerd and ctr: the shim tests run it in a throwaway node
+    containernetworking-plugins # loopback, which containerd's CRI runs besides peapod-cni
     ca-certificates
 )
 

@@ -17,6 +17,8 @@ use crate::{Background, cgroup};
 
 /// The image every shim test runs, imported at start.
 pub const BUSYBOX: &str = "peapod.test/busybox:latest";
+/// The pod subnet of [`Containerd::start_cri`]'s peapod-cni network.
+pub const CRI_SUBNET: &str = "10.99.0.0/24";
 /// How long containerd may take to answer after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -24,15 +26,38 @@ pub struct Containerd {
     /// `None` only in `drop`, which ends the node before it removes the cgroups.
     node: Option<Node>,
     namespace: String,
+    /// Where the tasks' cgroups go.
+    cgroup_parent: String,
     config: PathBuf,
     daemon: Option<Background>,
     _images: TestImages,
 }
 
 impl Containerd {
-    /// A node running containerd, with the busybox test image imported.
+    /// A node running containerd (without its CRI plugin), with the busybox test image
+    /// imported, for `ctr`.
     pub async fn start() -> Result<Containerd> {
+        let namespace = format!("peapod-test-{}", crate::random_hex(4));
+        let cgroup_parent = format!("/{namespace}");
+        Self::start_with(namespace, cgroup_parent, false).await
+    }
+
+    /// A node running containerd with its CRI plugin on the node's CRI socket (where
+    /// `peapod serve` would be, so the node's CRI helpers drive containerd), `peapod` as the
+    /// default runtime, `peapod-cni` as the pod network (subnet [`CRI_SUBNET`], and the
+    /// standard `loopback` plugin containerd always runs too), and the test's pause image as
+    /// the sandbox image. The node's pod configs' cgroup parent holds every task.
+    pub async fn start_cri() -> Result<Containerd> {
+        Self::start_with("k8s.io".into(), String::new(), true).await
+    }
+
+    async fn start_with(namespace: String, cgroup_parent: String, cri: bool) -> Result<Containerd> {
         let node = Node::builder().without_daemon().start().await?;
+        let cgroup_parent = if cri {
+            node.cgroup_parent().to_owned()
+        } else {
+            cgroup_parent
+        };
         let dir = node.dir().to_owned();
         let shim_bin = dir.join("shim-bin");
         std::fs::create_dir_all(&shim_bin)?;
@@ -40,35 +65,46 @@ impl Containerd {
             node.bin_dir().join("peapod"),
             shim_bin.join("containerd-shim-peapod-v2"),
         )?;
-        let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "# written by the peapod test harness\nversion = 2\nroot = {:?}\n\
-                 state = \"/run/containerd\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"/run/containerd/containerd.sock\"\n",
-                dir.join("containerd-root").display().to_string(),
-            ),
-        )?;
+        let mut config = format!(
+            "# written by the peapod test harness\nversion = 2\nroot = {:?}\n\
+             state = \"/run/containerd\"\n",
+            dir.join("containerd-root").display().to_string(),
+        );
+        if cri {
+            config.push_str(&cri_config(&node)?);
+        } else {
+            config.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        }
+        config.push_str(&format!(
+            "[grpc]\n  address = {:?}\n",
+            node.socket().display().to_string()
+        ));
+        let config_path = dir.join("containerd.toml");
+        std::fs::write(&config_path, config)?;
+        let images = if cri {
+            TestImages::build_with_pause(&node.bin_dir().join("peapod-pause"))?
+        } else {
+            TestImages::build()?
+        };
         let mut c = Containerd {
             node: Some(node),
-            namespace: format!("peapod-test-{}", crate::random_hex(4)),
-            config,
+            namespace,
+            cgroup_parent,
+            config: config_path,
             daemon: None,
-            _images: TestImages::build()?,
+            _images: images,
         };
         c.start_daemon().await?;
-        let archive = c._images.path("busybox.oci.tar");
-        let archive = archive.to_str().context("image path is not UTF-8")?;
-        c.ctr_ok(&[
-            "image",
-            "import",
-            "--base-name",
-            "peapod.test/busybox",
-            archive,
-        ])
-        .await?;
+        let mut archives = vec![("busybox.oci.tar", "peapod.test/busybox")];
+        if cri {
+            archives.push(("pause.oci.tar", "peapod.test/pause"));
+        }
+        for (archive, name) in archives {
+            let path = c._images.path(archive);
+            let path = path.to_str().context("image path is not UTF-8")?;
+            c.ctr_ok(&["image", "import", "--base-name", name, path])
+                .await?;
+        }
         Ok(c)
     }
 
@@ -142,13 +178,8 @@ impl Containerd {
 
     /// Runs `ctr` in the node, in this test's namespace, whatever its exit status.
     pub async fn ctr(&self, args: &[&str]) -> Result<Output> {
-        let mut all = vec![
-            "ctr",
-            "--address",
-            "/run/containerd/containerd.sock",
-            "--namespace",
-            &self.namespace,
-        ];
+        let socket = self.node().socket().display().to_string();
+        let mut all = vec!["ctr", "--address", &socket, "--namespace", &self.namespace];
         all.extend_from_slice(args);
         self.node().exec_output(&all).await
     }
@@ -169,7 +200,7 @@ impl Containerd {
 
     /// The cgroup dirs of this test's tasks that are still there.
     pub fn cgroups_left(&self) -> Vec<PathBuf> {
-        cgroup::existing(&format!("/{}", self.namespace))
+        cgroup::existing(&self.cgroup_parent)
     }
 }
 
@@ -178,9 +209,46 @@ impl Drop for Containerd {
         // The node's end kills every process; the cgroups are the host's to clean.
         self.daemon.take();
         drop(self.node.take());
-        let left = cgroup::remove(&format!("/{}", self.namespace));
+        let left = cgroup::remove(&self.cgroup_parent);
         if !left.is_empty() {
             eprintln!("peapod-tests: could not remove cgroups {left:?}");
         }
     }
+}
+
+/// The CRI plugin's part of the config, and the CNI dirs it names: `peapod` (a link to
+/// `peapod-cni`) and `loopback` (Debian's containernetworking-plugins) in the bin dir, one
+/// conflist.
+fn cri_config(node: &Node) -> Result<String> {
+    let dir = node.dir();
+    let (bin, conf, data) = (
+        dir.join("cni-bin"),
+        dir.join("cni-conf"),
+        dir.join("cni-data"),
+    );
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    std::os::unix::fs::symlink(node.bin_dir().join("peapod-cni"), bin.join("peapod"))?;
+    std::os::unix::fs::symlink("/usr/lib/cni/loopback", bin.join("loopback"))?;
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": [{
+            "type": "peapod",
+            "subnet": CRI_SUBNET,
+            "dataDir": data,
+            "capabilities": { "portMappings": true },
+        }],
+    });
+    std::fs::write(conf.join("10-peapod.conflist"), conflist.to_string())?;
+    let cri = r#"[plugins."io.containerd.grpc.v1.cri"]"#;
+    Ok(format!(
+        "{cri}\n  sandbox_image = \"peapod.test/pause:latest\"\n  disable_apparmor = true\n\
+         {cri_c}]\n  default_runtime_name = \"peapod\"\n\
+         {cri_c}.runtimes.peapod]\n  runtime_type = \"io.containerd.peapod.v2\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {:?}\n  conf_dir = {:?}\n",
+        bin.display().to_string(),
+        conf.display().to_string(),
+        cri_c = r#"[plugins."io.containerd.grpc.v1.cri".containerd"#,
+    ))
 }

@@ -32,14 +32,24 @@ pub struct TestImages {
 impl TestImages {
     /// Runs `hack/make-test-images.sh` into a new temp dir (about a second).
     pub fn build() -> Result<TestImages> {
+        Self::build_with(None)
+    }
+
+    /// Also `pause.oci.tar`, peapod.test/pause:latest holding `pause` as its entrypoint.
+    pub fn build_with_pause(pause: &Path) -> Result<TestImages> {
+        Self::build_with(Some(pause))
+    }
+
+    fn build_with(pause: Option<&Path>) -> Result<TestImages> {
         let dir = tempfile::Builder::new()
             .prefix("peapod-test-images-")
             .tempdir()?;
-        let out = Command::new("bash")
-            .arg(make_test_images_script())
-            .arg(dir.path())
-            .output()
-            .context("run hack/make-test-images.sh")?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(make_test_images_script()).arg(dir.path());
+        if let Some(pause) = pause {
+            cmd.env("PAUSE", pause);
+        }
+        let out = cmd.output().context("run hack/make-test-images.sh")?;
         ensure!(
             out.status.success(),
             "hack/make-test-images.sh failed ({}): {}",

@@ -138,6 +138,10 @@ pub struct LaunchSpec {
     /// The hostname of a new UTS namespace.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Namespaced sysctls (`net.*`, `kernel.shm*`, …) set in the container's namespaces
+    /// before it runs (OCI bundles; peapod's pods set theirs on the pause).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// What `build` needs besides the request.
@@ -429,6 +433,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         stdio: spec.stdio,
         fifos: None,
         hostname: None,
+        sysctls: Vec::new(),
     })
 }
 

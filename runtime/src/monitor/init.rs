@@ -40,6 +40,12 @@ pub enum InitError {
     },
     #[error("cannot make the container's namespaces")]
     Unshare(#[source] nix::errno::Errno),
+    #[error("cannot set sysctl {key}")]
+    Sysctl {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set the hostname")]
     Hostname(#[source] nix::errno::Errno),
     #[error("cannot set up stdio")]
@@ -152,6 +158,15 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
     nix::sched::unshare(flags).map_err(InitError::Unshare)?;
     if let Some(name) = &spec.hostname {
         nix::unistd::sethostname(name).map_err(InitError::Hostname)?;
+    }
+    // /proc/sys/{net,kernel} answer for the writer's namespaces, which are the container's
+    // now (its PID namespace, if new, is its child's: no sysctl is per PID namespace).
+    for (key, value) in &spec.sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|source| InitError::Sysctl {
+            key: key.clone(),
+            source,
+        })?;
     }
     // SAFETY: this process has a single thread (a fork child of the single-threaded
     // monitor), so the child may run any code.

@@ -125,7 +125,35 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         stdio: StdioMode::default(),
         fifos: Some(task.fifos.clone()),
         hostname,
+        sysctls: sysctls(spec)?,
     })
+}
+
+/// `linux.sysctl`, sorted; only keys that name a sysctl (no `..`, no `/`).
+fn sysctls(spec: &Spec) -> Result<Vec<(String, String)>, OciError> {
+    let map = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default();
+    let mut out: Vec<(String, String)> = map.into_iter().collect();
+    out.sort();
+    for (key, _) in &out {
+        let valid = !key.is_empty()
+            && key.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !valid {
+            return Err(invalid(
+                "linux.sysctl",
+                format!("{key:?} is not a sysctl name"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// `CAP_CHOWN` and the like, as the spec spells them.

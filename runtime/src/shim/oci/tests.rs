@@ -45,6 +45,7 @@ fn config() -> Value {
                 { "type": "network", "path": "/var/run/netns/pod" }
             ],
             "cgroupsPath": "/kubepods/pod1/c1",
+            "sysctl": { "net.ipv4.ping_group_range": "0 0", "kernel.shmmni": "100" },
             "maskedPaths": ["/proc/kcore"],
             "readonlyPaths": ["/proc/sys"],
             "resources": {
@@ -106,6 +107,13 @@ fn a_bundle_becomes_a_launch_spec() {
     assert_eq!(l.masked_paths, ["/proc/kcore"]);
     assert_eq!(l.readonly_paths, ["/proc/sys"]);
     assert_eq!(l.hostname.as_deref(), Some("box"));
+    assert_eq!(
+        l.sysctls,
+        [
+            ("kernel.shmmni".to_owned(), "100".to_owned()),
+            ("net.ipv4.ping_group_range".to_owned(), "0 0".to_owned())
+        ]
+    );
     assert_eq!(
         l.fifos.as_ref().unwrap().stdout,
         Some("/run/fifo/out".into())
@@ -209,6 +217,13 @@ fn what_the_launch_path_cannot_do_is_refused() {
             .push(json!({ "destination": "/mnt", "type": "nfs", "source": "srv:/x" })),
         &mounts
     )));
+    assert!(matches!(
+        refused(
+            &|v| v["linux"]["sysctl"] = json!({ "../../etc/x": "1" }),
+            &mounts
+        ),
+        OciError::Invalid { .. }
+    ));
     let two = [mounts[0].clone(), mounts[0].clone()];
     assert!(unsupported(refused(&|_| {}, &two)));
     let squash = [RootMount {

@@ -1,0 +1,136 @@
+//! containerd's CRI with peapod underneath: `peapod` (the shim) as its default runtime and
+//! `peapod-cni` as its pod network, driven by the tests' own CRI client on containerd's
+//! socket, in a throwaway node.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_cri::v1::PodSandboxStatusRequest;
+use peapod_tests::containerd::{BUSYBOX, CRI_SUBNET, Containerd};
+use peapod_tests::containers::container_config;
+use peapod_tests::in_cidr;
+
+/// The pod's IP as containerd's CRI reports it (from peapod-cni's result).
+async fn pod_ip(c: &Containerd, id: &str) -> Result<String> {
+    let status = c
+        .node()
+        .client()
+        .await?
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    let ip = status
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    ensure!(in_cidr(&ip, CRI_SUBNET), "pod {id} has IP {ip:?}");
+    Ok(ip)
+}
+
+#[tokio::test]
+async fn the_classic_pod_runs_through_containerd() -> Result<()> {
+    let c = Containerd::start_cri().await?;
+    let node = c.node();
+    let web = node.pod_config("web");
+    let a = node.run_pod(&web).await?;
+    let ip = pod_ip(&c, &a).await?;
+
+    // A web server and a client in one pod: they share localhost.
+    let server = container_config(
+        "server",
+        BUSYBOX,
+        &["httpd", "-f", "-p", "80", "-h", "/var/www"],
+    );
+    let server = node.run_container(&a, &web, server).await?;
+    let script = "until wget -qO- http://localhost/; do sleep 0.1; done; ip -4 -o addr show eth0";
+    let client = container_config("client", BUSYBOX, &["sh", "-c", script]);
+    let client = node.run_container(&a, &web, client).await?;
+    let status = node.wait_exited(&client, Duration::from_secs(20)).await?;
+    ensure!(status.exit_code == 0, "client: {status:?}");
+    let log = node.container_log(&web, "client.log");
+    ensure!(
+        log.contains(" stdout F <h1>peapod</h1>"),
+        "client log:\n{log}"
+    );
+    // ... and the pod's one IP, on the eth0 peapod-cni made.
+    ensure!(log.contains(&format!("inet {ip}/24")), "client log:\n{log}");
+
+    // A second pod reaches the server at that IP, through peapod-cni's bridge.
+    let other = node.pod_config("other");
+    let b = node.run_pod(&other).await?;
+    let ip_b = pod_ip(&c, &b).await?;
+    ensure!(ip_b != ip, "both pods got {ip}");
+    let url = format!("http://{ip}/");
+    let fetch = container_config("fetch", BUSYBOX, &["wget", "-qO-", &url]);
+    let fetch = node.run_container(&b, &other, fetch).await?;
+    let status = node.wait_exited(&fetch, Duration::from_secs(20)).await?;
+    ensure!(status.exit_code == 0, "fetch from pod B: {status:?}");
+    let log = node.container_log(&other, "fetch.log");
+    ensure!(log.contains("<h1>peapod</h1>"), "fetch log:\n{log}");
+
+    // Exit codes come back through the shim.
+    let fail = container_config("fail", BUSYBOX, &["sh", "-c", "exit 3"]);
+    let fail = node.run_container(&b, &other, fail).await?;
+    let status = node.wait_exited(&fail, Duration::from_secs(20)).await?;
+    ensure!(status.exit_code == 3, "exit 3: {status:?}");
+
+    node.stop_container(&server, 5).await?;
+    for id in [&a, &b] {
+        node.stop_and_remove(id).await?;
+    }
+    // Nothing left: no shim, monitor or container process, no pod link, no lease, no
+    // task dir, no cgroup.
+    let found = node
+        .exec_output(&[
+            "pgrep",
+            "-a",
+            "-f",
+            "containerd-shim-peapod|peapod monitor|httpd|^/pause$",
+        ])
+        .await?;
+    ensure!(
+        !found.status.success(),
+        "left running: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    let links = node.exec(&["ip", "-o", "link", "show"]).await?;
+    ensure!(
+        !links
+            .lines()
+            .any(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("pp"))),
+        "pod links left: {links}"
+    );
+    let leases = std::fs::read_dir(node.dir().join("cni-data/pods/ipam"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    ensure!(leases == 0, "{leases} leases left");
+    let tasks = node
+        .exec(&["ls", "-A", "/run/peapod-shim"])
+        .await
+        .unwrap_or_default();
+    ensure!(
+        tasks.lines().all(|l| l == "cgroup-parents.json"),
+        "task dirs left: {tasks}"
+    );
+    ensure!(
+        c.cgroups_left()
+            .iter()
+            .all(|d| d.ends_with(node.cgroup_parent().trim_start_matches('/'))),
+        "cgroups left: {:?}",
+        c.cgroups_left()
+    );
+    Ok(())
+}
