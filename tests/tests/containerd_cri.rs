@@ -59,6 +59,23 @@ async fn the_classic_pod_runs_through_containerd() -> Result<()> {
     // ... and the pod's one IP, on the eth0 peapod-cni made.
     ensure!(log.contains(&format!("inet {ip}/24")), "client log:\n{log}");
 
+    // ExecSync through containerd: in the server's namespaces, with its exit code.
+    let eth0 = node
+        .exec_ok(&server, &["ip", "-4", "-o", "addr", "show", "eth0"])
+        .await?;
+    ensure!(
+        eth0.contains(&format!("inet {ip}/24")),
+        "server eth0: {eth0}"
+    );
+    let failed = node
+        .exec_sync(&server, &["sh", "-c", "echo oops >&2; exit 5"], 10)
+        .await?;
+    ensure!(failed.exit_code == 5, "exec exit code {}", failed.exit_code);
+    ensure!(
+        String::from_utf8_lossy(&failed.stderr).contains("oops"),
+        "{failed:?}"
+    );
+
     // A second pod reaches the server at that IP, through peapod-cni's bridge.
     let other = node.pod_config("other");
     let b = node.run_pod(&other).await?;

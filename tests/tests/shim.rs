@@ -146,13 +146,24 @@ async fn a_detached_task_is_listed_killed_and_deleted_leaving_nothing() -> Resul
     ensure!(pids.len() == 2 && pids.contains(&pid), "task ps: {ps}");
     ensure!(!c.cgroups_left().is_empty(), "the task has no cgroup");
 
-    // exec is not there yet, and says so.
+    // An exec runs in the task's namespaces and cgroup, with its own exit code.
     let exec = c
-        .ctr(&["task", "exec", "--exec-id", "e1", "long", "true"])
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "long",
+            "sh",
+            "-c",
+            "echo in-task; exit 4",
+        ])
         .await?;
-    ensure!(!exec.status.success(), "exec ran");
-    let why = String::from_utf8_lossy(&exec.stderr);
-    ensure!(why.contains("not supported"), "exec: {why}");
+    let out = String::from_utf8_lossy(&exec.stdout);
+    ensure!(exec.status.code() == Some(4), "exec: {} {out}", exec.status);
+    ensure!(out.trim() == "in-task", "exec stdout: {out:?}");
+    let ps = c.ctr_ok(&["task", "ps", "long"]).await?;
+    ensure!(ps.lines().count() == 3, "the exec left processes: {ps}");
 
     // A running task is not deleted; a killed one is.
     let early = c.ctr(&["task", "delete", "long"]).await?;

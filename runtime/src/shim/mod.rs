@@ -8,6 +8,7 @@
 //! else one per task) and prints its ttrpc address. `delete` cleans up after a shim that
 //! died. Everything else is the ttrpc task service.
 
+mod exec;
 mod oci;
 mod task;
 

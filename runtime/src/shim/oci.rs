@@ -157,7 +157,7 @@ fn sysctls(spec: &Spec) -> Result<Vec<(String, String)>, OciError> {
 }
 
 /// `CAP_CHOWN` and the like, as the spec spells them.
-fn capability_name(cap: &oci_spec::runtime::Capability) -> String {
+pub(super) fn capability_name(cap: &oci_spec::runtime::Capability) -> String {
     match serde_json::to_value(cap) {
         Ok(serde_json::Value::String(name)) => name,
         _ => format!("CAP_{}", format!("{cap:?}").to_ascii_uppercase()),

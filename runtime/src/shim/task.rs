@@ -15,7 +15,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim::api;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::ttrpc::{self, Code, context::Context};
@@ -23,6 +25,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use sha2::{Digest, Sha256};
 
+use super::exec::{self, ExecProc};
 use super::oci::{self, RootMount};
 use crate::container::cgroup;
 use crate::container::launch::{CgroupDir, Fifos};
@@ -76,9 +79,19 @@ struct Task {
     cgroup: Option<PathBuf>,
     phase: Mutex<Phase>,
     changed: Condvar,
+    execs: Mutex<HashMap<String, Arc<ExecProc>>>,
 }
 
 impl Task {
+    fn exec(&self, exec_id: &str) -> TtrpcResult<Arc<ExecProc>> {
+        self.execs
+            .lock()
+            .expect("lock")
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("exec {exec_id} not found")))
+    }
+
     fn phase(&self) -> Phase {
         self.phase.lock().expect("lock").clone()
     }
@@ -109,7 +122,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ttrpc::Error {
     status(Code::INTERNAL, format!("{what}: {e}"))
 }
 
-fn now_nanos() -> i64 {
+pub(super) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -156,18 +169,6 @@ impl Service {
             .get(id)
             .cloned()
             .ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))
-    }
-
-    /// Exec processes are not there yet: every request naming one is refused.
-    fn no_exec(exec_id: &str) -> TtrpcResult<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(status(
-                Code::UNIMPLEMENTED,
-                "exec processes are not supported by peapod's shim yet",
-            ))
-        }
     }
 
     fn create_task(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Arc<Task>> {
@@ -265,6 +266,7 @@ impl Service {
             cgroup: rel,
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
+            execs: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -329,6 +331,36 @@ impl Service {
         if let Err(e) = spawned {
             containerd_shim::error!("cannot watch task: {e}");
         }
+    }
+
+    fn start_exec(&self, task: &Arc<Task>, exec_id: &str) -> TtrpcResult<api::StartResponse> {
+        let Phase::Running(r) = task.phase() else {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("task {} is not running", task.id),
+            ));
+        };
+        let e = task.exec(exec_id)?;
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let (container_id, id) = (task.id.clone(), exec_id.to_owned());
+        let pid = e.start(&self.exe, r.init, move |pid, code, at| {
+            let mut event = TaskExit::new();
+            event.container_id = container_id;
+            event.id = id;
+            event.pid = pid;
+            event.exit_status = code;
+            event.exited_at = Some(timestamp(at)).into();
+            publish(&publisher, &namespace, "/tasks/exit", Box::new(event));
+        })?;
+        let mut event = TaskExecStarted::new();
+        event.container_id = task.id.clone();
+        event.exec_id = exec_id.to_owned();
+        event.pid = pid;
+        self.publish("/tasks/exec-started", Box::new(event));
+        let mut resp = api::StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
     }
 
     fn signal(&self, task: &Task, signal: u32, all: bool) -> TtrpcResult<()> {
@@ -444,6 +476,52 @@ pub fn reap_leftovers(cgroups: &Cgroups, dir: &Path) -> (u32, u32, i64) {
     (pid, code, at)
 }
 
+fn exec_state(task: &Task, e: &ExecProc) -> api::StateResponse {
+    let mut resp = api::StateResponse::new();
+    resp.id = task.id.clone();
+    resp.exec_id = e.id.clone();
+    resp.bundle = task.bundle.clone();
+    resp.stdin = e.io.0.clone();
+    resp.stdout = e.io.1.clone();
+    resp.stderr = e.io.2.clone();
+    resp.status = match e.phase() {
+        exec::Phase::Created => api::Status::CREATED,
+        exec::Phase::Running { pid } => {
+            resp.pid = pid;
+            api::Status::RUNNING
+        }
+        exec::Phase::Stopped { pid, code, at } => {
+            resp.pid = pid;
+            resp.exit_status = code;
+            resp.exited_at = Some(timestamp(at)).into();
+            api::Status::STOPPED
+        }
+    }
+    .into();
+    resp
+}
+
+fn delete_exec(task: &Task, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
+    let e = task.exec(exec_id)?;
+    let (pid, code, at) = match e.phase() {
+        exec::Phase::Running { .. } => {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("exec {} is running", e.id),
+            ));
+        }
+        exec::Phase::Created => (0, 0, now_nanos()),
+        exec::Phase::Stopped { pid, code, at } => (pid, code, at),
+    };
+    task.execs.lock().expect("lock").remove(exec_id);
+    e.remove();
+    let mut resp = api::DeleteResponse::new();
+    resp.pid = pid;
+    resp.exit_status = code;
+    resp.exited_at = Some(timestamp(at)).into();
+    Ok(resp)
+}
+
 fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
     if let Err(e) = publisher.publish(Context::default(), topic, namespace, event) {
         containerd_shim::warn!("cannot publish {topic}: {e}");
@@ -485,8 +563,10 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&task, &req.exec_id);
+        }
         {
             let phase = task.phase.lock().expect("lock");
             if !matches!(*phase, Phase::Created) {
@@ -531,8 +611,11 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let e = task.exec(&req.exec_id)?;
+            return Ok(exec_state(&task, &e));
+        }
         let mut resp = api::StateResponse::new();
         resp.id = task.id.clone();
         resp.bundle = task.bundle.clone();
@@ -554,8 +637,14 @@ impl containerd_shim::Task for Service {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let (code, at) = task.exec(&req.exec_id)?.wait();
+            let mut resp = api::WaitResponse::new();
+            resp.exit_status = code;
+            resp.exited_at = Some(timestamp(at)).into();
+            return Ok(resp);
+        }
         let mut phase = task.phase.lock().expect("lock");
         loop {
             if let Phase::Stopped { code, at, .. } = *phase {
@@ -569,8 +658,13 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let sig =
+                i32::try_from(req.signal).map_err(|_| status(Code::INVALID_ARGUMENT, "signal"))?;
+            task.exec(&req.exec_id)?.kill(sig)?;
+            return Ok(api::Empty::new());
+        }
         self.signal(&task, req.signal, req.all)?;
         Ok(api::Empty::new())
     }
@@ -591,8 +685,10 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return delete_exec(&task, &req.exec_id);
+        }
         let (pid, code, at) = match task.phase() {
             Phase::Running(_) => {
                 return Err(status(
@@ -618,6 +714,32 @@ impl containerd_shim::Task for Service {
         resp.exit_status = code;
         resp.exited_at = Some(timestamp(at)).into();
         Ok(resp)
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let task = self.task(&req.id)?;
+        if !matches!(task.phase(), Phase::Running(_)) {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("task {} is not running", req.id),
+            ));
+        }
+        if task.execs.lock().expect("lock").contains_key(&req.exec_id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("exec {} exists", req.exec_id),
+            ));
+        }
+        let e = Arc::new(ExecProc::create(&task.dir, &req)?);
+        task.execs
+            .lock()
+            .expect("lock")
+            .insert(req.exec_id.clone(), e);
+        let mut event = TaskExecAdded::new();
+        event.container_id = req.id.clone();
+        event.exec_id = req.exec_id.clone();
+        self.publish("/tasks/exec-added", Box::new(event));
+        Ok(api::Empty::new())
     }
 
     fn connect(
