@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::PodSandboxStatusRequest;
+use k8s_cri::v1::{ContainerState, PodSandboxStatusRequest};
 use peapod_tests::containerd::{BUSYBOX, CRI_SUBNET, Containerd};
 use peapod_tests::containers::container_config;
 use peapod_tests::in_cidr;
@@ -29,6 +29,63 @@ async fn pod_ip(c: &Containerd, id: &str) -> Result<String> {
         .unwrap_or_default();
     ensure!(in_cidr(&ip, CRI_SUBNET), "pod {id} has IP {ip:?}");
     Ok(ip)
+}
+
+/// Nothing of the pods is left: no shim, monitor or container process, no pod link, no
+/// lease, no task dir, no cgroup below the pods' parent.
+async fn nothing_left(c: &Containerd) -> Result<()> {
+    let node = c.node();
+    // Nothing left: no shim, monitor or container process, no pod link, no lease, no
+    // task dir, no cgroup.
+    let found = node
+        .exec_output(&[
+            "pgrep",
+            "-a",
+            "-f",
+            "containerd-shim-peapod|peapod monitor|httpd|^/pause$",
+        ])
+        .await?;
+    ensure!(
+        !found.status.success(),
+        "left running: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    let links = node.exec(&["ip", "-o", "link", "show"]).await?;
+    ensure!(
+        !links
+            .lines()
+            .any(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("pp"))),
+        "pod links left: {links}"
+    );
+    let leases = std::fs::read_dir(node.dir().join("cni-data/pods/ipam"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    ensure!(leases == 0, "{leases} leases left");
+    let tasks = node
+        .exec(&["ls", "-A", "/run/peapod-shim"])
+        .await
+        .unwrap_or_default();
+    ensure!(
+        tasks.lines().all(|l| l == "cgroup-parents.json"),
+        "task dirs left: {tasks}"
+    );
+    ensure!(
+        c.cgroups_left()
+            .iter()
+            .all(|d| d.ends_with(node.cgroup_parent().trim_start_matches('/'))),
+        "cgroups left: {:?}",
+        c.cgroups_left()
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -99,55 +156,32 @@ async fn the_classic_pod_runs_through_containerd() -> Result<()> {
     for id in [&a, &b] {
         node.stop_and_remove(id).await?;
     }
-    // Nothing left: no shim, monitor or container process, no pod link, no lease, no
-    // task dir, no cgroup.
-    let found = node
-        .exec_output(&[
-            "pgrep",
-            "-a",
-            "-f",
-            "containerd-shim-peapod|peapod monitor|httpd|^/pause$",
-        ])
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn containers_outlive_a_containerd_restart_and_a_killed_shim_is_an_exit() -> Result<()> {
+    let mut c = Containerd::start_cri().await?;
+    let cfg = c.node().pod_config("keep");
+    let pod = c.node().run_pod(&cfg).await?;
+    let sleeper = container_config("sleeper", BUSYBOX, &["sleep", "1000"]);
+    let sleeper = c.node().run_container(&pod, &cfg, sleeper).await?;
+
+    c.kill_daemon().await?;
+    c.start_daemon().await?;
+    let node = c.node();
+    let s = node.container_status(&sleeper).await?;
+    ensure!(
+        s.state == ContainerState::ContainerRunning as i32,
+        "after the restart: {s:?}"
+    );
+    node.exec_ok(&sleeper, &["true"]).await?;
+
+    // The pod's shim killed: containerd cleans up after it and sees the container exit.
+    node.exec(&["pkill", "-KILL", "-f", "containerd-shim-peapod"])
         .await?;
-    ensure!(
-        !found.status.success(),
-        "left running: {}",
-        String::from_utf8_lossy(&found.stdout)
-    );
-    let links = node.exec(&["ip", "-o", "link", "show"]).await?;
-    ensure!(
-        !links
-            .lines()
-            .any(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("pp"))),
-        "pod links left: {links}"
-    );
-    let leases = std::fs::read_dir(node.dir().join("cni-data/pods/ipam"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    ensure!(leases == 0, "{leases} leases left");
-    let tasks = node
-        .exec(&["ls", "-A", "/run/peapod-shim"])
-        .await
-        .unwrap_or_default();
-    ensure!(
-        tasks.lines().all(|l| l == "cgroup-parents.json"),
-        "task dirs left: {tasks}"
-    );
-    ensure!(
-        c.cgroups_left()
-            .iter()
-            .all(|d| d.ends_with(node.cgroup_parent().trim_start_matches('/'))),
-        "cgroups left: {:?}",
-        c.cgroups_left()
-    );
-    Ok(())
+    let s = node.wait_exited(&sleeper, Duration::from_secs(20)).await?;
+    ensure!(s.exit_code != 0, "a killed container exited 0: {s:?}");
+    node.stop_and_remove(&pod).await?;
+    nothing_left(&c).await
 }
