@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{ContainerState, PodSandboxStatusRequest};
+use k8s_cri::v1::{
+    ContainerState, ContainerStatsRequest, LinuxContainerResources, PodSandboxStatusRequest,
+    UpdateContainerResourcesRequest,
+};
 use peapod_tests::containerd::{BUSYBOX, CRI_SUBNET, Containerd};
 use peapod_tests::containers::container_config;
 use peapod_tests::in_cidr;
@@ -182,6 +185,90 @@ async fn containers_outlive_a_containerd_restart_and_a_killed_shim_is_an_exit() 
         .await?;
     let s = node.wait_exited(&sleeper, Duration::from_secs(20)).await?;
     ensure!(s.exit_code != 0, "a killed container exited 0: {s:?}");
+    node.stop_and_remove(&pod).await?;
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn stats_updates_and_oom_kills_come_through_containerd() -> Result<()> {
+    let c = Containerd::start_cri().await?;
+    let node = c.node();
+    let cfg = node.pod_config("res");
+    let pod = node.run_pod(&cfg).await?;
+    // Busy for a moment, with 8 MiB of its own memory, then idle.
+    let script = "dd if=/dev/zero bs=1M count=8 | tail -c 8M >/dev/null & \
+                  i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000";
+    let worker = container_config("worker", BUSYBOX, &["sh", "-c", script]);
+    let worker = node.run_container(&pod, &cfg, worker).await?;
+    let mut client = node.client().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = client
+            .container_stats(ContainerStatsRequest {
+                container_id: worker.clone(),
+            })
+            .await?
+            .into_inner()
+            .stats
+            .unwrap_or_default();
+        let cpu = stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.clone());
+        let mem = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.clone());
+        if cpu.is_some_and(|v| v.value > 0) && mem.is_some_and(|v| v.value > 0) {
+            break stats;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no usage in {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        stats.attributes.as_ref().is_some_and(|a| a.id == worker),
+        "{stats:?}"
+    );
+
+    // UpdateContainerResources reaches the task's cgroup.
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: worker.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 256 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let limit = node
+        .exec_ok(
+            &worker,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        )
+        .await?;
+    ensure!(
+        limit.trim() == (256u64 << 20).to_string(),
+        "memory limit {limit}"
+    );
+
+    // An OOM kill is reported as such (the shim's TaskOOM event).
+    let mut hog = container_config(
+        "hog",
+        BUSYBOX,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    hog.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
+        ..Default::default()
+    });
+    let hog = node.run_container(&pod, &cfg, hog).await?;
+    let s = node.wait_exited(&hog, Duration::from_secs(20)).await?;
+    ensure!(s.reason == "OOMKilled" && s.exit_code == 137, "{s:?}");
+
     node.stop_and_remove(&pod).await?;
     nothing_left(&c).await
 }

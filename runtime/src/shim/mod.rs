@@ -10,6 +10,7 @@
 
 mod exec;
 mod oci;
+mod stats;
 mod task;
 
 use std::io::Read;

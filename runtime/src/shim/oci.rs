@@ -347,10 +347,16 @@ pub fn cgroup_path(spec: &Spec) -> Result<Option<PathBuf>, OciError> {
 
 /// `linux.resources` as the limits peapod writes into a container's cgroup.
 pub fn resources(spec: &Spec) -> Resources {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .map(limits)
+        .unwrap_or_default()
+}
+
+/// OCI resources (a bundle's, or an Update's) as peapod's cgroup limits.
+pub fn limits(res: &oci_spec::runtime::LinuxResources) -> Resources {
     let mut r = Resources::default();
-    let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
-        return r;
-    };
     if let Some(mem) = res.memory() {
         r.memory_limit = mem.limit().unwrap_or(0).max(0);
         r.memory_swap_limit = mem.swap().unwrap_or(0).max(0);

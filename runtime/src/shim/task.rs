@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -312,6 +312,11 @@ impl Service {
                 let exit: Option<ExitRecord> = store::read_json_opt(&task.dir.join(EXIT_FILE))
                     .ok()
                     .flatten();
+                if exit.as_ref().is_some_and(|e| e.oom_killed) {
+                    let mut event = TaskOOM::new();
+                    event.container_id = task.id.clone();
+                    publish(&publisher, &namespace, "/tasks/oom", Box::new(event));
+                }
                 let (code, at) = match exit {
                     Some(e) => (e.exit_code as u32, e.finished_at),
                     // The monitor died without a word: as a kill.
@@ -739,6 +744,46 @@ impl containerd_shim::Task for Service {
         event.container_id = req.id.clone();
         event.exec_id = req.exec_id.clone();
         self.publish("/tasks/exec-added", Box::new(event));
+        Ok(api::Empty::new())
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let task = self.task(&req.id)?;
+        let rel = task
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the task has no cgroup"))?;
+        let any = super::stats::metrics(&self.cgroups.paths(rel), self.cgroups.version() == 2)
+            .map_err(|e| internal("read the task's cgroup", e))?;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = Some(any).into();
+        Ok(resp)
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let task = self.task(&req.id)?;
+        let rel = task
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the task has no cgroup"))?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "no resources"))?;
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
+        let limits = oci::limits(&res);
+        cgroup::validate(&limits).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        cgroup::apply(
+            &self.cgroups.paths(rel),
+            &limits,
+            self.cgroups.version() == 2,
+        )
+        .map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
         Ok(api::Empty::new())
     }
 
