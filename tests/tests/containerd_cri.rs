@@ -211,14 +211,8 @@ async fn stats_updates_and_oom_kills_come_through_containerd() -> Result<()> {
             .into_inner()
             .stats
             .unwrap_or_default();
-        let cpu = stats
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.clone());
-        let mem = stats
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.clone());
+        let cpu = stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds);
+        let mem = stats.memory.as_ref().and_then(|m| m.working_set_bytes);
         if cpu.is_some_and(|v| v.value > 0) && mem.is_some_and(|v| v.value > 0) {
             break stats;
         }
