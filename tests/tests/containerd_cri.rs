@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use k8s_cri::v1::{
-    ContainerState, ContainerStatsRequest, LinuxContainerResources, PodSandboxStatusRequest,
-    UpdateContainerResourcesRequest,
+    ContainerState, ContainerStatsRequest, Int64Value, LinuxContainerResources, Mount,
+    PodSandboxStatusRequest, SecurityProfile, UpdateContainerResourcesRequest,
 };
 use peapod_tests::containerd::{BUSYBOX, CRI_SUBNET, Containerd};
-use peapod_tests::containers::container_config;
+use peapod_tests::containers::{container_config, security};
 use peapod_tests::in_cidr;
 
 /// The pod's IP as containerd's CRI reports it (from peapod-cni's result).
@@ -263,6 +263,57 @@ async fn stats_updates_and_oom_kills_come_through_containerd() -> Result<()> {
     let s = node.wait_exited(&hog, Duration::from_secs(20)).await?;
     ensure!(s.reason == "OOMKilled" && s.exit_code == 137, "{s:?}");
 
+    node.stop_and_remove(&pod).await?;
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn the_security_context_holds_through_containerd() -> Result<()> {
+    let c = Containerd::start_cri().await?;
+    let node = c.node();
+    let host_dir = node.dir().join("shared");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("file"), "from the node\n")?;
+    let cfg = node.pod_config("secure");
+    let pod = node.run_pod(&cfg).await?;
+    let mut ctr = container_config("main", BUSYBOX, &["sleep", "1000"]);
+    ctr.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let sc = security(&mut ctr);
+    sc.run_as_user = Some(Int64Value { value: 1000 });
+    sc.no_new_privs = true;
+    sc.readonly_rootfs = true;
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: 0, // RuntimeDefault: containerd's profile, compiled by peapod
+        localhost_ref: String::new(),
+    });
+    let main = node.run_container(&pod, &cfg, ctr).await?;
+    let id = node.exec_ok(&main, &["id", "-u"]).await?;
+    ensure!(id.trim() == "1000", "id -u: {id}");
+    let status = node.exec_ok(&main, &["cat", "/proc/self/status"]).await?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ensure!(field("NoNewPrivs:") == "1", "{status}");
+    ensure!(field("Seccomp:") == "2", "{status}");
+    ensure!(field("CapEff:") == "0000000000000000", "{status}");
+    let touch = node.exec_sync(&main, &["touch", "/newfile"], 10).await?;
+    ensure!(touch.exit_code != 0, "the rootfs is writable");
+    let data = node.exec_ok(&main, &["cat", "/data/file"]).await?;
+    ensure!(data == "from the node\n", "{data:?}");
+    let write = node
+        .exec_sync(&main, &["sh", "-c", "echo x > /data/file"], 10)
+        .await?;
+    ensure!(write.exit_code != 0, "the read-only mount is writable");
     node.stop_and_remove(&pod).await?;
     nothing_left(&c).await
 }
