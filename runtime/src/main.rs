@@ -1,21 +1,6 @@
 //! peapod: a Kubernetes CRI runtime whose pods come with their networking built in.
 
-mod client;
-mod config;
-mod container;
-mod cri;
-mod ctr_client;
-mod daemon;
-mod errors;
-mod fault;
-mod image;
-mod image_cmd;
-mod monitor;
-mod network;
-mod sandbox;
-mod shim;
-mod store;
-mod streaming;
+use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, sandbox};
 
 use std::path::PathBuf;
 
@@ -248,9 +233,6 @@ fn internal(args: &[std::ffi::OsString]) -> Option<std::process::ExitCode> {
 }
 
 fn main() -> std::process::ExitCode {
-    if shim::invoked_as_shim() {
-        return shim::main();
-    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(code) = internal(&args) {
         return code;

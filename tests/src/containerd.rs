@@ -1,6 +1,6 @@
 //! containerd inside a throwaway node: Debian's `containerd`, its own config, root (in the
 //! node's temp dir), state and sockets (in the node's private `/run`), with peapod's shim on
-//! its PATH as `containerd-shim-peapod-v2` (a link to the `peapod` binary under test). Tests
+//! its PATH (a link to the `containerd-shim-peapod-v2` binary under test). Tests
 //! drive it with `ctr`, in a containerd namespace of their own, whose name is also the
 //! cgroup parent of every task (`/<namespace>/<id>`): what a test leaves there is removed
 //! when the value goes.
@@ -61,8 +61,10 @@ impl Containerd {
         let dir = node.dir().to_owned();
         let shim_bin = dir.join("shim-bin");
         std::fs::create_dir_all(&shim_bin)?;
+        // A link, as an operator would install it; the shim finds `peapod` beside its
+        // real path.
         std::os::unix::fs::symlink(
-            node.bin_dir().join("peapod"),
+            node.bin_dir().join("containerd-shim-peapod-v2"),
             shim_bin.join("containerd-shim-peapod-v2"),
         )?;
         let mut config = format!(

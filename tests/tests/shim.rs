@@ -231,3 +231,43 @@ async fn a_shim_killed_with_sigkill_takes_its_task_along() -> Result<()> {
     c.ctr_ok(&["container", "rm", "doomed"]).await?;
     nothing_left(&c).await
 }
+
+/// Prints the terminal's size once ctr has set it: ResizePty comes after the start (busybox's
+/// stty fails while the size is still 0x0).
+const SIZE: &str = "sleep 1; busybox stty size";
+
+/// Runs `command` in the node under a terminal of its own (`script`), 30 rows by 100
+/// columns: `ctr -t` needs one, and hands its size on to the task's terminal (ResizePty).
+async fn in_terminal(c: &Containerd, command: &str) -> Result<Output> {
+    let script = format!("stty rows 30 cols 100; {command}");
+    c.node()
+        .exec_output(&["script", "-qec", &script, "/dev/null"])
+        .await
+}
+
+#[tokio::test]
+async fn a_terminal_task_and_a_terminal_exec_get_the_clients_window_size() -> Result<()> {
+    let c = Containerd::start().await?;
+    let socket = c.node().socket().display().to_string();
+    let ctr = format!("ctr --address {socket} --namespace {}", c.namespace());
+    let run = format!("{ctr} run -t --rm --runtime {RUNTIME} {BUSYBOX} tty1 sh -c '{SIZE}'");
+    let out = in_terminal(&c, &run).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "ctr run -t: {text}\n{}", c.log_tail());
+    ensure!(
+        text.contains("30 100"),
+        "stty size in a terminal task: {text:?}"
+    );
+
+    run_detached(&c, &[], "long", &["sleep", "1000"]).await?;
+    let exec = format!("{ctr} task exec -t --exec-id e1 long sh -c '{SIZE}; exit 7'");
+    let out = in_terminal(&c, &exec).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("30 100"),
+        "stty size in a terminal exec: {text:?}"
+    );
+    ensure!(out.status.code() == Some(7), "exec -t exit: {}", out.status);
+    kill_and_remove(&c, "long").await?;
+    nothing_left(&c).await
+}

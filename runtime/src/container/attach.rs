@@ -136,7 +136,7 @@ impl Containers {
                     return Ok(());
                 }
                 buf.extend_from_slice(&chunk[..n]);
-                let got = frames(&mut buf).map_err(|()| {
+                let got = frames(&mut buf).map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::InvalidData, "an oversized frame")
                 })?;
                 for (kind, payload) in got {

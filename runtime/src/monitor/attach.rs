@@ -48,14 +48,18 @@ pub fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A frame longer than an attach socket carries.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameTooLarge;
+
 /// Takes the complete frames off the front of `buf`; `Err` for a frame too large.
-pub fn frames(buf: &mut Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, ()> {
+pub fn frames(buf: &mut Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, FrameTooLarge> {
     let mut out = Vec::new();
     let mut at = 0;
     while buf.len() - at >= 5 {
         let len = u32::from_be_bytes(buf[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(());
+            return Err(FrameTooLarge);
         }
         if buf.len() - at - 5 < len {
             break;

@@ -29,6 +29,7 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 pub fn main(dir: &Path, target: ProcRef, argv: &[String], tty: bool) -> ExitCode {
+    super::close_inherited_fds();
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => return fail(&init::chain(&e)),

@@ -36,7 +36,9 @@ pub fn open(path: Option<&Path>, dir: Dir) -> io::Result<OwnedFd> {
         OpenOptions::new()
             .read(read)
             .write(write)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            // O_NOCTTY: a terminal given by path (a shim's pty) must not become the
+            // monitor's, a session leader's, controlling terminal.
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(path)
     };
     let file = match dir {

@@ -97,8 +97,19 @@ fn reply(r: &Reply) {
     let _ = io::stdout().flush();
 }
 
+/// Closes every fd above stderr that this process inherited: whatever its parent left open
+/// without close-on-exec (a containerd shim's crate does) must not reach the container.
+pub fn close_inherited_fds() {
+    // SAFETY: close_range only closes fds; at the start of `monitor` and `enter` nothing of
+    // ours is open above 2 (the monitor's lock is its stdin).
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
 /// Entry point of `peapod monitor`.
 pub fn main(dir: &Path) -> ExitCode {
+    close_inherited_fds();
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => {

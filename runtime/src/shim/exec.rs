@@ -21,6 +21,8 @@ use crate::monitor::fifo::{self, Dir};
 use crate::sandbox::process::ProcRef;
 use crate::store;
 
+use super::console::Console;
+
 type Result<T> = std::result::Result<T, ttrpc::Error>;
 
 fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
@@ -39,6 +41,8 @@ pub struct ExecProc {
     dir: PathBuf,
     pub io: (String, String, String),
     argv: Vec<String>,
+    terminal: bool,
+    console: Mutex<Option<Console>>,
     phase: Mutex<Phase>,
     changed: Condvar,
 }
@@ -48,12 +52,6 @@ impl ExecProc {
     pub fn create(task_dir: &Path, req: &api::ExecProcessRequest) -> Result<ExecProc> {
         if req.exec_id.is_empty() {
             return Err(status(Code::INVALID_ARGUMENT, "exec_id is required"));
-        }
-        if req.terminal {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "a terminal for an exec process",
-            ));
         }
         let any = req
             .spec
@@ -112,6 +110,8 @@ impl ExecProc {
             dir,
             io: (req.stdin.clone(), req.stdout.clone(), req.stderr.clone()),
             argv,
+            terminal: req.terminal,
+            console: Mutex::new(None),
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
         })
@@ -139,8 +139,23 @@ impl ExecProc {
             let path = (!path.is_empty()).then(|| Path::new(path));
             fifo::open(path, dir).map(Stdio::from)
         };
+        // With a terminal, a pty of the container's own devpts, so the command finds its
+        // terminal under its /dev/pts.
+        let mut slave = None;
         let stdio = (|| {
-            Ok::<_, std::io::Error>((
+            if self.terminal {
+                let root = PathBuf::from(format!("/proc/{}/root", init.pid));
+                let (console, s) = Console::open(&root)?;
+                let io = (
+                    Stdio::from(s.try_clone()?),
+                    Stdio::from(s.try_clone()?),
+                    Stdio::from(s.try_clone()?),
+                );
+                *self.console.lock().expect("lock") = Some(console);
+                slave = Some(s);
+                return Ok::<_, std::io::Error>(io);
+            }
+            Ok((
                 open(&self.io.0, Dir::Read)?,
                 open(&self.io.1, Dir::Write)?,
                 open(&self.io.2, Dir::Write)?,
@@ -151,9 +166,12 @@ impl ExecProc {
         // the helper can end.
         let exits = monitor_subscribe(Topic::Pid)
             .map_err(|e| status(Code::INTERNAL, format!("watch for the exec's exit: {e}")))?;
-        let child = Command::new(exe)
-            .arg0("peapod")
-            .arg("enter")
+        let mut cmd = Command::new(exe);
+        cmd.arg0("peapod").arg("enter");
+        if self.terminal {
+            cmd.arg("--tty");
+        }
+        let child = cmd
             .arg(&self.dir)
             .arg(init.pid.to_string())
             .arg(init.start_time.to_string())
@@ -165,6 +183,13 @@ impl ExecProc {
             .map_err(|e| status(Code::INTERNAL, format!("spawn peapod enter: {e}")))?;
         let pid = child.id();
         drop(child);
+        if let Some(console) = &*self.console.lock().expect("lock")
+            && let Err(e) = console.pump(&self.io.0, &self.io.1)
+        {
+            containerd_shim::warn!("cannot copy the terminal of exec {}: {e}", self.id);
+        }
+        // The helper holds the terminal now; the exec's end closes its last slave.
+        drop(slave);
         *self.phase.lock().expect("lock") = Phase::Running { pid };
         self.changed.notify_all();
         let me = self.clone();
@@ -211,6 +236,17 @@ impl ExecProc {
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(status(Code::INTERNAL, format!("signal the exec: {e}"))),
+        }
+    }
+
+    /// Sets the window size of the exec's terminal.
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<std::io::Result<()>> {
+        match &*self.console.lock().expect("lock") {
+            Some(console) => Ok(console.resize(cols, rows)),
+            None => Err(status(
+                Code::FAILED_PRECONDITION,
+                "the exec has no terminal",
+            )),
         }
     }
 

@@ -1,13 +1,14 @@
 //! `containerd-shim-peapod-v2`: peapod as a containerd runtime v2 shim (`runtime_type =
-//! "io.containerd.peapod.v2"`). The peapod binary becomes the shim when it runs under that
-//! name (a link to it in containerd's PATH); the shim runs tasks with peapod's own launch
-//! path (monitor, init, rootfs), see [`task`].
+//! "io.containerd.peapod.v2"`), its own binary; it runs tasks with peapod's own launch path
+//! (`peapod monitor`, `peapod enter`: the `peapod` binary beside it, see [`peapod_binary`]),
+//! see [`task`].
 //!
 //! containerd runs `<shim> -namespace N -address A -id ID start` in the bundle dir; `start`
 //! finds or spawns the shim of the task's pod (grouped by the CRI's sandbox id annotation,
 //! else one per task) and prints its ttrpc address. `delete` cleans up after a shim that
 //! died. Everything else is the ttrpc task service.
 
+mod console;
 mod exec;
 mod oci;
 mod stats;
@@ -29,18 +30,6 @@ pub const BINARY: &str = "containerd-shim-peapod-v2";
 const RUNTIME_ID: &str = "io.containerd.peapod.v2";
 /// The CRI plugin's annotation naming the pod a container belongs to.
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// Whether this process was started as the shim (by its name).
-pub fn invoked_as_shim() -> bool {
-    std::env::args_os()
-        .next()
-        .and_then(|a| {
-            Path::new(&a)
-                .file_name()
-                .map(|n| n == std::ffi::OsStr::new(BINARY))
-        })
-        .unwrap_or(false)
-}
 
 pub fn main() -> ExitCode {
     containerd_shim::run::<Shim>(RUNTIME_ID, None);
@@ -129,6 +118,26 @@ impl containerd_shim::Shim for Shim {
             cgroups,
         )
     }
+}
+
+/// The `peapod` binary, whose `monitor` and `enter` run the tasks: the one beside this
+/// binary (its real path), else the first on PATH. Its own process, not the shim's: a monitor
+/// carries none of the shim's code.
+pub fn peapod_binary() -> std::path::PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.canonicalize().ok())
+        .and_then(|exe| Some(exe.parent()?.join("peapod")))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| Path::new(dir).join("peapod"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| "peapod".into())
 }
 
 /// The pod a bundle's container belongs to, from the CRI plugin's annotation.

@@ -3,8 +3,7 @@
 //! the same launch path as a CRI container of `peapod serve`.
 //!
 //! What the launch path cannot do is refused with the field that asks for it, never run
-//! differently: user and time namespaces, joining a mount or cgroup namespace, a terminal,
-//! mounts other than binds, tmpfs and the standard filesystems (`/proc`, `/dev`, `/dev/pts`,
+//! differently: user and time namespaces, joining a mount or cgroup namespace, mounts other than binds, tmpfs and the standard filesystems (`/proc`, `/dev`, `/dev/pts`,
 //! `/dev/shm`, `/dev/mqueue`, `/sys`, `/sys/fs/cgroup`, which the init makes itself).
 
 use std::path::{Path, PathBuf};
@@ -55,6 +54,8 @@ pub struct Task<'a> {
     pub fifos: Fifos,
     pub control_socket: PathBuf,
     pub cgroups: Vec<CgroupDir>,
+    /// The task's stdio is a terminal (its slave in every FIFO path).
+    pub terminal: bool,
 }
 
 pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError> {
@@ -62,8 +63,11 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         .process()
         .as_ref()
         .ok_or_else(|| invalid("process", "is missing"))?;
-    if process.terminal().unwrap_or(false) {
-        return Err(unsupported("process.terminal"));
+    if process.terminal().unwrap_or(false) != task.terminal {
+        return Err(invalid(
+            "process.terminal",
+            "differs from the request's terminal",
+        ));
     }
     let argv = process.args().clone().unwrap_or_default();
     if argv.first().is_none_or(String::is_empty) {
@@ -122,7 +126,10 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         oom_score_adj: process.oom_score_adj(),
         log_path: None,
         control_socket: task.control_socket.clone(),
-        stdio: StdioMode::default(),
+        stdio: StdioMode {
+            tty: task.terminal,
+            ..StdioMode::default()
+        },
         fifos: Some(task.fifos.clone()),
         hostname,
         sysctls: sysctls(spec)?,

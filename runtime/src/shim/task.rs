@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +26,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use sha2::{Digest, Sha256};
 
+use super::console::Console;
 use super::exec::{self, ExecProc};
 use super::oci::{self, RootMount};
 use crate::container::cgroup;
@@ -80,6 +82,9 @@ struct Task {
     phase: Mutex<Phase>,
     changed: Condvar,
     execs: Mutex<HashMap<String, Arc<ExecProc>>>,
+    /// With a terminal: its master, and the slave until the monitor has opened it.
+    console: Option<Console>,
+    slave: Mutex<Option<OwnedFd>>,
 }
 
 impl Task {
@@ -154,7 +159,7 @@ impl Service {
             exit,
             tasks: Mutex::new(HashMap::new()),
             cgroups: Arc::new(cgroups),
-            exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            exe: super::peapod_binary(),
         }
     }
 
@@ -213,7 +218,31 @@ impl Service {
                     .collect()
             })
             .unwrap_or_default();
-        let fifo = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        let (console, slave) = if req.terminal {
+            let (c, s) =
+                Console::open(Path::new("/")).map_err(|e| internal("open a terminal", e))?;
+            (Some(c), Some(s))
+        } else {
+            (None, None)
+        };
+        let fifos = match &slave {
+            Some(slave) => {
+                let path = Some(Console::slave_path(slave));
+                Fifos {
+                    stdin: path.clone(),
+                    stdout: path.clone(),
+                    stderr: path,
+                }
+            }
+            None => {
+                let fifo = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+                Fifos {
+                    stdin: fifo(&req.stdin),
+                    stdout: fifo(&req.stdout),
+                    stderr: fifo(&req.stderr),
+                }
+            }
+        };
         let launch = oci::launch_spec(
             &spec,
             &oci::Task {
@@ -221,13 +250,10 @@ impl Service {
                 bundle: &bundle,
                 dir: &dir,
                 rootfs: &rootfs,
-                fifos: Fifos {
-                    stdin: fifo(&req.stdin),
-                    stdout: fifo(&req.stdout),
-                    stderr: fifo(&req.stderr),
-                },
+                fifos,
                 control_socket: dir.join("control.sock"),
                 cgroups: cgroup_dirs.clone(),
+                terminal: req.terminal,
             },
         )
         .map_err(oci_error)?;
@@ -267,6 +293,8 @@ impl Service {
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
             execs: Mutex::new(HashMap::new()),
+            console,
+            slave: Mutex::new(slave),
         }))
     }
 
@@ -541,9 +569,6 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if req.terminal {
-            return Err(status(Code::UNIMPLEMENTED, "a terminal for a task"));
-        }
         let task = self.create_task(&req)?;
         self.tasks
             .lock()
@@ -598,6 +623,14 @@ impl containerd_shim::Task for Service {
                 return Err(e);
             }
         };
+        if let Some(console) = &task.console {
+            let (stdin, stdout) = (&task.io.0, &task.io.1);
+            if let Err(e) = console.pump(stdin, stdout) {
+                containerd_shim::warn!("cannot copy the terminal of {}: {e}", task.id);
+            }
+        }
+        // The monitor holds the terminal now; the task's end is its last slave's.
+        task.slave.lock().expect("lock").take();
         let pid = running.init.pid as u32;
         *task.phase.lock().expect("lock") = Phase::Running(running);
         task.changed.notify_all();
@@ -784,6 +817,29 @@ impl containerd_shim::Task for Service {
             self.cgroups.version() == 2,
         )
         .map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let task = self.task(&req.id)?;
+        let (cols, rows) = (
+            u16::try_from(req.width).unwrap_or(u16::MAX),
+            u16::try_from(req.height).unwrap_or(u16::MAX),
+        );
+        let resized = if req.exec_id.is_empty() {
+            let console = task
+                .console
+                .as_ref()
+                .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the task has no terminal"))?;
+            console.resize(cols, rows)
+        } else {
+            task.exec(&req.exec_id)?.resize(cols, rows)?
+        };
+        resized.map_err(|e| internal("resize the terminal", e))?;
         Ok(api::Empty::new())
     }
 

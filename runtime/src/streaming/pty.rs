@@ -30,27 +30,7 @@ impl Pty {
     /// falling back to the node's when that tree has no usable `/dev/ptmx`. Both ends close
     /// on exec, so no other child inherits them.
     pub fn open_in(root: &Path) -> io::Result<Pty> {
-        let open = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
-                .open(p)
-        };
-        let master: OwnedFd = match open(&root.join("dev/ptmx")) {
-            Ok(f) => f.into(),
-            Err(_) => open(Path::new("/dev/ptmx"))?.into(),
-        };
-        let unlock: libc::c_int = 0;
-        // SAFETY: TIOCSPTLCK reads an int from a valid pointer; the fd is an open ptmx.
-        let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
-        nix::errno::Errno::result(r)?;
-        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-        // SAFETY: TIOCGPTPEER opens the slave of this master and returns a new fd (or -1).
-        let peer = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-        let peer = nix::errno::Errno::result(peer)?;
-        // SAFETY: `peer` is a fresh fd the kernel just returned, owned by nobody else.
-        let slave = unsafe { OwnedFd::from_raw_fd(peer) };
+        let (master, slave) = open_pair(root)?;
         let fl = OFlag::from_bits_truncate(fcntl(&master, nix::fcntl::F_GETFL)?);
         fcntl(&master, nix::fcntl::F_SETFL(fl | OFlag::O_NONBLOCK))?;
         Ok(Pty {
@@ -64,22 +44,55 @@ impl Pty {
     }
 }
 
+/// A (master, slave) pair, both blocking and close-on-exec, from the devpts instance of
+/// the tree at `root` (falling back to the node's, see [`Pty::open_in`]).
+pub fn open_pair(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
+            .open(p)
+    };
+    let master: OwnedFd = match open(&root.join("dev/ptmx")) {
+        Ok(f) => f.into(),
+        Err(_) => open(Path::new("/dev/ptmx"))?.into(),
+    };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from a valid pointer; the fd is an open ptmx.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    nix::errno::Errno::result(r)?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER opens the slave of this master and returns a new fd (or -1).
+    let peer = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    let peer = nix::errno::Errno::result(peer)?;
+    // SAFETY: `peer` is a fresh fd the kernel just returned, owned by nobody else.
+    let slave = unsafe { OwnedFd::from_raw_fd(peer) };
+    Ok((master, slave))
+}
+
+/// Sets the window size of the terminal whose master is `master` (its processes get
+/// SIGWINCH).
+pub fn set_winsize(master: std::os::fd::BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: the fd is an open pty master, and `ws` is a valid winsize that the kernel only
+    // reads.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    nix::errno::Errno::result(r)?;
+    Ok(())
+}
+
 use std::os::unix::fs::OpenOptionsExt as _;
 
 impl Master {
     /// Sets the terminal's window size (the command gets SIGWINCH).
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: the fd is an open pty master for the lifetime of `self`, and `ws` is a
-        // valid winsize that the kernel only reads.
-        let r = unsafe { libc::ioctl(self.0.get_ref().as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        nix::errno::Errno::result(r)?;
-        Ok(())
+        set_winsize(self.0.get_ref().as_fd(), cols, rows)
     }
 }
 

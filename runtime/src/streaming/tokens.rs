@@ -101,7 +101,7 @@ impl Tokens {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.lock().expect("lock").len()
     }
 }

@@ -74,6 +74,7 @@ fn task(rootfs: &[RootMount]) -> Task<'_> {
         },
         control_socket: "/run/task/control.sock".into(),
         cgroups: Vec::new(),
+        terminal: false,
     }
 }
 
@@ -119,6 +120,7 @@ fn a_bundle_becomes_a_launch_spec() {
         Some("/run/fifo/out".into())
     );
     assert!(l.log_path.is_none() && l.seccomp.is_none());
+    assert!(!l.stdio.tty);
 
     let ns = &l.namespaces;
     assert_eq!(ns.net, Some("/var/run/netns/pod".into()));
@@ -192,10 +194,11 @@ fn what_the_launch_path_cannot_do_is_refused() {
     };
     let mounts = overlay();
     let unsupported = |e: OciError| matches!(e, OciError::Unsupported { .. });
-    assert!(unsupported(refused(
-        &|v| v["process"]["terminal"] = json!(true),
-        &mounts
-    )));
+    // A terminal the request did not ask for.
+    assert!(matches!(
+        refused(&|v| v["process"]["terminal"] = json!(true), &mounts),
+        OciError::Invalid { .. }
+    ));
     assert!(unsupported(refused(
         &|v| v["linux"]["namespaces"]
             .as_array_mut()
@@ -276,4 +279,15 @@ fn cgroup_paths_and_resources() {
     v["linux"].as_object_mut().unwrap().remove("resources");
     assert_eq!(cgroup_path(&spec(&v)).unwrap(), None);
     assert_eq!(resources(&spec(&v)), Resources::default());
+}
+
+#[test]
+fn a_terminal_task_gets_a_tty() {
+    let mut v = config();
+    v["process"]["terminal"] = json!(true);
+    let mounts = overlay();
+    let mut t = task(&mounts);
+    t.terminal = true;
+    let l = launch_spec(&spec(&v), &t).unwrap();
+    assert!(l.stdio.tty);
 }

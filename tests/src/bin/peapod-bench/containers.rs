@@ -6,6 +6,7 @@
 //! The image must be on the runtime already: without it (ImageStatus answers no image) the
 //! rows are skipped with a note. Container logs go to a temp dir removed at the end.
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -72,6 +73,25 @@ async fn monitor_pid(client: &mut Client, id: &str) -> Option<u32> {
         .info;
     let json: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
     json.get("monitorPid")?.as_u64()?.try_into().ok()
+}
+
+/// Total VmRSS of the processes whose argv[0] passes `wanted` (`peapod` is what monitors
+/// call themselves).
+fn rss_where(wanted: impl Fn(&str) -> bool) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+                wanted(&String::from_utf8_lossy(argv0))
+            })
+        })
+        .filter_map(rss_bytes)
+        .sum()
 }
 
 /// Pause + monitor VmRSS of one pod, if both pids are known.
@@ -238,6 +258,27 @@ impl Containers {
             v.sort_unstable();
             v.get(v.len().saturating_sub(1) / 2).copied()
         });
+        // Under containerd: what its shims (and, for peapod's shim, the monitors it runs)
+        // hold for all the pods, while they all run.
+        let shims = rss_where(|argv0| {
+            Path::new(argv0)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim"))
+        });
+        let per_pod = |bytes: u64| Some(bytes / n.max(1) as u64);
+        let shim_rows = if shims > 0 {
+            let monitors = rss_where(|argv0| argv0 == "peapod");
+            let mut pauses = 0;
+            for (pod, _) in &made {
+                pauses += match pause_pid(client, pod).await {
+                    Some(pid) => rss_bytes(pid).unwrap_or(0),
+                    None => 0,
+                };
+            }
+            Some((per_pod(shims), per_pod(shims + monitors + pauses)))
+        } else {
+            None
+        };
         let mut teardown = Samples::default();
         for (pod, id) in &made {
             teardown.push(self.remove(client, id).await?);
@@ -264,6 +305,18 @@ impl Containers {
             value: Value::Bytes(overhead),
             target: Target::BytesUnder(2 << 20),
         });
+        if let Some((shim, all)) = shim_rows {
+            rows.push(Row {
+                what: format!("containerd shims' RSS per pod ({n} pods)"),
+                value: Value::Bytes(shim),
+                target: Target::BytesUnder(3 << 20),
+            });
+            rows.push(Row {
+                what: format!("per-pod RSS, shims + monitors + pause ({n} pods)"),
+                value: Value::Bytes(all),
+                target: Target::None,
+            });
+        }
         Ok(())
     }
 }

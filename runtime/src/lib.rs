@@ -1,0 +1,20 @@
+//! peapod's runtime: the CRI daemon, its containers' monitor and init, the image store, and
+//! the containerd shim. Two binaries use it: `peapod` (the daemon, its CLI and the helpers
+//! it runs: `peapod monitor`, `peapod enter`) and `containerd-shim-peapod-v2`.
+
+pub mod client;
+pub mod config;
+pub mod container;
+pub mod cri;
+pub mod ctr_client;
+pub mod daemon;
+pub mod errors;
+pub mod fault;
+pub mod image;
+pub mod image_cmd;
+pub mod monitor;
+pub mod network;
+pub mod sandbox;
+pub mod shim;
+pub mod store;
+pub mod streaming;
