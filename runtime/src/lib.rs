@@ -1,6 +1,6 @@
-//! peapod's runtime: the CRI daemon, its containers' monitor and init, the image store, and
-//! the containerd shim. Two binaries use it: `peapod` (the daemon, its CLI and the helpers
-//! it runs: `peapod monitor`, `peapod enter`) and `containerd-shim-peapod-v2`.
+//! peapod's runtime: the CRI daemon, its containers' monitor and init, the image store. The
+//! `peapod` binary (the daemon, its CLI and the helpers it runs: `peapod monitor`, `peapod
+//! enter`) is built on it, and so is the containerd shim (the `shim` crate).
 
 pub mod client;
 pub mod config;
@@ -15,6 +15,5 @@ pub mod image_cmd;
 pub mod monitor;
 pub mod network;
 pub mod sandbox;
-pub mod shim;
 pub mod store;
 pub mod streaming;

@@ -29,13 +29,13 @@ use sha2::{Digest, Sha256};
 use super::console::Console;
 use super::exec::{self, ExecProc};
 use super::oci::{self, RootMount};
-use crate::container::cgroup;
-use crate::container::launch::{CgroupDir, Fifos};
-use crate::container::model::{ExitRecord, Running};
-use crate::monitor::{EXIT_FILE, LAUNCH_FILE, MONITOR_FILE, Reply};
-use crate::sandbox::cgroup::{Cgroups, Hierarchy};
-use crate::sandbox::process::{self, ProcRef};
-use crate::store;
+use peapod::container::cgroup;
+use peapod::container::launch::{CgroupDir, Fifos};
+use peapod::container::model::{ExitRecord, Running};
+use peapod::monitor::{EXIT_FILE, LAUNCH_FILE, MONITOR_FILE, Reply};
+use peapod::sandbox::cgroup::{Cgroups, Hierarchy};
+use peapod::sandbox::process::{self, ProcRef};
+use peapod::store;
 
 /// Where the shim keeps its tasks' directories (sockets live there: short paths).
 pub const TASK_ROOT: &str = "/run/peapod-shim";

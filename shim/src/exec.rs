@@ -14,12 +14,12 @@ use containerd_shim::monitor::{Topic, monitor_subscribe, wait_pid};
 use containerd_shim::protos::ttrpc::{self, Code};
 use sha2::{Digest, Sha256};
 
-use crate::container::launch::LaunchSpec;
-use crate::container::user::User;
-use crate::monitor::LAUNCH_FILE;
-use crate::monitor::fifo::{self, Dir};
-use crate::sandbox::process::ProcRef;
-use crate::store;
+use peapod::container::launch::LaunchSpec;
+use peapod::container::user::User;
+use peapod::monitor::LAUNCH_FILE;
+use peapod::monitor::fifo::{self, Dir};
+use peapod::sandbox::process::ProcRef;
+use peapod::store;
 
 use super::console::Console;
 

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::container::launch::{
+use peapod::container::launch::{
     Bind, CgroupDir, Fifos, LaunchSpec, Namespaces, NewNamespaces, PidNs, Rootfs, Tmpfs,
 };
-use crate::container::model::{Propagation, Resources, StdioMode};
-use crate::container::user::User;
+use peapod::container::model::{Propagation, Resources, StdioMode};
+use peapod::container::user::User;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OciError {

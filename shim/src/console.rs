@@ -8,8 +8,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::monitor::fifo::{self, Dir};
-use crate::streaming::pty;
+use peapod::monitor::fifo::{self, Dir};
+use peapod::streaming::pty;
 
 pub struct Console {
     master: File,

@@ -10,7 +10,7 @@ use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
-use crate::container::stats::CgroupReader;
+use peapod::container::stats::CgroupReader;
 
 /// The metrics of the cgroup in `dirs` (one per v1 hierarchy, or the v2 one).
 pub fn metrics(dirs: &[PathBuf], is_v2: bool) -> Result<Any, String> {
