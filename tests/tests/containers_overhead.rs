@@ -7,12 +7,14 @@ use anyhow::{Context, Result, ensure};
 use peapod_tests::containers::{BUSYBOX, container_config};
 
 /// Pause + monitor of a one-container pod, in KiB: the target is 2 MiB for release builds
-/// (`hack/bench`); a debug build runs far more code pages, so it only gets a sanity bound.
+/// (`hack/bench`); a debug build runs far more code pages, so it only gets a sanity bound
+/// (10 MiB since the runtime became a library: its debug binary's pages the monitor touches
+/// came to 8-9 MiB).
 fn budget_kib() -> u64 {
     let release = peapod_tests::bin_dir()
         .components()
         .any(|c| c.as_os_str() == "release");
-    if release { 2048 } else { 8192 }
+    if release { 2048 } else { 10240 }
 }
 
 async fn rss_kib(node: &peapod_tests::Node, pid: u64) -> Result<u64> {

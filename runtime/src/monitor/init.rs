@@ -200,6 +200,7 @@ fn container_process(spec: &LaunchSpec, mut go: &File) -> InitError {
     {
         return InitError::Stdio(e);
     }
+    super::cloexec_above_stderr();
     process::become_command(spec, &spec.argv, &spec.env, &spec.cwd, false).into()
 }
 

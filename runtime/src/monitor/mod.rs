@@ -99,17 +99,26 @@ fn reply(r: &Reply) {
 
 /// Closes every fd above stderr that this process inherited: whatever its parent left open
 /// without close-on-exec (a containerd shim's crate does) must not reach the container.
+/// For `enter`, at its start, where nothing of its own is open above 2.
 pub fn close_inherited_fds() {
-    // SAFETY: close_range only closes fds; at the start of `monitor` and `enter` nothing of
-    // ours is open above 2 (the monitor's lock is its stdin).
+    // SAFETY: close_range only closes fds.
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
     }
 }
 
+/// Marks every fd above stderr close-on-exec: the container's process, right before it
+/// becomes the command, keeps nothing a parent left open.
+pub fn cloexec_above_stderr() {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+    }
+}
+
 /// Entry point of `peapod monitor`.
 pub fn main(dir: &Path) -> ExitCode {
-    close_inherited_fds();
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => {
