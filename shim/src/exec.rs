@@ -12,7 +12,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use containerd_shim::api;
 use containerd_shim::monitor::{Topic, monitor_subscribe, wait_pid};
 use containerd_shim::protos::ttrpc::{self, Code};
-use sha2::{Digest, Sha256};
 
 use peapod::container::launch::LaunchSpec;
 use peapod::container::user::User;
@@ -25,9 +24,7 @@ use super::console::Console;
 
 type Result<T> = std::result::Result<T, ttrpc::Error>;
 
-fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
-}
+use super::task::status;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -94,12 +91,7 @@ impl ExecProc {
         if let Some(nnp) = process.no_new_privileges() {
             spec.no_new_privs = nnp;
         }
-        let mut h = Sha256::new();
-        h.update(req.exec_id.as_bytes());
-        let name: String = h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let name = peapod::image::Digest::of(req.exec_id.as_bytes()).hex()[..16].to_owned();
         let dir = task_dir.join("exec").join(name);
         fs::create_dir_all(&dir)
             .map_err(|e| status(Code::INTERNAL, format!("create {}: {e}", dir.display())))?;

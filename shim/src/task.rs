@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
@@ -24,7 +24,7 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::ttrpc::{self, Code, context::Context};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
-use sha2::{Digest, Sha256};
+use peapod::image::Digest;
 
 use super::console::Console;
 use super::exec::{self, ExecProc};
@@ -44,15 +44,8 @@ pub const TASK_ROOT: &str = "/run/peapod-shim";
 /// when containerd gives none. Named by a hash of namespace and id, short enough for the
 /// monitor's socket paths.
 pub fn task_dir(namespace: &str, id: &str) -> PathBuf {
-    let mut h = Sha256::new();
-    h.update(namespace.as_bytes());
-    h.update([0]);
-    h.update(id.as_bytes());
-    let hex: String = h.finalize()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Path::new(TASK_ROOT).join(hex)
+    let digest = Digest::of(format!("{namespace}\0{id}").as_bytes());
+    Path::new(TASK_ROOT).join(&digest.hex()[..24])
 }
 
 /// What the task dir says of a task, for the shim and for `delete` after a shim died.
@@ -119,7 +112,7 @@ pub struct Service {
     exe: PathBuf,
 }
 
-fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
+pub(crate) fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
@@ -127,11 +120,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ttrpc::Error {
     status(Code::INTERNAL, format!("{what}: {e}"))
 }
 
-pub(super) fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
+pub(crate) use peapod::monitor::log::now_nanos;
 
 pub fn timestamp(nanos: i64) -> Timestamp {
     let mut t = Timestamp::new();
