@@ -14,6 +14,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use ipnet::IpNet;
 
 use crate::hostport::{HostPort, HostPortElement, MAP, MAP_ANY};
+use crate::service::{self, ServicePortRules};
 use crate::sysctl;
 
 /// The nftables table peapod owns, whole.
@@ -47,6 +48,18 @@ pub trait Firewall: Send + Sync {
     /// Makes again those of `rules` (from [`Self::add_pod`]) that are missing, e.g. after
     /// the table was deleted under a running pod; those there are left alone.
     fn restore_pod(&self, rules: &[String]) -> Result<(), FirewallError>;
+
+    /// Makes the Services in the kernel exactly `all`, in one transaction; what is there and
+    /// right stays as it is (established connections keep flowing).
+    fn sync_services(&self, all: &[ServicePortRules]) -> Result<(), FirewallError>;
+
+    /// Takes the service ports in `old` (as last applied) to `new`, in one transaction:
+    /// ports only in `old` go, ports only in `new` come.
+    fn change_services(
+        &self,
+        old: &[ServicePortRules],
+        new: &[ServicePortRules],
+    ) -> Result<(), FirewallError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +80,8 @@ pub enum FirewallError {
     Ipv6HostPorts { ip: IpAddr },
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
+    #[error("Services need peapod's nftables firewall, and this node has none")]
+    NoServices,
 }
 
 /// No filtering and no translation: for nodes where something else owns the firewall.
@@ -92,6 +107,21 @@ impl Firewall for NoFirewall {
 
     fn restore_pod(&self, _rules: &[String]) -> Result<(), FirewallError> {
         Ok(())
+    }
+
+    fn sync_services(&self, all: &[ServicePortRules]) -> Result<(), FirewallError> {
+        if all.is_empty() {
+            return Ok(());
+        }
+        Err(FirewallError::NoServices)
+    }
+
+    fn change_services(
+        &self,
+        _old: &[ServicePortRules],
+        _new: &[ServicePortRules],
+    ) -> Result<(), FirewallError> {
+        Err(FirewallError::NoServices)
     }
 }
 
@@ -209,6 +239,37 @@ impl Firewall for Nftables {
         s.push_str(&add_script(&elements));
         self.run(&s)
     }
+
+    fn sync_services(&self, all: &[ServicePortRules]) -> Result<(), FirewallError> {
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        service::declare(&mut s);
+        // Declared first, so that the listings below find the table.
+        self.run(&s)?;
+        let chains = self.nft(&["-j", "list", "chains", "inet"], "")?;
+        let sets = self.nft(&["-j", "list", "sets", "inet"], "")?;
+        let present = service::parse_present(&chains, &sets).map_err(FirewallError::Output)?;
+        let mut s = String::new();
+        service::sync(&mut s, &present, all);
+        self.run(&s)
+    }
+
+    fn change_services(
+        &self,
+        old: &[ServicePortRules],
+        new: &[ServicePortRules],
+    ) -> Result<(), FirewallError> {
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        service::declare(&mut s);
+        let ids: std::collections::BTreeSet<&str> =
+            old.iter().chain(new).map(|p| p.id.as_str()).collect();
+        for id in ids {
+            let find = |list: &'_ [ServicePortRules]| list.iter().find(|p| p.id == id).cloned();
+            service::change(&mut s, find(old).as_ref(), find(new).as_ref());
+        }
+        self.run(&s)
+    }
 }
 
 /// The node-wide part of the table, rebuilt atomically without touching the hostPort maps:
@@ -221,6 +282,7 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "add table inet {TABLE}");
     declare_maps(&mut s);
+    service::declare(&mut s);
     let chain = |s: &mut String, name: &str, hook: &str| {
         let _ = writeln!(
             s,
@@ -242,9 +304,26 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
     );
     // -100 is dstnat; nft 1.0.6 knows that name for prerouting only.
     chain(&mut s, "output", "type nat hook output priority -100");
-    for r in &dnat {
+    let (svc_nat, svc_reject) = service::lookup_rules();
+    for r in dnat.iter().chain(&svc_nat) {
         rule(&mut s, "prerouting", r);
         rule(&mut s, "output", r);
+    }
+    // Service ports without backends: refused at once rather than dropped (reject is a
+    // filter verdict, so these chains are filter chains on the same hooks).
+    chain(
+        &mut s,
+        "prerouting_filter",
+        "type filter hook prerouting priority filter",
+    );
+    chain(
+        &mut s,
+        "output_filter",
+        "type filter hook output priority filter",
+    );
+    for r in &svc_reject {
+        rule(&mut s, "prerouting_filter", r);
+        rule(&mut s, "output_filter", r);
     }
     chain(
         &mut s,
@@ -462,6 +541,15 @@ mod tests {
                 "add rule inet peapod {hook} fib daddr type local dnat ip to meta l4proto . th dport map @hostports_any\n"
             )));
         }
+        for hook in ["prerouting", "output"] {
+            assert!(script.contains(&format!(
+                "add rule inet peapod {hook} ip daddr . meta l4proto . th dport vmap @svc_ip4\n"
+            )));
+            assert!(script.contains(&format!(
+                "add rule inet peapod {hook}_filter ip daddr . meta l4proto . th dport @svc_noep4 goto svc_reject\n"
+            )));
+        }
+        assert!(!script.contains("flush map inet peapod svc_"), "{script}");
         assert!(script.contains("oifname \"peapod0\" ip saddr 127.0.0.0/8 masquerade"));
         assert!(script.contains(
             "iifname \"peapod0\" ip daddr 127.0.0.0/8 ct state != { established, related } drop"

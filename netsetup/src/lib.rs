@@ -12,6 +12,7 @@
 //! (lease files now) and [`firewall::Firewall`] (nftables, or none). Kernel links, addresses
 //! and routes go through [`netlink::Netlink`], a small synchronous rtnetlink wrapper.
 
+pub mod conntrack;
 pub mod driver;
 mod error;
 pub mod firewall;
@@ -21,6 +22,7 @@ pub mod netlink;
 pub mod netns;
 mod network;
 mod reaper;
+pub mod service;
 pub mod sysctl;
 
 use std::net::IpAddr;

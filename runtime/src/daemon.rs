@@ -21,6 +21,9 @@ use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::sandbox::cgroup::{Cgroups, Hierarchy};
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
+use crate::services::ServiceTable;
+use crate::services::api::ServicesApi;
+use peapod_proto::net::v1::services_server::ServicesServer;
 
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     fs::DirBuilder::new()
@@ -158,6 +161,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let net = net.clone();
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
     }
+    let services = Arc::new(ServiceTable::open(&cfg.state_dir, net.clone())?);
+    match services.sync().await {
+        Ok(n) => info!(services = n, "services in place"),
+        // Served anyway: pods need no Service, and each change syncs what it touches.
+        Err(e) => tracing::error!(error = %crate::errors::chain(&e), "cannot program the services"),
+    }
 
     let streaming =
         crate::streaming::StreamServer::start(&cfg, containers.clone(), sandboxes.clone()).await?;
@@ -173,6 +182,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))
         .add_service(ImageServiceServer::new(svc))
+        .add_service(ServicesServer::new(ServicesApi { table: services }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("CRI server failed")?;

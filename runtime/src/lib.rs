@@ -15,5 +15,6 @@ pub mod image_cmd;
 pub mod monitor;
 pub mod network;
 pub mod sandbox;
+pub mod services;
 pub mod store;
 pub mod streaming;

@@ -1,6 +1,6 @@
 //! peapod: a Kubernetes CRI runtime whose pods come with their networking built in.
 
-use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, sandbox};
+use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, sandbox, services};
 
 use std::path::PathBuf;
 
@@ -47,6 +47,13 @@ enum Cmd {
         socket: SocketArg,
         #[command(subcommand)]
         cmd: ctr_client::CtrCmd,
+    },
+    /// Services (virtual IPs) of a running daemon.
+    Service {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(subcommand)]
+        cmd: services::cmd::ServiceCmd,
     },
     /// Import and list images in the image store.
     Image {
@@ -254,6 +261,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Ctr { socket, cmd } => client_rt()
             .and_then(|rt| rt.block_on(ctr_client::run(&socket.socket, cmd)))
             .map(|code| exit = code),
+        Cmd::Service { socket, cmd } => {
+            client_rt().and_then(|rt| rt.block_on(services::cmd::run(&socket.socket, cmd)))
+        }
         Cmd::Image {
             state_dir,
             socket,

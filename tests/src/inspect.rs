@@ -187,10 +187,10 @@ impl Node {
         let mut found = Vec::new();
         let items = doc["nftables"].as_array().cloned().unwrap_or_default();
         for map in items.iter().filter_map(|i| i.get("map")) {
-            if map["table"] != "peapod" {
+            let name = map["name"].as_str().unwrap_or_default();
+            if map["table"] != "peapod" || !name.starts_with("hostports") {
                 continue;
             }
-            let name = map["name"].as_str().unwrap_or_default();
             for elem in map["elem"].as_array().into_iter().flatten() {
                 let part = |i: usize| {
                     elem[i]["concat"]

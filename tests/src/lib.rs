@@ -24,6 +24,7 @@ mod inspect;
 mod node;
 mod pods;
 mod registry;
+mod services;
 mod spawn;
 #[path = "../../runtime/src/streaming/spdy.rs"]
 pub mod spdy;

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use crate::driver::{BridgeVeth, LinkDriver, PodLinkSpec};
 use crate::firewall::{Firewall, Nftables, PodRules};
 use crate::ipam::{self, HostLocal, Ipam, Release};
+use crate::service::ServicePortRules;
 use crate::sysctl;
 use crate::{AttachRequest, Attachment, DetachError, Lease, NetError, NodeNetConfig, chain};
 
@@ -161,6 +162,20 @@ impl Network {
     /// Makes again those of a pod's recorded rules that are missing from the kernel.
     pub fn restore_rules(&self, rules: &[String]) -> Result<(), NetError> {
         Ok(self.firewall.restore_pod(rules)?)
+    }
+
+    /// Makes the kernel's Services exactly `all` (start-up, or after the table was lost).
+    pub fn sync_services(&self, all: &[ServicePortRules]) -> Result<(), NetError> {
+        Ok(self.firewall.sync_services(all)?)
+    }
+
+    /// Takes some service ports from `old` (as last applied) to `new`, in one transaction.
+    pub fn change_services(
+        &self,
+        old: &[ServicePortRules],
+        new: &[ServicePortRules],
+    ) -> Result<(), NetError> {
+        Ok(self.firewall.change_services(old, new)?)
     }
 
     /// All leases on disk.

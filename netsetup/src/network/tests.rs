@@ -115,6 +115,21 @@ impl Firewall for FakeFirewall {
     fn restore_pod(&self, _rules: &[String]) -> Result<(), FirewallError> {
         Ok(())
     }
+
+    fn sync_services(
+        &self,
+        _all: &[crate::service::ServicePortRules],
+    ) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
+    fn change_services(
+        &self,
+        _old: &[crate::service::ServicePortRules],
+        _new: &[crate::service::ServicePortRules],
+    ) -> Result<(), FirewallError> {
+        Ok(())
+    }
 }
 
 struct Fixture {

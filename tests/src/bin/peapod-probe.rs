@@ -7,7 +7,13 @@
 //! peapod-probe connect ADDR:PORT [--timeout-ms N] connect (default 2000 ms), print what the
 //!                                                  peer says; exit 1 on any failure
 //! peapod-probe udp-listen ADDR:PORT [--count N]   the same over UDP: answer N datagrams
-//! peapod-probe udp-ask ADDR:PORT [--timeout-ms N] send one datagram, print the answer
+//! peapod-probe udp-ask ADDR:PORT [--timeout-ms N] send one datagram, print the answer (which
+//!                                                  must come from ADDR:PORT)
+//! peapod-probe udp-ask-from SPORT ADDR:PORT        the same from local port SPORT
+//! peapod-probe tally ADDR:PORT [--count N]         N connections (default 100), one after the
+//!                                                  other; print "<times> <answer>" per answer
+//! peapod-probe udp-tally ADDR:PORT [--count N]     the same with N datagrams, each from a
+//!                                                  socket (a source port) of its own
 //! ```
 //! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
 //! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
@@ -21,10 +27,28 @@ const USAGE: &str = "usage: peapod-probe [udp-]listen ADDR:PORT [--count N]\n   
                      peapod-probe connect|udp-ask ADDR:PORT [--timeout-ms N]";
 
 enum Cmd {
-    Listen { addr: SocketAddr, count: u64 },
-    Connect { addr: SocketAddr, timeout: Duration },
-    UdpListen { addr: SocketAddr, count: u64 },
-    UdpAsk { addr: SocketAddr, timeout: Duration },
+    Listen {
+        addr: SocketAddr,
+        count: u64,
+    },
+    Connect {
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    UdpListen {
+        addr: SocketAddr,
+        count: u64,
+    },
+    UdpAsk {
+        addr: SocketAddr,
+        timeout: Duration,
+        sport: u16,
+    },
+    Tally {
+        addr: SocketAddr,
+        count: u64,
+        udp: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,7 +64,12 @@ fn main() -> ExitCode {
         Cmd::Listen { addr, count } => listen(addr, count),
         Cmd::Connect { addr, timeout } => connect(addr, timeout),
         Cmd::UdpListen { addr, count } => udp_listen(addr, count),
-        Cmd::UdpAsk { addr, timeout } => udp_ask(addr, timeout),
+        Cmd::UdpAsk {
+            addr,
+            timeout,
+            sport,
+        } => udp_ask(addr, timeout, sport).map(|answer| print!("{answer}")),
+        Cmd::Tally { addr, count, udp } => tally(addr, count, udp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +82,20 @@ fn main() -> ExitCode {
 
 fn parse(args: &[String]) -> Result<Cmd, String> {
     let (verb, rest) = args.split_first().ok_or("missing command")?;
+    if verb == "udp-ask-from" {
+        let [sport, addr] = rest else {
+            return Err("want SPORT ADDR:PORT".into());
+        };
+        return Ok(Cmd::UdpAsk {
+            addr: addr
+                .parse()
+                .map_err(|e| format!("bad address {addr:?}: {e}"))?,
+            timeout: Duration::from_secs(2),
+            sport: sport
+                .parse()
+                .map_err(|e| format!("bad port {sport:?}: {e}"))?,
+        });
+    }
     let (addr, opts) = rest.split_first().ok_or("missing ADDR:PORT")?;
     let addr: SocketAddr = addr
         .parse()
@@ -82,6 +125,12 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
         "udp-ask" => Ok(Cmd::UdpAsk {
             addr,
             timeout: Duration::from_millis(option("--timeout-ms", 2000)?),
+            sport: 0,
+        }),
+        "tally" | "udp-tally" => Ok(Cmd::Tally {
+            addr,
+            count: option("--count", 100)?,
+            udp: verb == "udp-tally",
         }),
         other => Err(format!("unknown command {other:?}")),
     }
@@ -134,23 +183,47 @@ fn udp_listen(addr: SocketAddr, count: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn udp_ask(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
-    let any: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
+/// One datagram to `addr` from local port `sport` (0: any); the answer. The socket is
+/// connected, so that only an answer from `addr` is taken and an ICMP error (a refusal) is
+/// reported rather than waited out.
+fn udp_ask(addr: SocketAddr, timeout: Duration, sport: u16) -> io::Result<String> {
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("a valid address");
-    let socket = UdpSocket::bind(any)?;
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(any, sport))?;
     socket.set_read_timeout(Some(timeout))?;
+    socket.connect(addr)?;
     socket
-        .send_to(b"hello\n", addr)
+        .send(b"hello\n")
         .map_err(|e| io::Error::new(e.kind(), format!("send to {addr}: {e}")))?;
     let mut buf = [0u8; 512];
-    let (n, _) = socket
-        .recv_from(&mut buf)
+    let n = socket
+        .recv(&mut buf)
         .map_err(|e| io::Error::new(e.kind(), format!("answer from {addr}: {e}")))?;
-    io::stdout().write_all(&buf[..n])?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// `count` connections (or datagrams) to `addr`; prints how often each answer came.
+fn tally(addr: SocketAddr, count: u64, udp: bool) -> io::Result<()> {
+    let timeout = Duration::from_secs(2);
+    let mut answers = std::collections::BTreeMap::<String, u64>::new();
+    for _ in 0..count {
+        let answer = if udp {
+            udp_ask(addr, timeout, 0)?
+        } else {
+            let mut conn = TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| io::Error::new(e.kind(), format!("connect {addr}: {e}")))?;
+            conn.set_read_timeout(Some(timeout))?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)?;
+            answer
+        };
+        *answers.entry(answer.trim().to_owned()).or_default() += 1;
+    }
+    for (answer, times) in answers {
+        println!("{times} {answer}");
+    }
     io::stdout().flush()
 }
