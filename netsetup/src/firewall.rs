@@ -5,6 +5,7 @@
 //! pod adds are elements of those maps, never rules or chains; [`Firewall::add_pod`] returns
 //! their ids, kept in [`crate::Attachment::rules`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::net::IpAddr;
@@ -254,19 +255,21 @@ impl Firewall for Nftables {
         self.run(&s)
     }
 
-    fn change_services(
+    fn change_services<'a>(
         &self,
-        old: &[ServicePortRules],
-        new: &[ServicePortRules],
+        old: &'a [ServicePortRules],
+        new: &'a [ServicePortRules],
     ) -> Result<(), FirewallError> {
         let mut s = String::new();
         let _ = writeln!(s, "add table inet {TABLE}");
         service::declare(&mut s);
-        let ids: std::collections::BTreeSet<&str> =
-            old.iter().chain(new).map(|p| p.id.as_str()).collect();
+        let by_id = |list: &'a [ServicePortRules]| -> BTreeMap<&'a str, &'a ServicePortRules> {
+            list.iter().map(|p| (p.id.as_str(), p)).collect()
+        };
+        let (old, new) = (by_id(old), by_id(new));
+        let ids: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
         for id in ids {
-            let find = |list: &'_ [ServicePortRules]| list.iter().find(|p| p.id == id).cloned();
-            service::change(&mut s, find(old).as_ref(), find(new).as_ref());
+            service::change(&mut s, old.get(id).copied(), new.get(id).copied());
         }
         self.run(&s)
     }

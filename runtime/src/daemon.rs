@@ -182,7 +182,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))
         .add_service(ImageServiceServer::new(svc))
-        .add_service(ServicesServer::new(ServicesApi { table: services }))
+        .add_service(
+            // A whole node's Services in one ApplyServices: 10,000 are ~2 MiB.
+            ServicesServer::new(ServicesApi { table: services })
+                .max_decoding_message_size(64 << 20),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("CRI server failed")?;

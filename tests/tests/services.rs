@@ -2,8 +2,8 @@
 //! the virtual address, a pod reaches itself through its Service (hairpin), UDP too; ClientIP
 //! affinity sticks; an endpoint removed gets no new connection and its UDP flows are
 //! forgotten; a Service without endpoints refuses at once; NodePorts answer on the node's
-//! address; bad requests change nothing; a daemon SIGKILL and restart keep every Service and
-//! collect what no record names.
+//! address; bad requests change nothing; 10,000 Services load in one transaction; a daemon
+//! SIGKILL and restart keep every Service and collect what no record names.
 
 mod common;
 
@@ -502,7 +502,7 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
     let all = pods(&node, &["keep-a", "client"]).await?;
     let (web, client) = (&all[0], &all[1]);
     let listener = node.listen_in_pod(&web.id, "0.0.0.0:80", 100).await?;
-    for (name, ip) in [("keep", "10.96.0.50"), ("lost", "10.96.0.51")] {
+    for (name, ip) in [("keep", "10.96.0.50"), ("other", "10.96.0.51")] {
         node.service_ok(&[
             "add",
             name,
@@ -535,19 +535,16 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
     let backend_chain = format!("_{tag}_0050");
     let keep_before = chains_of(&node, &chain, &backend_chain).await?;
 
-    // SIGKILL; the record of "lost" goes while the daemon is down (as if its removal had
-    // reached the kernel's rules but not the disk the other way round).
+    // SIGKILL, then a chain and an element that no record names appear: what a crash after
+    // the kernel transaction and before the record write leaves.
     node.kill_daemon().await?;
-    let dir = node.state_dir().join("services");
-    let mut removed = 0;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if std::fs::read_to_string(&path)?.contains("\"lost\"") {
-            std::fs::remove_file(&path)?;
-            removed += 1;
-        }
+    for cmd in [
+        "add chain inet peapod svc_0123456789abcdef_tcp80",
+        "add element inet peapod svc_ip4 { 10.96.0.52 . tcp . 80 : goto svc_0123456789abcdef_tcp80 }",
+    ] {
+        let args: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        node.exec(&args).await?;
     }
-    ensure!(removed == 1, "one record of lost in {}", dir.display());
     ensure!(
         node.connect_from_pod(&client.id, "10.96.0.50:80")
             .await?
@@ -558,7 +555,14 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
     node.start_daemon().await?;
 
     let after = node.service_rules().await?;
-    ensure!(!after.contains("10.96.0.51"), "the orphan stays: {after}");
+    ensure!(
+        after.contains("10.96.0.51 . tcp . 80"),
+        "other is gone: {after}"
+    );
+    ensure!(
+        !after.contains("10.96.0.52") && !after.contains("svc_0123456789abcdef"),
+        "the orphan stays: {after}"
+    );
     ensure!(
         after.contains(&format!("10.96.0.50 . tcp . 80 : goto {chain}")),
         "{after}"
@@ -581,6 +585,90 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
         "{show}"
     );
     drop(listener);
+    for p in &all {
+        node.stop_and_remove(&p.id).await?;
+    }
+    node.assert_empty().await
+}
+
+/// `n` Services 10.100.x.y:80 → the two pods' port 8080, named `s<i>`.
+fn many(n: u32, backends: &[&Pod]) -> Vec<pb::Service> {
+    (0..n)
+        .map(|i| {
+            let mut s = service(
+                &format!("s{i}"),
+                &format!("10.100.{}.{}", i / 250, i % 250 + 1),
+                80,
+            );
+            s.ports[0].target_port = 8080;
+            s.endpoints = backends
+                .iter()
+                .map(|p| pb::Endpoint {
+                    ip: p.ip.clone(),
+                    ready: true,
+                    ..Default::default()
+                })
+                .collect();
+            s
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ten_thousand_services_load_in_one_transaction() -> Result<()> {
+    let node = node_with_address().await?;
+    let all = pods(&node, &["big-a", "big-b", "client"]).await?;
+    let (web, client) = (&all[..2], &all[2]);
+    let mut listeners = Vec::new();
+    for p in web {
+        listeners.push(node.listen_in_pod(&p.id, "0.0.0.0:8080", 1000).await?);
+    }
+    let mut c = node.services().await?;
+    let started = std::time::Instant::now();
+    let r = c
+        .apply_services(pb::ApplyServicesRequest {
+            services: many(10_000, &[&web[0], &web[1]]),
+            prune: false,
+        })
+        .await?
+        .into_inner();
+    eprintln!("10,000 services applied in {:?}", started.elapsed());
+    ensure!(r.created == 10_000 && r.updated == 0, "{r:?}");
+    for addr in ["10.100.0.1:80", "10.100.39.250:80"] {
+        let answers = tally(&node, client, "tally", addr, 20).await?;
+        ensure!(answers.len() == 2, "{addr}: {answers:?}");
+    }
+    // One Service changes among 10,000: only its elements move.
+    let started = std::time::Instant::now();
+    let one = pb::SetEndpointsRequest {
+        namespace: "default".into(),
+        name: "s9999".into(),
+        endpoints: vec![pb::Endpoint {
+            ip: web[1].ip.clone(),
+            ready: true,
+            ..Default::default()
+        }],
+    };
+    c.set_endpoints(one).await?;
+    eprintln!("one change at 10,000 in {:?}", started.elapsed());
+    let answers = tally(&node, client, "tally", "10.100.39.250:80", 10).await?;
+    ensure!(answers.keys().eq(["big-b"]), "{answers:?}");
+    // The same again is no change at all; a prune to 10 removes the other 9,990.
+    let again = c
+        .apply_services(pb::ApplyServicesRequest {
+            services: many(10, &[&web[0], &web[1]]),
+            prune: true,
+        })
+        .await?
+        .into_inner();
+    ensure!(again.unchanged == 10 && again.removed == 9_990, "{again:?}");
+    let rules = node.service_rules().await?;
+    ensure!(!rules.contains("10.100.39.250"), "a pruned Service stays");
+    ensure!(
+        rules.matches("chain svc_").count() == 11,
+        "10 service chains and the reject chain:\n{rules}"
+    );
+    drop(listeners);
     for p in &all {
         node.stop_and_remove(&p.id).await?;
     }

@@ -27,12 +27,19 @@ fn changed(old: Option<&ServicePortRules>, new: Option<&ServicePortRules>) -> St
 }
 
 #[test]
-fn backends_are_picked_by_numgen_in_one_rule() {
-    let p = port("a1", &["10.88.0.5:8080", "10.88.0.6:8080"], None);
+fn backends_are_picked_by_numgen_one_rule_each() {
+    let p = port(
+        "a1",
+        &["10.88.0.5:8080", "10.88.0.6:8080", "10.88.0.7:8080"],
+        None,
+    );
     let s = changed(None, Some(&p));
     assert!(s.contains(
-        "add rule inet peapod svc_a1 meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.88.0.5 . 8080, 1 : 10.88.0.6 . 8080 }\n"
+        "add rule inet peapod svc_a1 numgen random mod 3 0 meta l4proto tcp dnat ip to 10.88.0.5:8080\n\
+         add rule inet peapod svc_a1 numgen random mod 2 0 meta l4proto tcp dnat ip to 10.88.0.6:8080\n\
+         add rule inet peapod svc_a1 meta l4proto tcp dnat ip to 10.88.0.7:8080\n"
     ), "{s}");
+    assert!(!s.contains(" map {"), "no anonymous map: {s}");
     assert!(s.contains("add element inet peapod svc_ip4 { 10.96.0.10 . tcp . 80 : goto svc_a1 }"));
     assert!(!s.contains("svc_noep4"), "{s}");
     let one = port("a1", &["10.88.0.5:8080"], None);
@@ -68,9 +75,13 @@ fn affinity_has_a_chain_and_a_timed_set_per_backend() {
         )));
         assert!(s.contains(&format!("update @aff_c_{tag} {{ ip saddr timeout 600s }}")));
     }
-    assert!(s.contains(
-        "numgen random mod 2 vmap { 0 : goto svc_c_0a580005_0050, 1 : goto svc_c_0a580006_0050 }"
-    ));
+    assert!(
+        s.contains(
+            "add rule inet peapod svc_c numgen random mod 2 0 goto svc_c_0a580005_0050\n\
+         add rule inet peapod svc_c goto svc_c_0a580006_0050\n"
+        ),
+        "{s}"
+    );
     // One backend goes: its chain and set go, the other's stay.
     let fewer = port("c", &["10.88.0.6:80"], Some(600));
     let s = changed(Some(&p), Some(&fewer));

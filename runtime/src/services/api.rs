@@ -109,4 +109,35 @@ impl pb::services_server::Services for ServicesApi {
             service: Some(service_to(&service)),
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn apply_services(
+        &self,
+        req: Request<pb::ApplyServicesRequest>,
+    ) -> Result<Response<pb::ApplyServicesResponse>, Status> {
+        let req = req.into_inner();
+        let mut wanted = Vec::with_capacity(req.services.len());
+        for (i, s) in req.services.into_iter().enumerate() {
+            let endpoints = s.endpoints.clone();
+            let at = |e: ServiceError| match e {
+                ServiceError::Invalid { field, reason } => ServiceError::Invalid {
+                    field: format!("services[{i}].{field}"),
+                    reason,
+                },
+                other => other,
+            };
+            let mut service = service_from(s).map_err(at)?;
+            service.endpoints = endpoints_from(&service, endpoints).map_err(at)?;
+            wanted.push(service);
+        }
+        tracing::info!(services = wanted.len(), prune = req.prune, "ApplyServices");
+        let done = self.table.apply_many(wanted, req.prune).await?;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::ApplyServicesResponse {
+            created: n(done.created),
+            updated: n(done.updated),
+            unchanged: n(done.unchanged),
+            removed: n(done.removed),
+        }))
+    }
 }

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use pb::services_client::ServicesClient;
 use peapod_proto::net::v1 as pb;
 
-use super::convert::{endpoints_from, service_from};
+use super::convert::{endpoints_from, service_from, service_to};
+use super::model::Service;
 
 #[derive(clap::Subcommand)]
 pub enum ServiceCmd {
@@ -48,6 +49,14 @@ pub enum ServiceCmd {
         name: String,
         #[arg(long, short, default_value = "default")]
         namespace: String,
+    },
+    /// Apply many Services with their endpoints in one transaction, from a JSON array of
+    /// Services as `show` prints them (`-`: standard input).
+    Apply {
+        file: std::path::PathBuf,
+        /// Remove every Service the file does not name.
+        #[arg(long)]
+        prune: bool,
     },
     /// A Service's endpoints.
     Endpoints {
@@ -251,6 +260,28 @@ pub async fn run(socket: &Path, cmd: ServiceCmd) -> anyhow::Result<()> {
             })
             .await?;
             writeln!(out, "{namespace}/{name}")?;
+        }
+        ServiceCmd::Apply { file, prune } => {
+            let json = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let services: Vec<Service> = serde_json::from_str(&json)
+                .with_context(|| format!("{} is not a JSON array of Services", file.display()))?;
+            let r = c
+                .apply_services(pb::ApplyServicesRequest {
+                    services: services.iter().map(service_to).collect(),
+                    prune,
+                })
+                .await?
+                .into_inner();
+            writeln!(
+                out,
+                "created {}, updated {}, unchanged {}, removed {}",
+                r.created, r.updated, r.unchanged, r.removed
+            )?;
         }
         ServiceCmd::Endpoints {
             cmd:
