@@ -14,6 +14,7 @@ packages=(
     nftables                   # nft: peapod's firewall table
     util-linux                 # unshare, nsenter, mount, mountpoint: the throwaway nodes
     procps                     # ps, pgrep
+    iputils-ping               # ping -M do: the multi-node tests check the VXLAN MTU
     jq                         # the demo reads `peapod pod inspect` JSON; make-test-images.sh
     busybox-static             # hack/make-test-images.sh builds the test images from it
     zstd                       # … and compresses one of their layers with it

@@ -27,6 +27,9 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    /// VXLAN needs this node's address on the node network (`node_ip`).
+    #[error("the VXLAN overlay needs this node's node_ip")]
+    NoNodeIp,
     #[error(transparent)]
     Ipam(IpamError),
     #[error(transparent)]

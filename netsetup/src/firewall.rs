@@ -61,6 +61,9 @@ pub trait Firewall: Send + Sync {
         old: &[ServicePortRules],
         new: &[ServicePortRules],
     ) -> Result<(), FirewallError>;
+
+    /// The pod CIDRs of the cluster, within which pod traffic is not masqueraded.
+    fn set_cluster_cidrs(&self, cidrs: &[ipnet::Ipv4Net]) -> Result<(), FirewallError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,10 @@ impl Firewall for NoFirewall {
         _new: &[ServicePortRules],
     ) -> Result<(), FirewallError> {
         Err(FirewallError::NoServices)
+    }
+
+    fn set_cluster_cidrs(&self, _cidrs: &[ipnet::Ipv4Net]) -> Result<(), FirewallError> {
+        Ok(())
     }
 }
 
@@ -273,6 +280,10 @@ impl Firewall for Nftables {
         }
         self.run(&s)
     }
+
+    fn set_cluster_cidrs(&self, cidrs: &[ipnet::Ipv4Net]) -> Result<(), FirewallError> {
+        self.run(&crate::peers::cidrs_script(cidrs))
+    }
 }
 
 /// The node-wide part of the table, rebuilt atomically without touching the hostPort maps:
@@ -286,6 +297,7 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
     let _ = writeln!(s, "add table inet {TABLE}");
     declare_maps(&mut s);
     service::declare(&mut s);
+    crate::peers::declare(&mut s);
     let chain = |s: &mut String, name: &str, hook: &str| {
         let _ = writeln!(
             s,
@@ -338,10 +350,16 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
             IpNet::V4(_) => "ip",
             IpNet::V6(_) => "ip6",
         };
+        // Not within the cluster's pod CIDRs (other nodes' pods see this pod's address).
+        let cluster = if family == "ip" {
+            format!(" ip daddr != @{}", crate::peers::CLUSTER_CIDRS)
+        } else {
+            String::new()
+        };
         rule(
             &mut s,
             "postrouting",
-            &format!("{family} saddr {subnet} {family} daddr != {subnet} masquerade"),
+            &format!("{family} saddr {subnet} {family} daddr != {subnet}{cluster} masquerade"),
         );
         // A pod reaching a hostPort of a pod of its subnet (itself included): the answer
         // must come back through the node to be translated back, so the node is the source.
@@ -353,6 +371,17 @@ pub fn node_script(bridge: &str, subnets: &[IpNet]) -> String {
             &format!("{family} saddr {subnet} {family} daddr {subnet} ct status dnat masquerade"),
         );
     }
+    // Connections from outside the cluster's pods (another node, a client on the node
+    // network) translated to a pod of another node (a NodePort or hostPort whose backend is
+    // elsewhere): the answer must come back through this node to be translated back.
+    rule(
+        &mut s,
+        "postrouting",
+        &format!(
+            "ct status dnat oifname != \"{bridge}\" fib saddr type != local ip saddr != @{} masquerade",
+            crate::peers::CLUSTER_CIDRS
+        ),
+    );
     // hostPorts reached at 127.0.0.1: the pod cannot answer a loopback source.
     rule(
         &mut s,
@@ -513,9 +542,13 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let script = node_script("peapod0", &subnets);
-        assert_eq!(script.matches(" daddr != ").count(), 2);
-        assert!(script.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
-        assert!(script.contains("ip saddr 10.89.0.0/24 ip daddr != 10.89.0.0/24 masquerade"));
+        assert_eq!(script.matches(" daddr != 10.").count(), 2);
+        assert!(script.contains(
+            "ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 ip daddr != @cluster_cidrs masquerade"
+        ));
+        assert!(script.contains(
+            "ip saddr 10.89.0.0/24 ip daddr != 10.89.0.0/24 ip daddr != @cluster_cidrs masquerade"
+        ));
         assert!(
             script
                 .contains("ip saddr 10.89.0.0/24 ip daddr 10.89.0.0/24 ct status dnat masquerade")

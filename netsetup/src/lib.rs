@@ -21,6 +21,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 mod network;
+pub mod peers;
 mod reaper;
 pub mod service;
 pub mod sysctl;

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::image::RegistryConfig;
+use netsetup::peers::{Mode, Peer};
 
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/config.toml";
 
@@ -37,6 +38,25 @@ pub struct FileConfig {
     /// PEM certificate chain and key: the streaming server speaks HTTPS.
     pub stream_tls_cert: Option<PathBuf>,
     pub stream_tls_key: Option<PathBuf>,
+    /// This node's IPv4 address on the node network (needed by the VXLAN overlay).
+    pub node_ip: Option<Ipv4Addr>,
+    /// How pods reach other nodes' pods: `routed` (default) or `vxlan`.
+    pub overlay: Option<OverlayMode>,
+    pub vxlan_vni: Option<u32>,
+    pub vxlan_port: Option<u16>,
+    /// CIDRs within which pod traffic is not masqueraded besides the nodes' pod CIDRs (e.g.
+    /// the cluster CIDR).
+    pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// The other nodes: `[[peers]]` with `name`, `node_ip`, `pod_cidr` (file only).
+    pub peers: Option<Vec<Peer>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayMode {
+    #[default]
+    Routed,
+    Vxlan,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -67,7 +87,15 @@ pub struct Config {
     pub stream_port: u16,
     pub stream_tls_cert: Option<PathBuf>,
     pub stream_tls_key: Option<PathBuf>,
+    pub node_ip: Option<Ipv4Addr>,
+    pub mode: Mode,
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Peers from the config file (more come through the Nodes API).
+    pub peers: Vec<Peer>,
 }
+
+/// VXLAN's IANA port.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -168,7 +196,47 @@ impl FileConfig {
                 reason: "stream_tls_cert and stream_tls_key go together".into(),
             });
         }
+        let node_ip = over.node_ip.or(self.node_ip);
+        let mode = match over.overlay.or(self.overlay).unwrap_or_default() {
+            OverlayMode::Routed => Mode::Routed,
+            OverlayMode::Vxlan => {
+                let vni = over.vxlan_vni.or(self.vxlan_vni).unwrap_or(1);
+                if !(1..=0xff_ffff).contains(&vni) {
+                    return Err(ConfigError::Invalid {
+                        key: "vxlan_vni",
+                        reason: format!("{vni} is outside 1..=16777215"),
+                    });
+                }
+                if node_ip.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: "node_ip",
+                        reason: "overlay = \"vxlan\" needs this node's node_ip".into(),
+                    });
+                }
+                Mode::Vxlan {
+                    vni,
+                    port: over
+                        .vxlan_port
+                        .or(self.vxlan_port)
+                        .unwrap_or(DEFAULT_VXLAN_PORT),
+                }
+            }
+        };
+        let peers = over.peers.or(self.peers).unwrap_or_default();
+        crate::nodes::check_peers(&pod_cidr, node_ip, &peers).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "peers",
+                reason,
+            }
+        })?;
         Ok(Config {
+            node_ip,
+            mode,
+            cluster_cidrs: over
+                .cluster_cidrs
+                .or(self.cluster_cidrs)
+                .unwrap_or_default(),
+            peers,
             stream_address: over
                 .stream_address
                 .or(self.stream_address)
@@ -247,6 +315,39 @@ mod tests {
         assert_eq!(c.stream_address.to_string(), "127.0.0.1");
         assert_eq!(c.stream_port, 0);
         assert_eq!(c.stream_tls_cert, None);
+    }
+
+    #[test]
+    fn overlay_keys_and_peers() {
+        let c = parse(
+            "node_ip = \"192.0.2.1\"\noverlay = \"vxlan\"\npod_cidr = \"10.91.0.0/24\"\n\
+             [[peers]]\nname = \"b\"\nnode_ip = \"192.0.2.2\"\npod_cidr = \"10.92.0.0/24\"\n",
+        )
+        .unwrap()
+        .resolve(FileConfig::default(), Path::new("/"))
+        .unwrap();
+        assert_eq!(c.mode, Mode::Vxlan { vni: 1, port: 4789 });
+        assert_eq!(c.peers.len(), 1);
+        let routed = parse("")
+            .unwrap()
+            .resolve(FileConfig::default(), Path::new("/"))
+            .unwrap();
+        assert_eq!(routed.mode, Mode::Routed);
+        let resolve =
+            |t: &str| parse(t).and_then(|f| f.resolve(FileConfig::default(), Path::new("/")));
+        assert!(
+            resolve("overlay = \"vxlan\"").is_err(),
+            "VXLAN without node_ip"
+        );
+        assert!(resolve("node_ip = \"192.0.2.1\"\noverlay = \"vxlan\"\nvxlan_vni = 0").is_err());
+        assert!(resolve("overlay = \"gre\"").is_err());
+        assert!(
+            resolve(
+                "[[peers]]\nname = \"b\"\nnode_ip = \"192.0.2.2\"\npod_cidr = \"10.88.1.0/24\""
+            )
+            .is_err(),
+            "inside 10.88.0.0/16"
+        );
     }
 
     #[test]

@@ -19,10 +19,13 @@ use crate::container::Containers;
 use crate::cri::CriService;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
+use crate::nodes::NodeTable;
+use crate::nodes::api::NodesApi;
 use crate::sandbox::cgroup::{Cgroups, Hierarchy};
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
 use crate::services::ServiceTable;
 use crate::services::api::ServicesApi;
+use peapod_proto::net::v1::nodes_server::NodesServer;
 use peapod_proto::net::v1::services_server::ServicesServer;
 
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -161,6 +164,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let net = net.clone();
         let _ = tokio::task::spawn_blocking(move || net.ensure()).await;
     }
+    let nodes = Arc::new(NodeTable::open(&cfg, net.clone())?);
+    match nodes.sync().await {
+        Ok(n) => info!(peers = n, mode = ?cfg.mode, "routes to the peers in place"),
+        Err(e) => tracing::error!(error = %crate::errors::chain(&e), "cannot route to the peers"),
+    }
     let services = Arc::new(ServiceTable::open(&cfg.state_dir, net.clone())?);
     match services.sync().await {
         Ok(n) => info!(services = n, "services in place"),
@@ -182,6 +190,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))
         .add_service(ImageServiceServer::new(svc))
+        .add_service(NodesServer::new(NodesApi { table: nodes }))
         .add_service(
             // A whole node's Services in one ApplyServices: 10,000 are ~2 MiB.
             ServicesServer::new(ServicesApi { table: services })

@@ -14,6 +14,7 @@ pub mod image;
 pub mod image_cmd;
 pub mod monitor;
 pub mod network;
+pub mod nodes;
 pub mod sandbox;
 pub mod services;
 pub mod store;

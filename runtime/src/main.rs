@@ -1,6 +1,6 @@
 //! peapod: a Kubernetes CRI runtime whose pods come with their networking built in.
 
-use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, sandbox, services};
+use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, nodes, sandbox, services};
 
 use std::path::PathBuf;
 
@@ -47,6 +47,13 @@ enum Cmd {
         socket: SocketArg,
         #[command(subcommand)]
         cmd: ctr_client::CtrCmd,
+    },
+    /// The peer nodes of a running daemon (routes to their pod CIDRs).
+    Node {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(subcommand)]
+        cmd: nodes::cmd::NodeCmd,
     },
     /// Services (virtual IPs) of a running daemon.
     Service {
@@ -155,8 +162,7 @@ impl ServeArgs {
             registries: None,
             stream_address: self.stream_address,
             stream_port: self.stream_port,
-            stream_tls_cert: None,
-            stream_tls_key: None,
+            ..FileConfig::default()
         }
     }
 }
@@ -261,6 +267,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Ctr { socket, cmd } => client_rt()
             .and_then(|rt| rt.block_on(ctr_client::run(&socket.socket, cmd)))
             .map(|code| exit = code),
+        Cmd::Node { socket, cmd } => {
+            client_rt().and_then(|rt| rt.block_on(nodes::cmd::run(&socket.socket, cmd)))
+        }
         Cmd::Service { socket, cmd } => {
             client_rt().and_then(|rt| rt.block_on(services::cmd::run(&socket.socket, cmd)))
         }

@@ -38,7 +38,15 @@ impl NodeNetwork {
             }
             _ => cfg.pod_cidr,
         };
-        let mtu = cfg.mtu.or_else(netsetup::default_route_mtu).unwrap_or(1500);
+        // Over VXLAN, a pod's packets must fit in the node network's MTU with the
+        // encapsulation around them.
+        let overhead = match cfg.mode {
+            netsetup::peers::Mode::Vxlan { .. } => netsetup::peers::VXLAN_OVERHEAD,
+            netsetup::peers::Mode::Routed => 0,
+        };
+        let mtu = cfg
+            .mtu
+            .unwrap_or_else(|| netsetup::default_route_mtu().unwrap_or(1500) - overhead);
         let net = Network::new(NodeNetConfig {
             bridge: cfg.bridge.clone(),
             mtu,

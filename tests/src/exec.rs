@@ -90,7 +90,9 @@ impl Node {
         self.probe_in_pod(id, "udp-listen", addr, count).await
     }
 
-    async fn probe_in_pod(
+    /// Starts the probe's `verb` (a listener: `listen`, `whoami`, `udp-listen`) in pod
+    /// `id`'s network and UTS namespaces and waits until it listens.
+    pub async fn probe_in_pod(
         &self,
         id: &str,
         verb: &str,

@@ -7,6 +7,7 @@
 
 mod addr;
 mod link;
+mod overlay;
 
 use std::fmt;
 use std::io;
@@ -20,6 +21,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 pub use link::{Link, VethPair};
+pub use overlay::{Route, VxlanInfo, VxlanSpec, vtep_mac};
 
 /// What went wrong talking to the kernel; each variant names the object it was about.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,31 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot {op} the route to {dst}")]
+    Route {
+        op: EntryOp,
+        dst: IpNet,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot {op} neighbour {ip} on link index {ifindex}")]
+    Neighbour {
+        op: EntryOp,
+        ifindex: u32,
+        ip: IpAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot {op} the fdb entry {mac} to {dst} on link index {ifindex}")]
+    Fdb {
+        op: EntryOp,
+        ifindex: u32,
+        /// `aa:bb:cc:dd:ee:ff`
+        mac: String,
+        dst: IpAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot list {what}")]
     Dump {
         what: &'static str,
@@ -65,6 +92,9 @@ impl NetlinkError {
             | NetlinkError::Link { source, .. }
             | NetlinkError::AddAddress { source, .. }
             | NetlinkError::AddRoute { source, .. }
+            | NetlinkError::Route { source, .. }
+            | NetlinkError::Neighbour { source, .. }
+            | NetlinkError::Fdb { source, .. }
             | NetlinkError::Dump { source, .. } => source.raw_os_error(),
             NetlinkError::NoSuchLink { .. } => Some(libc::ENODEV),
         }
@@ -97,6 +127,22 @@ impl fmt::Display for LinkOp {
             LinkOp::Move => "move",
             LinkOp::Rename => "rename",
             LinkOp::Isolate => "take down and unbridge",
+        })
+    }
+}
+
+/// The operation a route, neighbour or fdb error failed at, worded to fit "cannot {op} …".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryOp {
+    Replace,
+    Delete,
+}
+
+impl fmt::Display for EntryOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryOp::Replace => "replace",
+            EntryOp::Delete => "delete",
         })
     }
 }

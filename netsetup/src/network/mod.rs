@@ -178,6 +178,26 @@ impl Network {
         Ok(self.firewall.change_services(old, new)?)
     }
 
+    /// Makes the kernel reach exactly `peers` (see [`crate::peers`]): routes, the VXLAN
+    /// device and its entries, and the `cluster_cidrs` set.
+    pub fn sync_peers(
+        &self,
+        overlay: &crate::peers::Overlay,
+        previous: &[crate::peers::Peer],
+        peers: &[crate::peers::Peer],
+    ) -> Result<(), NetError> {
+        let mut nl = crate::netlink::Netlink::open()?;
+        overlay.sync(
+            &mut nl,
+            previous,
+            peers,
+            self.cfg.mtu + crate::peers::VXLAN_OVERHEAD,
+        )?;
+        Ok(self
+            .firewall
+            .set_cluster_cidrs(&overlay.cluster_cidrs(peers))?)
+    }
+
     /// All leases on disk.
     pub fn leases(&self) -> Result<Vec<Lease>, NetError> {
         Ok(self.ipam.leases()?)

@@ -130,6 +130,10 @@ impl Firewall for FakeFirewall {
     ) -> Result<(), FirewallError> {
         Ok(())
     }
+
+    fn set_cluster_cidrs(&self, _cidrs: &[ipnet::Ipv4Net]) -> Result<(), FirewallError> {
+        Ok(())
+    }
 }
 
 struct Fixture {

@@ -4,6 +4,8 @@
 //! peapod-probe listen ADDR:PORT [--count N]       bind, print "listening", then answer N
 //!                                                  connections (default 1) with one line
 //!                                                  "hello from <hostname>" each
+//! peapod-probe whoami ADDR:PORT [--count N]       like listen, answering each connection with
+//!                                                  the address it came from
 //! peapod-probe connect ADDR:PORT [--timeout-ms N] connect (default 2000 ms), print what the
 //!                                                  peer says; exit 1 on any failure
 //! peapod-probe udp-listen ADDR:PORT [--count N]   the same over UDP: answer N datagrams
@@ -28,6 +30,10 @@ const USAGE: &str = "usage: peapod-probe [udp-]listen ADDR:PORT [--count N]\n   
 
 enum Cmd {
     Listen {
+        addr: SocketAddr,
+        count: u64,
+    },
+    Whoami {
         addr: SocketAddr,
         count: u64,
     },
@@ -61,7 +67,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cmd {
-        Cmd::Listen { addr, count } => listen(addr, count),
+        Cmd::Listen { addr, count } => listen(addr, count, false),
+        Cmd::Whoami { addr, count } => listen(addr, count, true),
         Cmd::Connect { addr, timeout } => connect(addr, timeout),
         Cmd::UdpListen { addr, count } => udp_listen(addr, count),
         Cmd::UdpAsk {
@@ -114,6 +121,10 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             addr,
             count: option("--count", 1)?,
         }),
+        "whoami" => Ok(Cmd::Whoami {
+            addr,
+            count: option("--count", 1)?,
+        }),
         "connect" => Ok(Cmd::Connect {
             addr,
             timeout: Duration::from_millis(option("--timeout-ms", 2000)?),
@@ -142,7 +153,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-fn listen(addr: SocketAddr, count: u64) -> io::Result<()> {
+fn listen(addr: SocketAddr, count: u64, whoami: bool) -> io::Result<()> {
     let listener = TcpListener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     let mut stdout = io::stdout();
@@ -150,9 +161,14 @@ fn listen(addr: SocketAddr, count: u64) -> io::Result<()> {
     stdout.flush()?;
     let greeting = format!("hello from {}\n", hostname());
     for _ in 0..count {
-        let (mut conn, _peer) = listener.accept()?;
+        let (mut conn, peer) = listener.accept()?;
+        let answer = if whoami {
+            format!("{}\n", peer.ip())
+        } else {
+            greeting.clone()
+        };
         // A peer that hangs up early is its own problem; keep serving the others.
-        let _ = conn.write_all(greeting.as_bytes());
+        let _ = conn.write_all(answer.as_bytes());
     }
     Ok(())
 }

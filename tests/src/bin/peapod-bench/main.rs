@@ -14,6 +14,7 @@
 
 mod containers;
 mod report;
+mod services;
 mod soak;
 mod streaming;
 
@@ -80,6 +81,9 @@ struct Args {
     /// (0: no streaming rows).
     #[arg(long, default_value_t = 100)]
     stream_rounds: usize,
+    /// Connections measured per Service row (0: no Service rows; they need peapod.net.v1).
+    #[arg(long, default_value_t = 200)]
+    service_rounds: usize,
 }
 
 /// Makes pods with unique names and remembers every one not yet removed.
@@ -438,15 +442,29 @@ async fn main() -> Result<()> {
     let mut note = None;
     let mut result = measure(&args, &pods, &mut client, &mut rows).await;
     if result.is_ok() {
-        result = match containers::image_present(channel, &args.image).await {
+        result = match containers::image_present(channel.clone(), &args.image).await {
             Ok(true) => {
                 let r = ctrs
                     .measure(args.containers, &pods, &mut client, &mut rows)
                     .await;
-                match r {
+                let r = match r {
                     Ok(()) if args.stream_rounds > 0 => {
                         streaming::measure(&ctrs, &pods, &mut client, args.stream_rounds, &mut rows)
                             .await
+                    }
+                    r => r,
+                };
+                match r {
+                    Ok(()) if args.service_rounds > 0 => {
+                        services::measure(
+                            &ctrs,
+                            &pods,
+                            &mut client,
+                            channel.clone(),
+                            args.service_rounds,
+                            &mut rows,
+                        )
+                        .await
                     }
                     r => r,
                 }
