@@ -15,6 +15,7 @@ packages=(
     util-linux                 # unshare, nsenter, mount, mountpoint: the throwaway nodes
     procps                     # ps, pgrep
     iputils-ping               # ping -M do: the multi-node tests check the VXLAN MTU
+    graphviz                   # dot: `peapod net graph` draws the node's topology as SVG
     jq                         # the demo reads `peapod pod inspect` JSON; make-test-images.sh
     busybox-static             # hack/make-test-images.sh builds the test images from it
     zstd                       # … and compresses one of their layers with it

@@ -163,6 +163,25 @@ impl Nftables {
         self.nft(&["-f", "-"], script).map(drop)
     }
 
+    /// `nft list <what…>` as nft prints it, e.g. `["chain", "inet", "peapod", "prerouting"]`.
+    pub fn list(&self, what: &[&str]) -> Result<String, FirewallError> {
+        let mut args = vec!["list"];
+        args.extend_from_slice(what);
+        let out = self.nft(&args, "")?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Whether the set or map `set` of peapod's table holds `key` (`nft get element`; for an
+    /// interval set, whether an interval contains it). A missing set holds nothing.
+    pub fn has_element(&self, set: &str, key: &str) -> Result<bool, FirewallError> {
+        let key = format!("{{ {key} }}");
+        match self.nft(&["get", "element", "inet", TABLE, set, &key], "") {
+            Ok(_) => Ok(true),
+            Err(FirewallError::Nft { stderr, .. }) if stderr.contains("No such file") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs nft with `args` and `input` on its standard input; returns its standard output.
     fn nft(&self, args: &[&str], input: &str) -> Result<Vec<u8>, FirewallError> {
         let spawn_error = |source| FirewallError::Spawn {

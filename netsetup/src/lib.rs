@@ -15,6 +15,7 @@
 pub mod conntrack;
 pub mod driver;
 mod error;
+pub mod explain;
 pub mod firewall;
 pub mod hostport;
 pub mod ipam;

@@ -17,6 +17,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::container::Containers;
 use crate::cri::CriService;
+use crate::explain::NetworkApi;
 use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::nodes::NodeTable;
@@ -25,6 +26,7 @@ use crate::sandbox::cgroup::{Cgroups, Hierarchy};
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
 use crate::services::ServiceTable;
 use crate::services::api::ServicesApi;
+use peapod_proto::net::v1::network_server::NetworkServer;
 use peapod_proto::net::v1::nodes_server::NodesServer;
 use peapod_proto::net::v1::services_server::ServicesServer;
 
@@ -190,6 +192,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))
         .add_service(ImageServiceServer::new(svc))
+        .add_service(NetworkServer::new(NetworkApi {
+            sandboxes: sandboxes.clone(),
+            services: services.clone(),
+            nodes: nodes.clone(),
+            bridge: cfg.bridge.clone(),
+        }))
         .add_service(NodesServer::new(NodesApi { table: nodes }))
         .add_service(
             // A whole node's Services in one ApplyServices: 10,000 are ~2 MiB.

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod ctr_client;
 pub mod daemon;
 pub mod errors;
+pub mod explain;
 pub mod fault;
 pub mod image;
 pub mod image_cmd;

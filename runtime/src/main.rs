@@ -1,6 +1,8 @@
 //! peapod: a Kubernetes CRI runtime whose pods come with their networking built in.
 
-use peapod::{client, config, ctr_client, daemon, image_cmd, monitor, nodes, sandbox, services};
+use peapod::{
+    client, config, ctr_client, daemon, explain, image_cmd, monitor, nodes, sandbox, services,
+};
 
 use std::path::PathBuf;
 
@@ -54,6 +56,14 @@ enum Cmd {
         socket: SocketArg,
         #[command(subcommand)]
         cmd: nodes::cmd::NodeCmd,
+    },
+    /// A running daemon's network explained from the live kernel: `explain` a pod's path
+    /// to an address, `graph` the node's topology.
+    Net {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(subcommand)]
+        cmd: explain::cmd::NetCmd,
     },
     /// Services (virtual IPs) of a running daemon.
     Service {
@@ -269,6 +279,9 @@ fn main() -> std::process::ExitCode {
             .map(|code| exit = code),
         Cmd::Node { socket, cmd } => {
             client_rt().and_then(|rt| rt.block_on(nodes::cmd::run(&socket.socket, cmd)))
+        }
+        Cmd::Net { socket, cmd } => {
+            client_rt().and_then(|rt| rt.block_on(explain::cmd::run(&socket.socket, cmd)))
         }
         Cmd::Service { socket, cmd } => {
             client_rt().and_then(|rt| rt.block_on(services::cmd::run(&socket.socket, cmd)))

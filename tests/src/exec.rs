@@ -173,6 +173,20 @@ impl Background {
             .with_context(|| format!("{} did not say {expected:?} within 10s", self.what))?
     }
 
+    /// Waits (at most 30 s) for the command to exit, whatever its status, and returns the
+    /// rest of its stdout.
+    pub async fn finish_whatever(mut self) -> Result<String> {
+        let run = async {
+            let mut rest = String::new();
+            self.stdout.read_to_string(&mut rest).await?;
+            self.child.wait().await?;
+            Ok(rest)
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .with_context(|| format!("{} did not finish within 30s", self.what))?
+    }
+
     /// Waits (at most 30 s) for the command to exit 0 and returns the rest of its stdout.
     pub async fn finish(mut self) -> Result<String> {
         let run = async {

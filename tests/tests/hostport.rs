@@ -8,36 +8,7 @@ mod common;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::Protocol;
-use peapod_tests::Node;
 use tonic::Code;
-
-/// The node gets the address 192.0.2.1 (on a veth: this kernel has no dummy links) and a
-/// default route through it.
-async fn node_with_address() -> Result<Node> {
-    let commands: &[&[&str]] = &[
-        &[
-            "ip", "link", "add", "name", "uplink0", "type", "veth", "peer", "name", "uplink1",
-        ],
-        &["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"],
-        &["ip", "link", "set", "uplink1", "up"],
-        &["ip", "link", "set", "uplink0", "up"],
-        &[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.0.2.254",
-            "dev",
-            "uplink0",
-        ],
-    ];
-    let mut builder = common::builder();
-    for command in commands {
-        builder = builder.setup(command);
-    }
-    builder.start().await
-}
 
 fn says(answer: &str, pod: &str, what: &str) -> Result<()> {
     ensure!(
@@ -49,7 +20,7 @@ fn says(answer: &str, pod: &str, what: &str) -> Result<()> {
 
 #[tokio::test]
 async fn tcp_and_udp_host_ports_reach_the_pod() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let config = node
         .pod_config("web")
         .port(Protocol::Tcp, "", 8080, 80)
@@ -105,7 +76,7 @@ async fn tcp_and_udp_host_ports_reach_the_pod() -> Result<()> {
 
 #[tokio::test]
 async fn a_taken_host_port_is_refused_and_freed_by_stop() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let first = node
         .run_pod(&node.pod_config("first").port(Protocol::Tcp, "", 8080, 80))
         .await?;
@@ -163,7 +134,7 @@ async fn a_taken_host_port_is_refused_and_freed_by_stop() -> Result<()> {
 
 #[tokio::test]
 async fn a_crash_leaves_no_mapping_and_keeps_the_running_ones() -> Result<()> {
-    let mut node = node_with_address().await?;
+    let mut node = common::node_with_uplink().await?;
     let kept = node
         .run_pod(&node.pod_config("kept").port(Protocol::Tcp, "", 8080, 80))
         .await?;
@@ -242,7 +213,7 @@ async fn a_crash_leaves_no_mapping_and_keeps_the_running_ones() -> Result<()> {
 /// (it may: it is root in its own netns) must not reach the node's local services.
 #[tokio::test]
 async fn pods_cannot_reach_the_nodes_loopback() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let pod = node
         .run_pod(&node.pod_config("forger").port(Protocol::Tcp, "", 8080, 80))
         .await?;

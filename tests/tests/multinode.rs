@@ -8,7 +8,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use peapod_tests::Node;
+use peapod_tests::{Node, kinds, named_rules, one_branch_traced, same_rules};
 
 const NODES: usize = 3;
 
@@ -214,9 +214,100 @@ async fn node_port_across_nodes(c: &Cluster, pods: &[(String, String)]) -> Resul
         from_0.starts_with("hello from p"),
         "cluster IP from node0: {from_0:?}"
     );
+    // explain names a branch per backend, each to its node; a traced connection takes one.
+    let path = c.nodes[0].explain(&pods[0].0, "10.96.0.10:80", &[]).await?;
+    let branches = path["backends"].as_array().context("backends")?;
+    ensure!(
+        branches.len() == 2 && branches.iter().all(|b| b["outcome"] == "peer"),
+        "{}",
+        serde_json::to_string_pretty(&path)?
+    );
+    let traced = c.nodes[0]
+        .trace(&pods[0].1, || async {
+            c.nodes[0]
+                .connect_from_pod(&pods[0].0, "10.96.0.10:80")
+                .await
+                .map(drop)
+        })
+        .await?;
+    one_branch_traced(&path, &traced)?;
     c.peapod(0, &["service", "rm", "web"]).await?;
     drop(listeners);
     Ok(())
+}
+
+/// `explain` from node 0's pod to node 1's: the node's route to the peer (directly or over
+/// VXLAN), no masquerade; a traced connection passes exactly the rules it names.
+async fn explained_across(c: &Cluster, pods: &[(String, String)], vxlan: bool) -> Result<()> {
+    let (client, client_ip) = &pods[0];
+    let server_ip = &pods[1].1;
+    let path = c.nodes[0].explain(client, server_ip, &[]).await?;
+    let text = serde_json::to_string_pretty(&path)?;
+    let hops = path["hops"].as_array().context("hops")?;
+    let detail = |kind: &str| -> Vec<String> {
+        hops.iter()
+            .filter(|h| h["kind"] == kind)
+            .filter_map(|h| h["detail"].as_str().map(str::to_owned))
+            .collect()
+    };
+    ensure!(path["outcome"] == "peer", "{text}");
+    ensure!(
+        detail("snat")
+            .iter()
+            .any(|d| d.starts_with("not masqueraded")),
+        "{text}"
+    );
+    if vxlan {
+        ensure!(
+            kinds(&path["hops"])
+                == [
+                    "route",
+                    "neighbour",
+                    "veth",
+                    "route",
+                    "filter",
+                    "snat",
+                    "neighbour",
+                    "vxlan"
+                ]
+                && detail("vxlan")
+                    .iter()
+                    .any(|d| d.contains("behind 192.0.2.2") && d.contains("node node1")),
+            "{text}"
+        );
+    } else {
+        ensure!(
+            kinds(&path["hops"])
+                == [
+                    "route",
+                    "neighbour",
+                    "veth",
+                    "route",
+                    "filter",
+                    "snat",
+                    "neighbour"
+                ]
+                && detail("route").iter().any(|d| d.contains("via 192.0.2.2"))
+                && path["verdict"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("node node1"),
+            "{text}"
+        );
+    }
+    let listener = c.nodes[1]
+        .probe_in_pod(&pods[1].0, "whoami", "0.0.0.0:80", 1)
+        .await?;
+    let traced = c.nodes[0]
+        .trace(client_ip, || async {
+            c.nodes[0]
+                .connect_from_pod(client, &format!("{server_ip}:80"))
+                .await
+                .map(drop)
+        })
+        .await?;
+    listener.finish().await?;
+    same_rules(&named_rules(&path["hops"]), &traced, &path)
 }
 
 async fn routes(node: &Node) -> Result<String> {
@@ -239,6 +330,7 @@ async fn routed_pods_reach_other_nodes_without_masquerade() -> Result<()> {
         "{r}"
     );
     let pods = pods_reach_each_other(&c).await?;
+    explained_across(&c, &pods, false).await?;
     node_port_across_nodes(&c, &pods).await?;
 
     // A peer removed: its route goes, the other stays; its pods are out of reach.
@@ -282,6 +374,7 @@ async fn vxlan_pods_reach_other_nodes_and_survive_a_restart() -> Result<()> {
         "{fdb}"
     );
     let pods = pods_reach_each_other(&c).await?;
+    explained_across(&c, &pods, true).await?;
 
     // 1400 bytes of IP (1372 of ICMP payload) with DF set cross, and pods' MTU leaves room.
     let to = &pods[1].1;

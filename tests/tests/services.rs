@@ -14,34 +14,6 @@ use peapod_proto::net::v1 as pb;
 use peapod_tests::Node;
 use tonic::Code;
 
-/// The node gets the address 192.0.2.1 (on a veth) and a default route through it, as a
-/// real node has: the node's own connections to a cluster IP need a route to leave by.
-async fn node_with_address() -> Result<Node> {
-    let commands: &[&[&str]] = &[
-        &[
-            "ip", "link", "add", "name", "uplink0", "type", "veth", "peer", "name", "uplink1",
-        ],
-        &["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"],
-        &["ip", "link", "set", "uplink1", "up"],
-        &["ip", "link", "set", "uplink0", "up"],
-        &[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.0.2.254",
-            "dev",
-            "uplink0",
-        ],
-    ];
-    let mut builder = common::builder();
-    for command in commands {
-        builder = builder.setup(command);
-    }
-    builder.start().await
-}
-
 struct Pod {
     id: String,
     ip: String,
@@ -102,7 +74,7 @@ async fn set_endpoints(node: &Node, service: &str, pods: &[&Pod]) -> Result<()> 
 
 #[tokio::test]
 async fn a_cluster_ip_spreads_over_its_endpoints_and_answers_as_itself() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let all = pods(&node, &["web-a", "web-b", "web-c", "client"]).await?;
     let (web, client) = (&all[..3], &all[3]);
     let mut listeners = Vec::new();
@@ -177,7 +149,7 @@ async fn a_cluster_ip_spreads_over_its_endpoints_and_answers_as_itself() -> Resu
 
 #[tokio::test]
 async fn affinity_sticks_and_a_removed_endpoint_loses_its_flows() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let all = pods(&node, &["api-a", "api-b", "client"]).await?;
     let (api, client) = (&all[..2], &all[2]);
     let mut listeners = Vec::new();
@@ -253,7 +225,7 @@ async fn affinity_sticks_and_a_removed_endpoint_loses_its_flows() -> Result<()> 
 
 #[tokio::test]
 async fn no_endpoints_refuse_at_once_and_node_ports_answer() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let all = pods(&node, &["np-a", "client"]).await?;
     let (web, client) = (&all[0], &all[1]);
     node.service_ok(&[
@@ -498,7 +470,7 @@ async fn chains_of(node: &Node, chain: &str, backend_suffix: &str) -> Result<Str
 
 #[tokio::test]
 async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
-    let mut node = node_with_address().await?;
+    let mut node = common::node_with_uplink().await?;
     let all = pods(&node, &["keep-a", "client"]).await?;
     let (web, client) = (&all[0], &all[1]);
     let listener = node.listen_in_pod(&web.id, "0.0.0.0:80", 100).await?;
@@ -616,7 +588,7 @@ fn many(n: u32, backends: &[&Pod]) -> Vec<pb::Service> {
 
 #[tokio::test]
 async fn ten_thousand_services_load_in_one_transaction() -> Result<()> {
-    let node = node_with_address().await?;
+    let node = common::node_with_uplink().await?;
     let all = pods(&node, &["big-a", "big-b", "client"]).await?;
     let (web, client) = (&all[..2], &all[2]);
     let mut listeners = Vec::new();

@@ -157,6 +157,20 @@ impl ServiceTable {
         Ok(inner.services.len())
     }
 
+    /// Every service port as the kernel should have it, with its Service's
+    /// `namespace/name`: what `peapod net explain` and `graph` match live state against.
+    pub async fn port_rules(&self) -> Vec<(String, ServicePortRules)> {
+        let inner = self.inner.lock().await;
+        inner
+            .services
+            .values()
+            .flat_map(|s| {
+                let name = format!("{}/{}", s.namespace, s.name);
+                s.rules().into_iter().map(move |r| (name.clone(), r))
+            })
+            .collect()
+    }
+
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Service, ServiceError> {
         let inner = self.inner.lock().await;
         inner

@@ -12,6 +12,34 @@ pub fn builder() -> NodeBuilder {
     Node::builder().probe(PROBE)
 }
 
+/// The node gets the address 192.0.2.1 (on a veth) and a default route through it, as a
+/// real node has: the node's own connections to a cluster IP need a route to leave by.
+pub async fn node_with_uplink() -> Result<Node> {
+    let commands: &[&[&str]] = &[
+        &[
+            "ip", "link", "add", "name", "uplink0", "type", "veth", "peer", "name", "uplink1",
+        ],
+        &["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"],
+        &["ip", "link", "set", "uplink1", "up"],
+        &["ip", "link", "set", "uplink0", "up"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "uplink0",
+        ],
+    ];
+    let mut builder = builder();
+    for command in commands {
+        builder = builder.setup(command);
+    }
+    builder.start().await
+}
+
 /// A node with the daemon running on its defaults.
 pub async fn node() -> Result<Node> {
     builder().start().await

@@ -87,6 +87,50 @@ impl Netlink {
             .collect())
     }
 
+    /// Every IPv4 neighbour entry of the link with index `ifindex`, whatever its state
+    /// (`reachable`, `stale`, `permanent`…): what `ip neigh show dev` prints.
+    pub fn arp_entries(
+        &mut self,
+        ifindex: u32,
+    ) -> Result<Vec<(IpAddr, [u8; 6], String)>, NetlinkError> {
+        let query = neighbour_message(AddressFamily::Inet, 0);
+        let entries = self.neighbour_dump(query, ifindex, "neighbours")?;
+        Ok(entries
+            .iter()
+            .filter_map(|m| {
+                let state = format!("{:?}", m.header.state).to_lowercase();
+                Some((neighbour_ip(m)?, neighbour_mac(m)?, state))
+            })
+            .collect())
+    }
+
+    /// The bridge's forwarding entry for `mac`: the index of the port it was learnt on (or
+    /// set for), if any.
+    pub fn bridge_port_of(
+        &mut self,
+        bridge: u32,
+        mac: [u8; 6],
+    ) -> Result<Option<u32>, NetlinkError> {
+        let query = neighbour_message(AddressFamily::Bridge, 0);
+        let answers = self
+            .dump(RouteNetlinkMessage::GetNeighbour(query))
+            .map_err(|source| NetlinkError::Dump {
+                what: "fdb entries",
+                source,
+            })?;
+        Ok(answers.into_iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewNeighbour(m)
+                if neighbour_mac(&m) == Some(mac)
+                    && m.attributes.iter().any(
+                        |a| matches!(a, NeighbourAttribute::Controller(b) if *b == bridge),
+                    ) =>
+            {
+                Some(m.header.ifindex)
+            }
+            _ => None,
+        }))
+    }
+
     /// Dumps neighbour-table messages and keeps those of `ifindex` (the kernel filters dumps
     /// by link only in strict mode, which this socket does not ask for).
     fn neighbour_dump(
