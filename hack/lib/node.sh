@@ -6,12 +6,16 @@
 #
 # Source it, then: node_start PAUSE; node_exec CMD...; node_daemon_start LOG CMD...;
 # node_wait CMD...; node_cleanup [CGROUP_PARENT]. Call node_cleanup from an EXIT trap.
+# Several nodes at once: node_use NAME before each node's calls, node_cleanup_all
+# [CGROUP_PARENT] from the EXIT trap.
 
 NODE_DIR=""
 NODE_HOLDER=""
 NODE_PID1=""
 NODE_DAEMON_NSENTER=""
 NODE_DAEMON_PID=""
+NODE_NAME=""
+declare -gA NODE_SAVED=()
 
 # shellcheck disable=SC2016 # $0 is expanded by the node's sh, not here
 NODE_HOLDER_SCRIPT='set -e
@@ -124,4 +128,33 @@ node_cleanup() {
         rm -rf "$NODE_DIR"
         NODE_DIR=""
     fi
+}
+
+# node_use NAME: makes NAME the current node, the one the other functions act on (NAME not
+# used before: no node yet, node_start makes it). The variables of the node that was current
+# are kept under its name.
+node_use() {
+    if [ -n "$NODE_NAME" ]; then
+        NODE_SAVED[$NODE_NAME]="$NODE_DIR|$NODE_HOLDER|$NODE_PID1|$NODE_DAEMON_NSENTER|$NODE_DAEMON_PID"
+    fi
+    NODE_NAME=$1
+    IFS='|' read -r NODE_DIR NODE_HOLDER NODE_PID1 NODE_DAEMON_NSENTER NODE_DAEMON_PID \
+        <<<"${NODE_SAVED[$1]:-||||}"
+}
+
+# node_names: the names node_use was given, one a line.
+node_names() {
+    [ -z "$NODE_NAME" ] || node_use "$NODE_NAME"
+    [ ${#NODE_SAVED[@]} = 0 ] || printf '%s\n' "${!NODE_SAVED[@]}"
+}
+
+# node_cleanup_all [CGROUP_PARENT]: node_cleanup of every node node_use named (and of the
+# current one), then removes the cgroups under CGROUP_PARENT. Safe to call twice.
+node_cleanup_all() {
+    local name
+    for name in $(node_names); do
+        node_use "$name"
+        node_cleanup
+    done
+    node_cleanup "${1:-}"
 }

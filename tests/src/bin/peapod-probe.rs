@@ -16,6 +16,12 @@
 //!                                                  other; print "<times> <answer>" per answer
 //! peapod-probe udp-tally ADDR:PORT [--count N]     the same with N datagrams, each from a
 //!                                                  socket (a source port) of its own
+//! peapod-probe sink ADDR:PORT [--count N]          bind, print "listening", then for each of N
+//!                                                  connections (default 1) read to the end
+//!                                                  and answer with the number of bytes read
+//! peapod-probe send ADDR:PORT [--mib N]            send N MiB (default 1024) over one TCP
+//!                                                  connection to a sink; print "<rate> MiB/s",
+//!                                                  timed from connected to the sink's answer
 //! ```
 //! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
 //! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
@@ -25,8 +31,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: peapod-probe [udp-]listen ADDR:PORT [--count N]\n       \
-                     peapod-probe connect|udp-ask ADDR:PORT [--timeout-ms N]";
+const USAGE: &str = "usage: peapod-probe [udp-]listen|whoami|sink ADDR:PORT [--count N]\n       \
+                     peapod-probe connect|udp-ask ADDR:PORT [--timeout-ms N]\n       \
+                     peapod-probe send ADDR:PORT [--mib N]";
+
+/// How long `send` waits for a write to make progress, and for the sink's answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Cmd {
     Listen {
@@ -55,6 +65,14 @@ enum Cmd {
         count: u64,
         udp: bool,
     },
+    Sink {
+        addr: SocketAddr,
+        count: u64,
+    },
+    Send {
+        addr: SocketAddr,
+        mib: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +95,8 @@ fn main() -> ExitCode {
             sport,
         } => udp_ask(addr, timeout, sport).map(|answer| print!("{answer}")),
         Cmd::Tally { addr, count, udp } => tally(addr, count, udp),
+        Cmd::Sink { addr, count } => sink(addr, count),
+        Cmd::Send { addr, mib } => send(addr, mib),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +162,14 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             addr,
             count: option("--count", 100)?,
             udp: verb == "udp-tally",
+        }),
+        "sink" => Ok(Cmd::Sink {
+            addr,
+            count: option("--count", 1)?,
+        }),
+        "send" => Ok(Cmd::Send {
+            addr,
+            mib: option("--mib", 1024)?,
         }),
         other => Err(format!("unknown command {other:?}")),
     }
@@ -241,5 +269,59 @@ fn tally(addr: SocketAddr, count: u64, udp: bool) -> io::Result<()> {
     for (answer, times) in answers {
         println!("{times} {answer}");
     }
+    io::stdout().flush()
+}
+
+/// Accepts `count` connections one after the other, reads each to its end and answers with
+/// the number of bytes it read: the sender's clock stops only once every byte arrived.
+fn sink(addr: SocketAddr, count: u64) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "listening")?;
+    stdout.flush()?;
+    let mut buf = vec![0u8; 256 << 10];
+    for _ in 0..count {
+        let (mut conn, peer) = listener.accept()?;
+        let mut total = 0u64;
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("read from {peer}: {e}"))),
+            }
+        }
+        conn.write_all(format!("{total}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `mib` MiB to the sink at `addr` over one connection; prints the rate in MiB/s, from the
+/// connection being up to the sink's count of what it received (which must be all of it).
+fn send(addr: SocketAddr, mib: u64) -> io::Result<()> {
+    let fail = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| fail("connect", e))?;
+    conn.set_write_timeout(Some(SEND_TIMEOUT))?;
+    conn.set_read_timeout(Some(SEND_TIMEOUT))?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = std::time::Instant::now();
+    for _ in 0..mib {
+        conn.write_all(&chunk).map_err(|e| fail("send to", e))?;
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| fail("answer from", e))?;
+    let secs = start.elapsed().as_secs_f64();
+    let sent = mib << 20;
+    if answer.trim().parse::<u64>().ok() != Some(sent) {
+        return Err(io::Error::other(format!(
+            "{addr} received {:?} bytes of {sent}",
+            answer.trim()
+        )));
+    }
+    println!("{:.1} MiB/s", mib as f64 / secs);
     io::stdout().flush()
 }
