@@ -474,6 +474,10 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
     let all = pods(&node, &["keep-a", "client"]).await?;
     let (web, client) = (&all[0], &all[1]);
     let listener = node.listen_in_pod(&web.id, "0.0.0.0:80", 100).await?;
+    let echo = node.probe_in_pod(&web.id, "echo", "0.0.0.0:7", 1).await?;
+    node.service_ok(&["add", "long", "--cluster-ip", "10.96.0.53", "--port", "7"])
+        .await?;
+    set_endpoints(&node, "long", &[web]).await?;
     for (name, ip) in [("keep", "10.96.0.50"), ("other", "10.96.0.51")] {
         node.service_ok(&[
             "add",
@@ -506,6 +510,23 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
     let tag: String = ip.octets().iter().map(|o| format!("{o:02x}")).collect();
     let backend_chain = format!("_{tag}_0050");
     let keep_before = chains_of(&node, &chain, &backend_chain).await?;
+
+    // A connection through a Service, busy across the crash and the restart.
+    let done = node.dir().join("hold-done");
+    let probe = node.probe_path().display().to_string();
+    let netns = format!("peapod-{}", client.id);
+    let mut hold = node.spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &netns,
+        &probe,
+        "hold",
+        "10.96.0.53:7",
+        "--until",
+        done.to_str().context("path")?,
+    ])?;
+    hold.wait_for_line("connected").await?;
 
     // SIGKILL, then a chain and an element that no record names appear: what a crash after
     // the kernel transaction and before the record write leaves.
@@ -550,6 +571,16 @@ async fn a_crash_and_restart_keep_services_and_collect_orphans() -> Result<()> {
             .trim()
             == "hello from keep-a"
     );
+    // The connection made before the crash kept flowing all along.
+    std::fs::write(&done, "")?;
+    let trips = hold.finish().await?;
+    let n: u32 = trips
+        .trim()
+        .strip_suffix(" round trips")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("hold said {trips:?}"))?;
+    ensure!(n >= 2, "only {n} round trips");
+    echo.finish().await?;
     let show = node.service_ok(&["show", "keep"]).await?;
     let json: serde_json::Value = serde_json::from_str(&show)?;
     ensure!(

@@ -22,6 +22,12 @@
 //! peapod-probe send ADDR:PORT [--mib N]            send N MiB (default 1024) over one TCP
 //!                                                  connection to a sink; print "<rate> MiB/s",
 //!                                                  timed from connected to the sink's answer
+//! peapod-probe echo ADDR:PORT [--count N]          bind, print "listening", then echo back
+//!                                                  what each of N connections sends
+//! peapod-probe hold ADDR:PORT --until FILE         one connection to an echo server, a
+//!                                                  round trip every 100 ms until FILE exists;
+//!                                                  print "connected", at the end "<n> round
+//!                                                  trips"; exit 1 if one fails
 //! ```
 //! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
 //! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
@@ -69,6 +75,14 @@ enum Cmd {
         addr: SocketAddr,
         count: u64,
     },
+    Echo {
+        addr: SocketAddr,
+        count: u64,
+    },
+    Hold {
+        addr: SocketAddr,
+        until: std::path::PathBuf,
+    },
     Send {
         addr: SocketAddr,
         mib: u64,
@@ -96,6 +110,8 @@ fn main() -> ExitCode {
         } => udp_ask(addr, timeout, sport).map(|answer| print!("{answer}")),
         Cmd::Tally { addr, count, udp } => tally(addr, count, udp),
         Cmd::Sink { addr, count } => sink(addr, count),
+        Cmd::Echo { addr, count } => echo(addr, count),
+        Cmd::Hold { addr, until } => hold(addr, &until),
         Cmd::Send { addr, mib } => send(addr, mib),
     };
     match result {
@@ -163,6 +179,17 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             count: option("--count", 100)?,
             udp: verb == "udp-tally",
         }),
+        "echo" => Ok(Cmd::Echo {
+            addr,
+            count: option("--count", 1)?,
+        }),
+        "hold" => match opts {
+            [flag, file] if flag == "--until" => Ok(Cmd::Hold {
+                addr,
+                until: file.into(),
+            }),
+            _ => Err("hold wants --until FILE".into()),
+        },
         "sink" => Ok(Cmd::Sink {
             addr,
             count: option("--count", 1)?,
@@ -294,6 +321,61 @@ fn sink(addr: SocketAddr, count: u64) -> io::Result<()> {
         }
         conn.write_all(format!("{total}\n").as_bytes())?;
     }
+    Ok(())
+}
+
+/// Echoes each of `count` connections, one after the other, until it ends.
+fn echo(addr: SocketAddr, count: u64) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "listening")?;
+    stdout.flush()?;
+    let mut buf = [0u8; 4096];
+    for _ in 0..count {
+        let (mut conn, _) = listener.accept()?;
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => conn.write_all(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One connection kept busy with round trips until `until` exists: it must never break.
+fn hold(addr: SocketAddr, until: &std::path::Path) -> io::Result<()> {
+    let fail = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| fail("connect", e))?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "connected")?;
+    stdout.flush()?;
+    let mut trips = 0u64;
+    loop {
+        let done = until.exists();
+        let ping = format!("{trips:08}\n");
+        conn.write_all(ping.as_bytes())
+            .map_err(|e| fail("write to", e))?;
+        let mut back = [0u8; 9];
+        conn.read_exact(&mut back)
+            .map_err(|e| fail(&format!("round trip {trips} with"), e))?;
+        if back != ping.as_bytes() {
+            return Err(io::Error::other(format!(
+                "{addr} echoed {back:?} for {ping:?}"
+            )));
+        }
+        trips += 1;
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writeln!(stdout, "{trips} round trips")?;
     Ok(())
 }
 
