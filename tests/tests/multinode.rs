@@ -165,7 +165,7 @@ async fn pods_reach_each_other(c: &Cluster) -> Result<Vec<(String, String)>> {
 async fn node_port_across_nodes(c: &Cluster, pods: &[(String, String)]) -> Result<()> {
     let mut listeners = Vec::new();
     for (j, (id, _)) in pods.iter().enumerate().skip(1) {
-        listeners.push(c.nodes[j].listen_in_pod(id, "0.0.0.0:8080", 100).await?);
+        listeners.push(c.nodes[j].listen_in_pod(id, "0.0.0.0:8080", 400).await?);
     }
     c.peapod(
         0,
@@ -185,6 +185,21 @@ async fn node_port_across_nodes(c: &Cluster, pods: &[(String, String)]) -> Resul
         endpoints.extend(["--endpoint", ip.as_str()]);
     }
     c.peapod(0, &endpoints).await?;
+    // Every node of a cluster programs every Service (as kube-proxy does): node 0 with the
+    // NodePort above, nodes 1 and 2 with the cluster IP alone.
+    for i in 1..NODES {
+        let add = [
+            "service",
+            "add",
+            "web",
+            "--cluster-ip",
+            "10.96.0.10",
+            "--port",
+            "80:8080",
+        ];
+        c.peapod(i, &add).await?;
+        c.peapod(i, &endpoints).await?;
+    }
     let target = format!("{}:30080", node_ip(0));
     let probe = c.nodes[1].probe_path().display().to_string();
     let mut seen = std::collections::BTreeSet::new();
@@ -206,14 +221,20 @@ async fn node_port_across_nodes(c: &Cluster, pods: &[(String, String)]) -> Resul
         seen.iter().eq(["hello from p1", "hello from p2"]),
         "the NodePort reached {seen:?}"
     );
-    // And its cluster IP from a pod on node 0.
-    let from_0 = c.nodes[0]
-        .connect_from_pod(&pods[0].0, "10.96.0.10:80")
-        .await?;
-    ensure!(
-        from_0.starts_with("hello from p"),
-        "cluster IP from node0: {from_0:?}"
-    );
+    // And its cluster IP from a pod on every node, reaching both backends.
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        let out = c.nodes[i]
+            .exec_in_pod(pod, &[&probe, "tally", "10.96.0.10:80", "--count", "30"])
+            .await?;
+        let answers: std::collections::BTreeSet<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(_, a)| a))
+            .collect();
+        ensure!(
+            answers.iter().eq(&["hello from p1", "hello from p2"]),
+            "the cluster IP from node{i}'s pod reached {answers:?}"
+        );
+    }
     // explain names a branch per backend, each to its node; a traced connection takes one.
     let path = c.nodes[0].explain(&pods[0].0, "10.96.0.10:80", &[]).await?;
     let branches = path["backends"].as_array().context("backends")?;
@@ -231,7 +252,9 @@ async fn node_port_across_nodes(c: &Cluster, pods: &[(String, String)]) -> Resul
         })
         .await?;
     one_branch_traced(&path, &traced)?;
-    c.peapod(0, &["service", "rm", "web"]).await?;
+    for i in 0..NODES {
+        c.peapod(i, &["service", "rm", "web"]).await?;
+    }
     drop(listeners);
     Ok(())
 }
