@@ -168,6 +168,39 @@ impl FromStr for HostPortElement {
     }
 }
 
+/// Deletes the conntrack entries of UDP flows through the mappings among `ids` (rule ids of
+/// [`crate::Attachment::rules`]). A UDP client that keeps its source port would otherwise
+/// keep being sent to the pod that had the mapping, after it is gone and even when another
+/// pod maps the port again, until the entry times out. Errors are logged: the mapping is
+/// gone already and the flows would expire.
+pub fn forget_udp_flows(ids: &[String]) {
+    let udp: Vec<HostPortElement> = ids
+        .iter()
+        .filter_map(|id| id.parse::<HostPortElement>().ok())
+        .filter(|e| e.port.protocol == Protocol::Udp)
+        .collect();
+    if udp.is_empty() {
+        return;
+    }
+    let through = |flow: &crate::conntrack::Flow, e: &HostPortElement| {
+        flow.original.protocol == crate::conntrack::Protocol::UDP
+            && flow.original.dst_port == e.port.host_port
+            && e.port.host_ip.is_none_or(|ip| flow.original.dst == ip)
+            && flow.reply.src == e.pod_ip
+            && flow.reply.src_port == e.port.container_port
+    };
+    let r = crate::conntrack::delete_where(crate::conntrack::Family::V4, |flow| {
+        udp.iter().any(|e| through(flow, e))
+    });
+    match r {
+        Ok(n) => tracing::debug!(flows = n, "forgot UDP flows of removed hostPorts"),
+        Err(e) => tracing::warn!(
+            error = %crate::chain(&e),
+            "cannot forget UDP flows of removed hostPorts"
+        ),
+    }
+}
+
 fn port(s: &str) -> Result<u16, ()> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),

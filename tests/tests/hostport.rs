@@ -255,3 +255,34 @@ async fn pods_cannot_reach_the_nodes_loopback() -> Result<()> {
     node.stop_and_remove(&pod).await?;
     node.assert_empty().await
 }
+
+#[tokio::test]
+async fn a_removed_udp_host_port_forgets_its_flows() -> Result<()> {
+    // A client that keeps its source port has one conntrack entry, DNATed to the pod that
+    // had the mapping. That pod goes and another maps the port (with another address: IPAM
+    // hands out the next one): the old entry must be gone, or the datagrams keep going to
+    // the address of the pod that is no more.
+    let node = common::node_with_uplink().await?;
+    let probe = node.probe_path().display().to_string();
+    let ask = [probe.as_str(), "udp-ask-from", "40053", "192.0.2.1:8053"];
+    let mapping = |name: &str| node.pod_config(name).port(Protocol::Udp, "", 8053, 53);
+    let first = node.run_pod(&mapping("first")).await?;
+    let listener = node.listen_udp_in_pod(&first, "0.0.0.0:53", 1).await?;
+    says(&node.exec(&ask).await?, "first", "the first pod")?;
+    listener.finish().await?;
+    let first_ip = node.pod_info(&first).await?.ip;
+    node.stop_and_remove(&first).await?;
+
+    let second = node.run_pod(&mapping("second")).await?;
+    let second_ip = node.pod_info(&second).await?.ip;
+    ensure!(second_ip != first_ip, "IPAM gave {first_ip} again");
+    let listener = node.listen_udp_in_pod(&second, "0.0.0.0:53", 1).await?;
+    says(
+        &node.exec(&ask).await?,
+        "second",
+        "the second pod, same client port",
+    )?;
+    listener.finish().await?;
+    node.stop_and_remove(&second).await?;
+    node.assert_empty().await
+}

@@ -119,8 +119,9 @@ impl Network {
     /// Undo an attachment: rules, then links, then the lease. Already-gone is success.
     pub fn detach(&self, owner: &str, att: &Attachment) -> Result<(), DetachError> {
         let mut errors = Vec::new();
-        if let Err(e) = self.firewall.remove_pod(&att.rules) {
-            errors.push(e.into());
+        match self.firewall.remove_pod(&att.rules) {
+            Ok(()) => crate::hostport::forget_udp_flows(&att.rules),
+            Err(e) => errors.push(e.into()),
         }
         if let Err(e) = self.driver.detach(&att.host_ifname) {
             errors.push(e);
@@ -156,7 +157,9 @@ impl Network {
 
     /// Removes per-pod firewall rules by id, e.g. those left by a crash.
     pub fn remove_rules(&self, rules: &[String]) -> Result<(), NetError> {
-        Ok(self.firewall.remove_pod(rules)?)
+        self.firewall.remove_pod(rules)?;
+        crate::hostport::forget_udp_flows(rules);
+        Ok(())
     }
 
     /// Makes again those of a pod's recorded rules that are missing from the kernel.
