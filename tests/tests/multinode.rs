@@ -398,6 +398,17 @@ async fn vxlan_pods_reach_other_nodes_and_survive_a_restart() -> Result<()> {
     );
     let pods = pods_reach_each_other(&c).await?;
     explained_across(&c, &pods, true).await?;
+    // The graph has the VXLAN device and a route over it to each peer.
+    let graph: serde_json::Value =
+        serde_json::from_str(&c.nodes[0].net_ok(&["graph", "--json"]).await?)?;
+    ensure!(
+        graph["vxlan"]["vni"] == 42
+            && graph["peers"].as_array().is_some_and(|p| p.len() == 2
+                && p.iter().all(|peer| peer["route"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("dev peapod.vxlan onlink")))),
+        "{graph}"
+    );
 
     // 1400 bytes of IP (1372 of ICMP payload) with DF set cross, and pods' MTU leaves room.
     let to = &pods[1].1;
