@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::conntrack::{self, Family, Flow};
 use crate::firewall::{FirewallError, Nftables, TABLE};
 use crate::netlink::Route;
-use crate::netlink::{Link, Netlink, NetlinkError};
+use crate::netlink::{Link, Netlink, NetlinkError, format_mac};
 use crate::peers::{CLUSTER_CIDRS, Peer, VXLAN_DEVICE};
 use crate::service::{self, L4, ServicePortRules};
 
@@ -343,11 +343,6 @@ pub fn goto_target(rule: &str) -> Option<&str> {
     None
 }
 
-fn mac_text(mac: &[u8; 6]) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
-}
-
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
@@ -402,6 +397,11 @@ impl Explainer<'_> {
             .iter()
             .find(|l| l.index == index)
             .map_or_else(|| format!("#{index}"), |l| l.name.clone())
+    }
+
+    /// The pod whose host link is the bridge port `name`.
+    fn port_owner(&self, name: &str) -> Option<&Pod> {
+        self.ctx.pods.iter().find(|p| p.host_ifname == name)
     }
 
     fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
@@ -468,7 +468,7 @@ impl Explainer<'_> {
                 Kind::Neighbour,
                 format!(
                     "{next} is {} on {} ({state})",
-                    mac_text(mac),
+                    format_mac(mac),
                     from.pod_ifname
                 ),
                 None,
@@ -579,10 +579,7 @@ impl Explainer<'_> {
             Some(index) => {
                 let name = self.link_name(index);
                 let owner = self
-                    .ctx
-                    .pods
-                    .iter()
-                    .find(|p| p.host_ifname == name)
+                    .port_owner(&name)
                     .map(|p| format!(" (pod {})", p.name))
                     .unwrap_or_default();
                 self.hop(
@@ -590,11 +587,11 @@ impl Explainer<'_> {
                     Kind::Bridge,
                     format!(
                         "switched at layer 2: the forwarding database has {} on port {name}{owner}{note}",
-                        mac_text(&mac)
+                        format_mac(&mac)
                     ),
                     None,
                 );
-                match self.ctx.pods.iter().find(|p| p.host_ifname == name) {
+                match self.port_owner(&name) {
                     Some(p) => Ok((Outcome::Pod, format!("delivered to pod {} ({to})", p.name))),
                     None => Ok((Outcome::Local, format!("delivered out of port {name}"))),
                 }
@@ -605,7 +602,7 @@ impl Explainer<'_> {
                     Kind::Bridge,
                     format!(
                         "no forwarding entry for {} yet: the bridge floods the first frame to every port{note}",
-                        mac_text(&mac)
+                        format_mac(&mac)
                     ),
                     None,
                 );
@@ -867,7 +864,7 @@ impl Explainer<'_> {
                 Kind::Neighbour,
                 match entry {
                     Some((_, mac, state)) => {
-                        format!("{next} is {} on {oif} ({state})", mac_text(&mac))
+                        format!("{next} is {} on {oif} ({state})", format_mac(&mac))
                     }
                     None => format!("no neighbour entry for {next} on {oif} yet: ARP first"),
                 },
@@ -969,7 +966,7 @@ impl Explainer<'_> {
                 self.hop(
                     "node",
                     Kind::Neighbour,
-                    format!("{to} is {} on {bridge} ({state})", mac_text(&mac)),
+                    format!("{to} is {} on {bridge} ({state})", format_mac(&mac)),
                     None,
                 );
                 Some(mac)
@@ -993,10 +990,7 @@ impl Explainer<'_> {
             (Some(i), _) => {
                 let name = self.link_name(i);
                 let owner = self
-                    .ctx
-                    .pods
-                    .iter()
-                    .find(|p| p.host_ifname == name)
+                    .port_owner(&name)
                     .map(|p| format!(" (pod {})", p.name))
                     .unwrap_or_default();
                 format!("the forwarding database has it on port {name}{owner}")
@@ -1097,7 +1091,7 @@ impl Explainer<'_> {
         self.hop(
             VXLAN_DEVICE,
             Kind::Neighbour,
-            format!("VTEP {gw} is {} (permanent)", mac_text(&mac)),
+            format!("VTEP {gw} is {} (permanent)", format_mac(&mac)),
             None,
         );
         let fdb = self.nl.fdb(vx.index)?;
@@ -1105,7 +1099,7 @@ impl Explainer<'_> {
             self.hop(
                 VXLAN_DEVICE,
                 Kind::Vxlan,
-                format!("no FDB entry for {}", mac_text(&mac)),
+                format!("no FDB entry for {}", format_mac(&mac)),
                 None,
             );
             return Ok((Outcome::Broken, format!("no FDB entry for VTEP {gw}")));
@@ -1121,7 +1115,7 @@ impl Explainer<'_> {
             Kind::Vxlan,
             format!(
                 "FDB: {} is behind {dst}: encapsulated in UDP to {dst}:{port}, VNI {vni}, for {node}",
-                mac_text(&mac)
+                format_mac(&mac)
             ),
             None,
         );

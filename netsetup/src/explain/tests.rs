@@ -92,7 +92,7 @@ fn dnat_targets_and_gotos_are_read_from_rule_text() {
 #[test]
 fn macs_round_trip() {
     let mac = [0x02, 0x70, 0xc0, 0xa8, 0x32, 0x02];
-    assert_eq!(mac_text(&mac), "02:70:c0:a8:32:02");
+    assert_eq!(format_mac(&mac), "02:70:c0:a8:32:02");
     assert_eq!(parse_mac("02:70:c0:a8:32:02"), Some(mac));
     assert_eq!(parse_mac("02:70:c0:a8:32"), None);
     assert_eq!(parse_mac("02:70:c0:a8:32:02:01"), None);

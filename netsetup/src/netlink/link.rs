@@ -58,7 +58,8 @@ impl Link {
     }
 }
 
-fn format_mac(bytes: &[u8]) -> String {
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(bytes: &[u8]) -> String {
     let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     parts.join(":")
 }

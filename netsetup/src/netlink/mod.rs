@@ -20,7 +20,7 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-pub use link::{Link, VethPair};
+pub use link::{Link, VethPair, format_mac};
 pub use overlay::{Route, VxlanInfo, VxlanSpec, vtep_mac};
 
 /// What went wrong talking to the kernel; each variant names the object it was about.

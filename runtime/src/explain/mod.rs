@@ -93,6 +93,31 @@ fn status(e: ExplainError) -> Status {
 }
 
 impl NetworkApi {
+    /// Runs `f` on a blocking thread over what the daemon knows of the node (pods,
+    /// Services, peers), for netsetup to read the kernel with.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Context<'_>) -> Result<T, ExplainError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let pods = self.pods();
+        let services = self.services.port_rules().await;
+        let peers = self.nodes.list().await;
+        let bridge = self.bridge.clone();
+        tokio::task::spawn_blocking(move || {
+            let nft = Nftables::new();
+            f(&Context {
+                bridge: &bridge,
+                pods: &pods,
+                services: &services,
+                peers: &peers,
+                nft: &nft,
+            })
+        })
+        .await
+        .expect("no panic")
+        .map_err(status)
+    }
+
     /// Every ready pod with a network, for names.
     fn pods(&self) -> Vec<Pod> {
         let filter = Filter {
@@ -148,24 +173,7 @@ impl pb::network_server::Network for NetworkApi {
             port,
             protocol,
         };
-        let pods = self.pods();
-        let services = self.services.port_rules().await;
-        let peers = self.nodes.list().await;
-        let bridge = self.bridge.clone();
-        let path = tokio::task::spawn_blocking(move || {
-            let nft = Nftables::new();
-            let ctx = Context {
-                bridge: &bridge,
-                pods: &pods,
-                services: &services,
-                peers: &peers,
-                nft: &nft,
-            };
-            explain::explain(&ctx, &query)
-        })
-        .await
-        .expect("no panic")
-        .map_err(status)?;
+        let path = self.read(move |ctx| explain::explain(ctx, &query)).await?;
         let path_json = serde_json::to_string(&path).expect("a path serialises");
         Ok(Response::new(pb::ExplainResponse { path_json }))
     }
@@ -174,24 +182,7 @@ impl pb::network_server::Network for NetworkApi {
         &self,
         _request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
-        let pods = self.pods();
-        let services = self.services.port_rules().await;
-        let peers = self.nodes.list().await;
-        let bridge = self.bridge.clone();
-        let topology = tokio::task::spawn_blocking(move || {
-            let nft = Nftables::new();
-            let ctx = Context {
-                bridge: &bridge,
-                pods: &pods,
-                services: &services,
-                peers: &peers,
-                nft: &nft,
-            };
-            explain::topology::topology(&ctx)
-        })
-        .await
-        .expect("no panic")
-        .map_err(status)?;
+        let topology = self.read(explain::topology::topology).await?;
         let topology_json = serde_json::to_string(&topology).expect("a topology serialises");
         Ok(Response::new(pb::TopologyResponse { topology_json }))
     }
