@@ -49,6 +49,10 @@ pub struct FileConfig {
     pub cluster_cidrs: Option<Vec<IpNet>>,
     /// The other nodes: `[[peers]]` with `name`, `node_ip`, `pod_cidr` (file only).
     pub peers: Option<Vec<Peer>>,
+    /// A kubeconfig file: Services, EndpointSlices and Nodes come from that API server.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name in the cluster (its own Node object is no peer).
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -92,6 +96,11 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// Peers from the config file (more come through the Nodes API).
     pub peers: Vec<Peer>,
+    /// Watch this API server for Services, EndpointSlices and Nodes (see `crate::kube`).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name in the cluster; default: the hostname, lowercased (as the kubelet
+    /// names its Node).
+    pub node_name: String,
 }
 
 /// VXLAN's IANA port.
@@ -229,7 +238,20 @@ impl FileConfig {
                 reason,
             }
         })?;
+        let node_name = match over.node_name.or(self.node_name) {
+            Some(n) => n,
+            None => hostname(),
+        };
+        crate::services::convert::check_subdomain("node_name", &node_name).map_err(|e| {
+            ConfigError::Invalid {
+                key: "node_name",
+                reason: e.to_string(),
+            }
+        })?;
+        let kubeconfig = over.kubeconfig.or(self.kubeconfig);
         Ok(Config {
+            kubeconfig,
+            node_name,
             node_ip,
             mode,
             cluster_cidrs: over
@@ -273,6 +295,16 @@ impl FileConfig {
             registries,
         })
     }
+}
+
+/// The host's name, lowercased; "localhost" if it has none that is valid.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_ascii_lowercase())
+        .filter(|h| crate::services::convert::check_subdomain("hostname", h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A pod CIDR must be IPv4 (for now) and leave room for a gateway and at least one pod.
@@ -408,6 +440,38 @@ mod tests {
             .resolve(flags, Path::new("/x"))
             .unwrap();
         assert_eq!(c.cgroup_parent, "/kubepods/besteffort");
+    }
+
+    #[test]
+    fn kubeconfig_and_node_name() {
+        let c = parse("kubeconfig = \"/etc/peapod/kubeconfig\"\nnode_name = \"n1.example\"")
+            .unwrap()
+            .resolve(FileConfig::default(), Path::new("/"))
+            .unwrap();
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/peapod/kubeconfig")));
+        assert_eq!(c.node_name, "n1.example");
+        let flags = FileConfig {
+            node_name: Some("n2".into()),
+            ..FileConfig::default()
+        };
+        let c = parse("node_name = \"n1\"")
+            .unwrap()
+            .resolve(flags, Path::new("/"))
+            .unwrap();
+        assert_eq!((c.node_name.as_str(), c.kubeconfig), ("n2", None));
+        let default = FileConfig::default()
+            .resolve(FileConfig::default(), Path::new("/"))
+            .unwrap();
+        assert!(!default.node_name.is_empty());
+        assert_eq!(default.node_name, default.node_name.to_ascii_lowercase());
+        let bad = parse("node_name = \"Node_1\"").unwrap();
+        assert!(matches!(
+            bad.resolve(FileConfig::default(), Path::new("/")),
+            Err(ConfigError::Invalid {
+                key: "node_name",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -177,6 +177,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         // Served anyway: pods need no Service, and each change syncs what it touches.
         Err(e) => tracing::error!(error = %crate::errors::chain(&e), "cannot program the services"),
     }
+    if let Some(kubeconfig) = &cfg.kubeconfig {
+        // Runs beside the CRI; it logs and retries whatever fails, the API server away too.
+        crate::kube::Watch {
+            kubeconfig: kubeconfig.clone(),
+            node_name: cfg.node_name.clone(),
+            services: services.clone(),
+            nodes: nodes.clone(),
+        }
+        .spawn();
+    }
+    let managed = cfg.kubeconfig.is_some();
 
     let streaming =
         crate::streaming::StreamServer::start(&cfg, containers.clone(), sandboxes.clone()).await?;
@@ -198,11 +209,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             nodes: nodes.clone(),
             bridge: cfg.bridge.clone(),
         }))
-        .add_service(NodesServer::new(NodesApi { table: nodes }))
+        .add_service(NodesServer::new(NodesApi {
+            table: nodes,
+            managed,
+        }))
         .add_service(
             // A whole node's Services in one ApplyServices: 10,000 are ~2 MiB.
-            ServicesServer::new(ServicesApi { table: services })
-                .max_decoding_message_size(64 << 20),
+            ServicesServer::new(ServicesApi {
+                table: services,
+                managed,
+            })
+            .max_decoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await

@@ -153,6 +153,13 @@ struct ServeArgs {
     /// Port of the streaming server [default: 0, a free port]
     #[arg(long)]
     stream_port: Option<u16>,
+    /// Take Services, EndpointSlices and Nodes from this kubeconfig's API server (in the
+    /// place of kube-proxy); it then owns every Service and every peer not in the config file
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name in the cluster [default: the hostname, lowercased]
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -172,13 +179,22 @@ impl ServeArgs {
             registries: None,
             stream_address: self.stream_address,
             stream_port: self.stream_port,
+            kubeconfig: self.kubeconfig.clone(),
+            node_name: self.node_name.clone(),
             ..FileConfig::default()
         }
     }
 }
 
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The Kubernetes client logs the errors it returns, and the watch logs them once more
+    // with what it does about them: the client's own lines only when asked for by name.
+    let directives = if level.contains("kube") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_client=off,kube_runtime=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .with_context(|| format!("invalid log_level {level:?}"))?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -8,11 +8,13 @@ use tonic::{Request, Response, Status};
 
 use super::{NodeError, NodeTable};
 use crate::errors::chain;
-use crate::services::convert::check_label;
+use crate::services::convert::check_subdomain;
 
 #[derive(Clone)]
 pub struct NodesApi {
     pub table: Arc<NodeTable>,
+    /// The Kubernetes watch owns the API's peers: AddNode and RemoveNode are refused.
+    pub managed: bool,
 }
 
 impl From<NodeError> for Status {
@@ -22,14 +24,16 @@ impl From<NodeError> for Status {
             NodeError::Invalid { .. } => Status::invalid_argument(message),
             NodeError::Conflict { .. } => Status::already_exists(message),
             NodeError::NotFound { .. } => Status::not_found(message),
-            NodeError::FromConfig { .. } => Status::failed_precondition(message),
+            NodeError::FromConfig { .. } | NodeError::Managed => {
+                Status::failed_precondition(message)
+            }
             NodeError::Net(_) | NodeError::Store(_) => Status::internal(message),
         }
     }
 }
 
 fn peer_from(n: pb::Node) -> Result<Peer, NodeError> {
-    check_label("name", &n.name).map_err(|e| NodeError::Invalid {
+    check_subdomain("name", &n.name).map_err(|e| NodeError::Invalid {
         field: "name",
         reason: e.to_string(),
     })?;
@@ -63,6 +67,9 @@ impl pb::nodes_server::Nodes for NodesApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        if self.managed {
+            return Err(NodeError::Managed.into());
+        }
         let node = req
             .into_inner()
             .node
@@ -77,6 +84,9 @@ impl pb::nodes_server::Nodes for NodesApi {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        if self.managed {
+            return Err(NodeError::Managed.into());
+        }
         let name = req.into_inner().name;
         tracing::info!(%name, "RemoveNode");
         self.table.remove(&name).await?;

@@ -29,6 +29,8 @@ pub enum NodeError {
     NotFound { name: String },
     #[error("node {name} comes from the config file; remove it there")]
     FromConfig { name: String },
+    #[error("peers come from the Kubernetes API server's Nodes (kubeconfig): change them there")]
+    Managed,
     #[error("cannot program the routes to the peers")]
     Net(#[source] netsetup::NetError),
     #[error(transparent)]
@@ -53,15 +55,16 @@ pub struct NodeTable {
     inner: Mutex<Persisted>,
 }
 
-/// Checks peers against each other and this node: names are DNS labels and unique, node IPs
-/// unique and not this node's, pod CIDRs disjoint from each other and from this node's.
+/// Checks peers against each other and this node: names are DNS subdomains (as Kubernetes
+/// names Nodes) and unique, node IPs unique and not this node's, pod CIDRs disjoint from each
+/// other and from this node's.
 pub fn check_peers(
     pod_cidr: &IpNet,
     node_ip: Option<Ipv4Addr>,
     peers: &[Peer],
 ) -> Result<(), String> {
     for (i, p) in peers.iter().enumerate() {
-        crate::services::convert::check_label("name", &p.name).map_err(|e| e.to_string())?;
+        crate::services::convert::check_subdomain("name", &p.name).map_err(|e| e.to_string())?;
         if Some(p.node_ip) == node_ip || p.node_ip.is_unspecified() || p.node_ip.is_loopback() {
             return Err(format!(
                 "node {}: {} cannot be a peer's node IP",
@@ -99,6 +102,34 @@ pub fn check_peers(
         }
     }
     Ok(())
+}
+
+/// Of `candidates`, in order, those that can join `admitted` (the peers in force before them,
+/// e.g. the config file's): each is checked with [`check_peers`] against this node, `admitted`
+/// and the candidates taken before it. The others come back with the reason.
+pub fn admit(
+    pod_cidr: &IpNet,
+    node_ip: Option<Ipv4Addr>,
+    admitted: &[Peer],
+    candidates: Vec<Peer>,
+) -> (Vec<Peer>, Vec<(String, String)>) {
+    let mut all = admitted.to_vec();
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    for p in candidates {
+        if admitted.iter().any(|a| a.name == p.name) {
+            refused.push((p.name, "the config file names this node".into()));
+            continue;
+        }
+        all.push(p);
+        match check_peers(pod_cidr, node_ip, &all) {
+            Ok(()) => taken.push(all.last().expect("just pushed").clone()),
+            Err(reason) => {
+                let p = all.pop().expect("just pushed");
+                refused.push((p.name, reason));
+            }
+        }
+    }
+    (taken, refused)
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -196,6 +227,27 @@ impl NodeTable {
         self.apply(&mut inner, api).await.map(drop)
     }
 
+    /// Makes the API's peers exactly those of `candidates` that [`admit`] takes (after the
+    /// config file's), in one change of the kernel's routes; answers the refused ones with
+    /// the reason. The Kubernetes watch (`crate::kube`) owns the API's peers this way.
+    pub async fn replace_api(
+        &self,
+        candidates: Vec<Peer>,
+    ) -> Result<Vec<(String, String)>, NodeError> {
+        let mut inner = self.inner.lock().await;
+        let (mut api, refused) = admit(
+            &self.net.cidr(),
+            self.node_ip,
+            &self.config_peers,
+            candidates,
+        );
+        api.sort();
+        if api != inner.api || self.desired(&api) != inner.applied {
+            self.apply(&mut inner, api).await?;
+        }
+        Ok(refused)
+    }
+
     /// Applies the peers in force with `api`, then records both.
     async fn apply(&self, inner: &mut Persisted, api: Vec<Peer>) -> Result<usize, NodeError> {
         let desired = self.desired(&api);
@@ -266,7 +318,10 @@ mod tests {
                     peer("c", "192.0.2.3", "10.92.5.0/24"),
                 ],
             ),
-            ("DNS label", vec![peer("B", "192.0.2.2", "10.92.0.0/24")]),
+            (
+                "DNS subdomain",
+                vec![peer("B", "192.0.2.2", "10.92.0.0/24")],
+            ),
         ];
         for (why, peers) in bad {
             let err = check_peers(&own, me, &peers).unwrap_err();
@@ -275,5 +330,40 @@ mod tests {
                 "{why}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn admit_takes_the_candidates_that_fit_and_says_why_not_the_others() {
+        let own: IpNet = "10.91.0.0/24".parse().unwrap();
+        let me = Some("192.0.2.1".parse().unwrap());
+        let config = [peer("c", "192.0.2.3", "10.93.0.0/24")];
+        let (taken, refused) = admit(
+            &own,
+            me,
+            &config,
+            vec![
+                peer("b.example", "192.0.2.2", "10.92.0.0/24"),
+                peer("c", "192.0.2.30", "10.99.0.0/24"),
+                peer("d", "192.0.2.4", "10.93.0.0/25"),
+                peer("e", "192.0.2.2", "10.95.0.0/24"),
+                peer("f", "192.0.2.6", "10.96.0.0/24"),
+            ],
+        );
+        let names: Vec<&str> = taken.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b.example", "f"]);
+        let why: Vec<(&str, &str)> = refused
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert_eq!(why[0], ("c", "the config file names this node"));
+        assert!(
+            why[1].0 == "d" && why[1].1.contains("overlapping"),
+            "{why:?}"
+        );
+        assert!(
+            why[2].0 == "e" && why[2].1.contains("same node IP"),
+            "{why:?}"
+        );
     }
 }

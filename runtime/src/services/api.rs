@@ -13,6 +13,18 @@ use crate::errors::chain;
 #[derive(Clone)]
 pub struct ServicesApi {
     pub table: Arc<ServiceTable>,
+    /// The Kubernetes watch owns the Services: the RPCs that change them are refused.
+    pub managed: bool,
+}
+
+impl ServicesApi {
+    fn writable(&self) -> Result<(), ServiceError> {
+        if self.managed {
+            Err(ServiceError::Managed)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl From<ServiceError> for Status {
@@ -24,6 +36,7 @@ impl From<ServiceError> for Status {
             ServiceError::Exists { .. } | ServiceError::Claimed { .. } => {
                 Status::already_exists(message)
             }
+            ServiceError::Managed => Status::failed_precondition(message),
             ServiceError::Net(netsetup::NetError::Firewall(
                 netsetup::firewall::FirewallError::NoServices,
             )) => Status::failed_precondition(message),
@@ -44,6 +57,7 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::AddServiceRequest>,
     ) -> Result<Response<pb::AddServiceResponse>, Status> {
+        self.writable()?;
         let req = req.into_inner();
         let service = req
             .service
@@ -61,6 +75,7 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        self.writable()?;
         let req = req.into_inner();
         names(&req.namespace, &req.name)?;
         tracing::info!(namespace = %req.namespace, name = %req.name, "RemoveService");
@@ -97,6 +112,7 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::SetEndpointsRequest>,
     ) -> Result<Response<pb::SetEndpointsResponse>, Status> {
+        self.writable()?;
         let req = req.into_inner();
         names(&req.namespace, &req.name)?;
         tracing::info!(namespace = %req.namespace, name = %req.name, endpoints = req.endpoints.len(), "SetEndpoints");
@@ -115,6 +131,7 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::ApplyServicesRequest>,
     ) -> Result<Response<pb::ApplyServicesResponse>, Status> {
+        self.writable()?;
         let req = req.into_inner();
         let mut wanted = Vec::with_capacity(req.services.len());
         for (i, s) in req.services.into_iter().enumerate() {

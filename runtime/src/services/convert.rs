@@ -42,6 +42,19 @@ pub fn check_label(field: &str, v: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// A DNS-1123 subdomain, as Kubernetes names Nodes: dot-separated DNS labels, at most 253
+/// characters.
+pub fn check_subdomain(field: &str, v: &str) -> Result<(), ServiceError> {
+    if v.len() <= 253 && v.split('.').all(|l| check_label(field, l).is_ok()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not a DNS subdomain (DNS labels joined by '.', at most 253)"),
+        ))
+    }
+}
+
 /// An address a Service or endpoint may have: unicast, not loopback, not unspecified.
 fn parse_ip(field: &str, v: &str) -> Result<IpAddr, ServiceError> {
     let ip: IpAddr = v

@@ -37,6 +37,8 @@ pub enum ServiceError {
         namespace: String,
         name: String,
     },
+    #[error("services come from the Kubernetes API server (kubeconfig): change them there")]
+    Managed,
     #[error("cannot program the service rules")]
     Net(#[source] netsetup::NetError),
     #[error(transparent)]

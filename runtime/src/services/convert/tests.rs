@@ -168,3 +168,14 @@ fn endpoints_are_checked_against_the_service() {
         .collect();
     assert_eq!(err(many), "endpoints");
 }
+
+#[test]
+fn node_names_are_dns_subdomains() {
+    for ok in ["b", "node-2", "ip-10-0-1-2.ec2.internal"] {
+        assert!(check_subdomain("name", ok).is_ok(), "{ok}");
+    }
+    let long = ["a".repeat(63).as_str(); 5].join(".");
+    for bad in ["", "B", "a..b", ".a", "a.", "-a.b", &long] {
+        assert!(check_subdomain("name", bad).is_err(), "{bad}");
+    }
+}
