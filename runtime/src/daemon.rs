@@ -153,6 +153,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("cannot clean the image store")?;
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
     let exe = std::env::current_exe().context("cannot find the peapod binary")?;
+    let exe = crate::monitor::binary_beside(&exe);
+    info!(monitor = %exe.display(), "containers' monitors");
     let containers = Containers::new(cfg.clone(), sandboxes.clone(), images.clone(), exe);
     sandboxes.recover().await?;
     {

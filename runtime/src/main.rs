@@ -240,40 +240,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(daemon::serve(cfg))
 }
 
-/// The hidden per-container subcommands, dispatched before any argument parsing so that the
-/// long-lived monitor stays lean: `peapod monitor <container dir>` and
-/// `peapod enter [--tty] <container dir> <pid> <start time> <command…>`.
-fn internal(args: &[std::ffi::OsString]) -> Option<std::process::ExitCode> {
-    use std::path::Path;
-    let sub = args.get(1)?.to_str()?;
-    match (sub, args.get(2)) {
-        ("monitor", Some(dir)) => Some(monitor::main(Path::new(dir))),
-        ("enter", Some(_)) => {
-            let tty = args[2] == "--tty";
-            let at = if tty { 3 } else { 2 };
-            let num = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
-            let (Some(dir), Some(pid), Some(start_time)) = (args.get(at), num(at + 1), num(at + 2))
-            else {
-                eprintln!("usage: peapod enter [--tty] DIR PID START_TIME COMMAND...");
-                return Some(std::process::ExitCode::from(2));
-            };
-            let target = sandbox::process::ProcRef {
-                pid: pid as i32,
-                start_time,
-            };
-            let argv: Vec<String> = args[at + 3..]
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            Some(monitor::enter::main(Path::new(dir), target, &argv, tty))
-        }
-        _ => None,
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(code) = internal(&args) {
+    if let Some(code) = monitor::internal(&args) {
         return code;
     }
     let cli = Cli::parse();

@@ -1,6 +1,6 @@
 //! `containerd-shim-peapod-v2`: peapod as a containerd runtime v2 shim (`runtime_type =
 //! "io.containerd.peapod.v2"`), its own binary; it runs tasks with peapod's own launch path
-//! (`peapod monitor`, `peapod enter`: the `peapod` binary beside it, see [`peapod_binary`]),
+//! (`monitor`, `enter` of the `peapod-monitor` binary beside it, see [`peapod_binary`]),
 //! see [`task`].
 //!
 //! containerd runs `<shim> -namespace N -address A -id ID start` in the bundle dir; `start`
@@ -10,6 +10,7 @@
 
 mod console;
 mod exec;
+mod idle;
 mod oci;
 mod stats;
 mod task;
@@ -32,8 +33,20 @@ const RUNTIME_ID: &str = "io.containerd.peapod.v2";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 pub fn main() -> ExitCode {
+    one_malloc_arena();
     containerd_shim::run::<Shim>(RUNTIME_ID, None);
     ExitCode::SUCCESS
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core), each with
+/// heap pages touched and kept; the shim's threads (ttrpc's, the reapers', the stdio
+/// copiers) allocate little and seldom, so one arena serves them all.
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 struct Shim {
@@ -120,21 +133,24 @@ impl containerd_shim::Shim for Shim {
     }
 }
 
-/// The `peapod` binary, whose `monitor` and `enter` run the tasks: the one beside this
-/// binary (its real path), else the first on PATH. Its own process, not the shim's: a monitor
-/// carries none of the shim's code.
+/// The binary whose `monitor` and `enter` run the tasks: `peapod-monitor` (the small one),
+/// else `peapod` (which answers the same subcommands): beside this binary (its real path),
+/// else in the first PATH dir that has either. Its own process, not the shim's: a monitor carries none of
+/// the shim's code.
 pub fn peapod_binary() -> std::path::PathBuf {
-    let beside = std::env::current_exe()
+    let dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.canonicalize().ok())
-        .and_then(|exe| Some(exe.parent()?.join("peapod")))
-        .filter(|p| p.is_file());
-    beside
-        .or_else(|| {
-            std::env::var_os("PATH")?
-                .to_str()?
-                .split(':')
-                .map(|dir| Path::new(dir).join("peapod"))
+        .and_then(|exe| Some(exe.parent()?.to_owned()));
+    let path: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dir.iter()
+        .chain(&path)
+        .find_map(|d| {
+            [peapod::monitor::MONITOR_BINARY, "peapod"]
+                .iter()
+                .map(|name| d.join(name))
                 .find(|p| p.is_file())
         })
         .unwrap_or_else(|| "peapod".into())

@@ -110,6 +110,7 @@ pub struct Service {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     cgroups: Arc<Cgroups>,
     exe: PathBuf,
+    idle: Arc<crate::idle::Idle>,
 }
 
 pub(crate) fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
@@ -149,6 +150,7 @@ impl Service {
             tasks: Mutex::new(HashMap::new()),
             cgroups: Arc::new(cgroups),
             exe: super::peapod_binary(),
+            idle: crate::idle::Idle::start(),
         }
     }
 
@@ -156,7 +158,10 @@ impl Service {
         publish(&self.publisher, &self.namespace, topic, event);
     }
 
+    /// The task `id`; every request but Create starts here, so this is where the shim
+    /// learns it is busy.
     fn task(&self, id: &str) -> TtrpcResult<Arc<Task>> {
+        self.idle.poke();
         self.tasks
             .lock()
             .expect("lock")
@@ -166,6 +171,7 @@ impl Service {
     }
 
     fn create_task(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Arc<Task>> {
+        self.idle.poke();
         if req.id.is_empty() || req.bundle.is_empty() {
             return Err(status(Code::INVALID_ARGUMENT, "id and bundle are required"));
         }

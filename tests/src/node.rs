@@ -104,7 +104,7 @@ impl NodeBuilder {
         let needed: &[&str] = if self.without_daemon {
             &["peapod-pause"]
         } else {
-            &["peapod", "peapod-pause"]
+            &["peapod", "peapod-monitor", "peapod-pause"]
         };
         for bin in needed {
             ensure!(

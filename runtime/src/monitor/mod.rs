@@ -43,6 +43,51 @@ use crate::sandbox::process::ProcRef;
 use crate::store;
 use log::{Framer, LogFile, Stream, now_nanos, rfc3339_nano};
 
+/// The binary that runs the per-container processes: `peapod-monitor` beside `exe` (it carries
+/// only this module's code, so a monitor that lives as long as its container touches a few
+/// pages of it), else `exe` itself, which answers the same subcommands.
+pub fn binary_beside(exe: &Path) -> PathBuf {
+    exe.canonicalize()
+        .ok()
+        .and_then(|real| Some(real.parent()?.join(MONITOR_BINARY)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| exe.to_owned())
+}
+
+/// The small binary of [`internal`]'s subcommands (`src/bin/peapod-monitor.rs`).
+pub const MONITOR_BINARY: &str = "peapod-monitor";
+
+/// The per-container subcommands, dispatched before any argument parsing so that the
+/// long-lived monitor stays lean: `monitor <container dir>` and
+/// `enter [--tty] <container dir> <pid> <start time> <command…>`. `None`: not one of them.
+/// Both `peapod` and `peapod-monitor` answer them.
+pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
+    let sub = args.get(1)?.to_str()?;
+    match (sub, args.get(2)) {
+        ("monitor", Some(dir)) => Some(main(Path::new(dir))),
+        ("enter", Some(_)) => {
+            let tty = args[2] == "--tty";
+            let at = if tty { 3 } else { 2 };
+            let num = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
+            let (Some(dir), Some(pid), Some(start_time)) = (args.get(at), num(at + 1), num(at + 2))
+            else {
+                eprintln!("usage: peapod enter [--tty] DIR PID START_TIME COMMAND...");
+                return Some(ExitCode::from(2));
+            };
+            let target = crate::sandbox::process::ProcRef {
+                pid: pid as i32,
+                start_time,
+            };
+            let argv: Vec<String> = args[at + 3..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Some(enter::main(Path::new(dir), target, &argv, tty))
+        }
+        _ => None,
+    }
+}
+
 /// How long the monitor keeps reading the pipes after the container's process exited (other
 /// processes may still hold them).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -539,13 +584,14 @@ impl Monitor {
     }
 }
 
-/// Unmaps the file pages start-up touched. The monitor lives as long as its container, but
+/// Unmaps the file pages start-up touched (the containerd shim does it too, when idle; see
+/// its `idle.rs`). The monitor lives as long as its container, but
 /// its steady state (poll, read, frame, write) runs a small part of the binary: after this
 /// only the pages the loop uses fault back in. Those pages belong to the page cache (shared
 /// with the daemon and every other monitor), so nothing is lost but their mapping here.
 /// Only read-only file mappings without a single private (copied) page are dropped: relocated
 /// data is a private copy, and dropping it would bring back the file's unrelocated bytes.
-fn shed_file_pages() {
+pub fn shed_file_pages() {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
     let mut current: Option<(usize, usize, bool)> = None;
     let shed = |m: Option<(usize, usize, bool)>| {

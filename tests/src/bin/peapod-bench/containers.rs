@@ -259,12 +259,17 @@ impl Containers {
             v.get(v.len().saturating_sub(1) / 2).copied()
         });
         // Under containerd: what its shims (and, for peapod's shim, the monitors it runs)
-        // hold for all the pods, while they all run.
-        let shims = rss_where(|argv0| {
+        // hold for all the pods, while they all run: in their steady state, 2 s after the
+        // last start (peapod's shim unmaps the file pages a request touched 1 s after it).
+        let is_shim = |argv0: &str| {
             Path::new(argv0)
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim"))
-        });
+        };
+        if rss_where(is_shim) > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let shims = rss_where(is_shim);
         let per_pod = |bytes: u64| Some(bytes / n.max(1) as u64);
         let shim_rows = if shims > 0 {
             let monitors = rss_where(|argv0| argv0 == "peapod");
