@@ -571,11 +571,13 @@ fn strays_in(procs: &[ProcArgs]) -> Vec<String> {
         .collect()
 }
 
-/// The container id of a monitor's command line (`… peapod monitor <dir>/<id>`).
+/// The container id of a monitor's command line (`… peapod-monitor monitor <dir>/<id>`, or
+/// `… peapod monitor …` for one `peapod` ran).
 fn monitor_of(args: &str) -> Option<String> {
     let mut words = args.split_whitespace();
     let exe = words.next()?;
-    (exe.ends_with("/peapod") && words.next() == Some("monitor"))
+    let ours = exe.ends_with("/peapod-monitor") || exe.ends_with("/peapod");
+    (ours && words.next() == Some("monitor"))
         .then(|| words.next())
         .flatten()
         .and_then(|dir| dir.rsplit('/').next())

@@ -103,7 +103,7 @@ async fn stdin_once_and_a_tty() -> Result<()> {
             &cfg,
             interactive(
                 "tty",
-                &["sh", "-c", "read x; stty size; sleep 600"],
+                &["sh", "-c", "read x; tty; stty size; sleep 600"],
                 false,
                 true,
             ),
@@ -114,8 +114,13 @@ async fn stdin_once_and_a_tty() -> Result<()> {
     s.resize(77, 22).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.send(0, b"go\r").await?;
-    s.stdout_until("22 77", WAIT).await?;
+    let seen = s.stdout_until("22 77", WAIT).await?;
     drop(s);
+    // The terminal is the container's own, the first of its devpts instance.
+    ensure!(
+        seen.contains("/dev/pts/0\r\n"),
+        "tty in the container: {seen:?}"
+    );
     node.wait_log(&cfg, "tty.log", "22 77", WAIT).await?;
 
     // Requests that do not fit the container.

@@ -45,7 +45,7 @@ async fn nothing_left(c: &Containerd) -> Result<()> {
             "pgrep",
             "-a",
             "-f",
-            "containerd-shim-peapod|peapod monitor|httpd|^/pause$",
+            "containerd-shim-peapod|peapod(-monitor)? monitor|httpd|^/pause$",
         ])
         .await?;
     ensure!(

@@ -39,7 +39,11 @@ async fn wait_for(c: &Containerd, id: &str, want: Option<&str>) -> Result<Option
 /// dir, no cgroup.
 async fn nothing_left(c: &Containerd) -> Result<()> {
     let node = c.node();
-    for pattern in ["containerd-shim-peapod", "peapod monitor", "sleep"] {
+    for pattern in [
+        "containerd-shim-peapod",
+        "peapod(-monitor)? monitor",
+        "sleep",
+    ] {
         let found = node.exec_output(&["pgrep", "-a", "-f", pattern]).await?;
         ensure!(
             !found.status.success(),

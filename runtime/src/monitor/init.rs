@@ -48,6 +48,8 @@ pub enum InitError {
     },
     #[error("cannot set the hostname")]
     Hostname(#[source] nix::errno::Errno),
+    #[error("cannot make the container's terminal")]
+    Terminal(#[source] std::io::Error),
     #[error("cannot set up stdio")]
     Stdio(#[source] nix::errno::Errno),
     #[error("cannot fork the container's process")]
@@ -68,6 +70,9 @@ pub struct InitIo {
     pub status: File,
     /// The read end of the `go` pipe (close-on-exec).
     pub go: File,
+    /// With a TTY: where the container's process sends the master of the terminal it makes
+    /// (see [`terminal`]).
+    pub console: Option<OwnedFd>,
 }
 
 fn report(mut status: &File, msg: &str) {
@@ -176,7 +181,7 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
             Ok(())
         }
         ForkResult::Child => {
-            let e = container_process(spec, &io.go);
+            let e = container_process(spec, &io.go, io.console.as_ref());
             report(&io.status, &format!("error {}", chain(&e)));
             // SAFETY: as in `run`.
             unsafe { libc::_exit(127) }
@@ -186,10 +191,15 @@ fn start(spec: &LaunchSpec, io: &InitIo) -> Result<(), InitError> {
 
 /// The container's process: rootfs, the monitor's go, then the command. Returns only on
 /// failure.
-fn container_process(spec: &LaunchSpec, mut go: &File) -> InitError {
+fn container_process(spec: &LaunchSpec, mut go: &File, console: Option<&OwnedFd>) -> InitError {
     // Our own status and go fds must not leak into the container: they are close-on-exec.
     if let Err(e) = rootfs::setup(spec) {
         return e.into();
+    }
+    if let Some(console) = console
+        && let Err(e) = terminal(spec, console)
+    {
+        return InitError::Terminal(e);
     }
     let mut byte = [0u8; 1];
     if !matches!(std::io::Read::read(&mut go, &mut byte), Ok(1)) {
@@ -202,6 +212,35 @@ fn container_process(spec: &LaunchSpec, mut go: &File) -> InitError {
     }
     super::cloexec_above_stderr();
     process::become_command(spec, &spec.argv, &spec.env, &spec.cwd, false).into()
+}
+
+/// The container's terminal, made in its own devpts instance (its rootfs is in place: `/` is
+/// the container's), so that its processes find it as `/dev/pts/0`, owned by the container's
+/// user: the slave becomes stdin, stdout and stderr, the master goes to the monitor on
+/// `console` (SCM_RIGHTS) and is closed here.
+fn terminal(spec: &LaunchSpec, console: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (master, slave) = crate::streaming::pty::open_pair(Path::new("/"))?;
+    nix::unistd::fchown(
+        &slave,
+        Some(nix::unistd::Uid::from_raw(spec.user.uid)),
+        Some(nix::unistd::Gid::from_raw(spec.user.gid)),
+    )?;
+    let fds = [master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"t")];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(
+        console.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )?;
+    drop(master);
+    nix::unistd::dup2_stdin(slave.as_fd())?;
+    nix::unistd::dup2_stdout(slave.as_fd())?;
+    nix::unistd::dup2_stderr(slave.as_fd())?;
+    Ok(())
 }
 
 /// With a TTY the command leads its own session, the terminal on its stdin as its

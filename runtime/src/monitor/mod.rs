@@ -33,6 +33,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
@@ -228,12 +229,8 @@ struct Stdio {
     /// Where attachers' input goes: the stdin pipe, or the pty master.
     stdin: Option<File>,
     pty: Option<File>,
-}
-
-fn cloexec(fd: &OwnedFd) -> io::Result<()> {
-    use nix::fcntl::{F_SETFD, FdFlag, fcntl};
-    fcntl(fd, F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
+    /// With a TTY: the socket pair on which the master comes (ours, the init's).
+    console: Option<(OwnedFd, OwnedFd)>,
 }
 
 fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
@@ -246,26 +243,29 @@ fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
             err: None,
             stdin: None,
             pty: None,
+            console: None,
         });
     }
     if spec.stdio.tty {
-        // One terminal for the three: the container's output is all "stdout".
-        let pty = nix::pty::openpty(None, None)?;
-        cloexec(&pty.master)?;
-        cloexec(&pty.slave)?;
-        let master = File::from(pty.master);
+        // One terminal for the three, made by the container's process in its own devpts
+        // instance (so that it is its `/dev/pts/0`); it sends us the master on `console`.
+        // Until then, its stdio is /dev/null.
+        let (ours, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        let null = || -> io::Result<OwnedFd> { Ok(File::open("/dev/null")?.into()) };
         return Ok(Stdio {
-            init_in: pty.slave.try_clone()?,
-            init_out: pty.slave.try_clone()?,
-            init_err: pty.slave,
-            out: Some(master.try_clone()?),
+            init_in: null()?,
+            init_out: null()?,
+            init_err: null()?,
+            out: None,
             err: None,
-            stdin: if spec.stdio.stdin {
-                Some(master.try_clone()?)
-            } else {
-                None
-            },
-            pty: Some(master),
+            stdin: None,
+            pty: None,
+            console: Some((ours, theirs)),
         });
     }
     let (out_r, out_w) = pipe()?;
@@ -284,6 +284,7 @@ fn stdio(spec: &LaunchSpec) -> io::Result<Stdio> {
         err: Some(err_r),
         stdin,
         pty: None,
+        console: None,
     })
 }
 
@@ -341,6 +342,35 @@ impl Status {
     }
 }
 
+/// One fd sent with SCM_RIGHTS on `sock`; `None` at EOF (every sender gone).
+fn receive_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = loop {
+        match socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    for c in msg.cmsgs()? {
+        if let socket::ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed `fd` in our table for this message; nobody
+            // else owns it.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(None)
+}
+
 fn pipe() -> io::Result<(File, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     Ok((File::from(r), w))
@@ -370,18 +400,12 @@ impl Monitor {
         let _ = std::fs::remove_file(sock);
         let listener = UnixListener::bind(sock)?;
         listener.set_nonblocking(true)?;
-        let io_ends = stdio(spec)?;
-        let attach_sock = attach::socket_path(sock);
+        let mut io_ends = stdio(spec)?;
         let gone = |sock: &Path| {
             let _ = std::fs::remove_file(sock);
             let _ = std::fs::remove_file(attach::socket_path(sock));
         };
-        let hub = attach::Hub::new(
-            attach_sock,
-            io_ends.stdin,
-            spec.stdio.stdin_once,
-            io_ends.pty,
-        )?;
+        let (console, init_console) = io_ends.console.take().unzip();
         let (status_r, status_w) = pipe()?;
         let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let io = init::InitIo {
@@ -390,6 +414,7 @@ impl Monitor {
             stderr: io_ends.init_err,
             status: File::from(status_w),
             go: File::from(go_r),
+            console: init_console,
         };
         // SAFETY: single-threaded, as in `main`.
         match unsafe { nix::unistd::fork() }? {
@@ -411,6 +436,49 @@ impl Monitor {
                 reap_all();
                 gone(sock);
                 return Err(io::Error::other(e).into());
+            }
+        };
+        // With a TTY, the terminal the process made once its rootfs was there (or, if it
+        // failed first, EOF: the error is on the status pipe).
+        if let Some(console) = console {
+            match receive_fd(&console) {
+                Ok(Some(master)) => {
+                    let master = File::from(master);
+                    io_ends.out = Some(master.try_clone()?);
+                    if spec.stdio.stdin {
+                        io_ends.stdin = Some(master.try_clone()?);
+                    }
+                    io_ends.pty = Some(master);
+                }
+                r => {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+                    drop(go_w);
+                    status.finish()?;
+                    let e = match r {
+                        Err(e) => format!("cannot receive the container's terminal: {e}"),
+                        Ok(_) => status
+                            .error()
+                            .unwrap_or_else(|| "the container's process sent no terminal".into()),
+                    };
+                    reap_all();
+                    gone(sock);
+                    return Err(io::Error::other(e).into());
+                }
+            }
+        }
+        let hub = match attach::Hub::new(
+            attach::socket_path(sock),
+            io_ends.stdin,
+            spec.stdio.stdin_once,
+            io_ends.pty,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+                drop(go_w);
+                reap_all();
+                gone(sock);
+                return Err(e.into());
             }
         };
         // The container runs and nothing says so yet: a daemon that crashed after it spawned
