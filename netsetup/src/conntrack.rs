@@ -457,7 +457,7 @@ fn ip_octets(ip: IpAddr) -> Vec<u8> {
 }
 
 /// One attribute, padded to 4 bytes.
-fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+pub(crate) fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
     let len = (4 + value.len()) as u16;
     let mut out = [&len.to_ne_bytes()[..], &kind.to_ne_bytes(), value].concat();
     out.resize(out.len().next_multiple_of(4), 0);
@@ -465,7 +465,7 @@ fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
 }
 
 /// A nested attribute around `attrs`.
-fn nested(kind: u16, attrs: &[u8]) -> Vec<u8> {
+pub(crate) fn nested(kind: u16, attrs: &[u8]) -> Vec<u8> {
     attr(kind | NLA_F_NESTED, attrs)
 }
 

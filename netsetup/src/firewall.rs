@@ -286,6 +286,17 @@ impl Firewall for Nftables {
         old: &'a [ServicePortRules],
         new: &'a [ServicePortRules],
     ) -> Result<(), FirewallError> {
+        // Only backends changed: their chains' rules, without nft's cache (see nftnl).
+        if let Some(chains) = service::rules_only(old, new) {
+            match crate::nftnl::replace_rules(TABLE, &chains) {
+                Ok(()) => return Ok(()),
+                // nft's script makes every part, whatever the kernel has.
+                Err(e) => tracing::warn!(
+                    error = %crate::chain(&e),
+                    "the backends' netlink change failed; applying it with nft"
+                ),
+            }
+        }
         let mut s = String::new();
         let _ = writeln!(s, "add table inet {TABLE}");
         service::declare(&mut s);

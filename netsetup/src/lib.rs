@@ -22,10 +22,13 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 mod network;
+pub mod nftnl;
 pub mod peers;
 mod reaper;
 pub mod service;
 pub mod sysctl;
+#[cfg(test)]
+mod testing;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -34,6 +34,17 @@ pub enum L4 {
     Sctp,
 }
 
+impl L4 {
+    /// Its IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            L4::Tcp => 6,
+            L4::Udp => 17,
+            L4::Sctp => 132,
+        }
+    }
+}
+
 impl fmt::Display for L4 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -246,6 +257,45 @@ pub fn change(s: &mut String, old: Option<&ServicePortRules>, new: Option<&Servi
     for (set, key) in &keep_noep {
         let _ = writeln!(s, "add element inet {t} {set} {{ {key} }}");
     }
+}
+
+/// When `old` → `new` changes nothing but the backends of service ports without affinity
+/// that have backends before and after (their chains and map elements stay), the rules each
+/// of their chains gets, as [`fill`] writes them; else `None`.
+pub fn rules_only(
+    old: &[ServicePortRules],
+    new: &[ServicePortRules],
+) -> Option<Vec<crate::nftnl::ChainRules>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for n in new {
+        let o = old.iter().find(|o| o.id == n.id)?;
+        let plain = |p: &ServicePortRules| p.affinity.is_none() && !p.backends.is_empty();
+        if !plain(o) || !plain(n) || o.keys(false) != n.keys(false) {
+            return None;
+        }
+        if o.backends == n.backends {
+            continue;
+        }
+        let count = n.backends.len();
+        let rules = n
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| crate::nftnl::DnatRule {
+                modulus: (i + 1 < count).then(|| (count - i) as u32),
+                protocol: n.protocol.number(),
+                target: *b,
+            })
+            .collect();
+        out.push(crate::nftnl::ChainRules {
+            chain: n.chain(),
+            rules,
+        });
+    }
+    Some(out)
 }
 
 /// The rules of a service port's chain (added and flushed by the caller) and its backend

@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use nix::sched::{CloneFlags, unshare};
-
 use super::*;
 use crate::firewall::{Firewall, Nftables, node_script};
 
@@ -17,6 +15,49 @@ fn port(id: &str, backends: &[&str], affinity: Option<u32>) -> ServicePortRules 
         node_port: None,
         affinity,
         backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+    }
+}
+
+#[test]
+fn only_a_change_of_backends_skips_nft() {
+    use crate::nftnl::{ChainRules, DnatRule};
+    let two = port("a", &["10.88.0.5:8080", "10.88.0.6:8080"], None);
+    let one = port("a", &["10.88.0.7:8080"], None);
+    let dnat = |modulus, target: &str| DnatRule {
+        modulus,
+        protocol: 6,
+        target: target.parse().unwrap(),
+    };
+    assert_eq!(
+        rules_only(std::slice::from_ref(&one), std::slice::from_ref(&two)),
+        Some(vec![ChainRules {
+            chain: "svc_a".into(),
+            rules: vec![
+                dnat(Some(2), "10.88.0.5:8080"),
+                dnat(None, "10.88.0.6:8080")
+            ],
+        }])
+    );
+    let same = std::slice::from_ref(&two);
+    assert_eq!(rules_only(same, same), Some(vec![]));
+    // Anything else is nft's: no backends (the keys move to the reject sets), affinity
+    // (chains and sets per backend), another address or node port, a port more or less.
+    let none = port("a", &[], None);
+    let sticky = port("a", &["10.88.0.7:8080"], Some(60));
+    let moved = ServicePortRules {
+        node_port: Some(30080),
+        ..one.clone()
+    };
+    let b = port("b", &["10.88.0.7:8080"], None);
+    for (old, new) in [
+        (vec![two.clone()], vec![none]),
+        (vec![two.clone()], vec![sticky]),
+        (vec![two.clone()], vec![moved]),
+        (vec![two.clone()], vec![one.clone(), b.clone()]),
+        (vec![two.clone()], vec![b]),
+        (vec![], vec![one]),
+    ] {
+        assert_eq!(rules_only(&old, &new), None, "{old:?} -> {new:?}");
     }
 }
 
@@ -169,23 +210,8 @@ fn listings_name_service_chains_and_affinity_sets_only() {
     assert!(parse_present(b"{", sets).is_err());
 }
 
-/// Runs `f` on a thread of its own in a new network namespace (gone when the thread ends).
 fn in_netns(f: impl FnOnce() + Send + 'static) {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("PEAPOD_SKIP_PRIVILEGED").as_deref() == Ok("1"),
-            "the nftables tests of Services need root: they unshare a network namespace \
-             (set PEAPOD_SKIP_PRIVILEGED=1 to skip them)"
-        );
-        eprintln!("not root and PEAPOD_SKIP_PRIVILEGED=1: skipping");
-        return;
-    }
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
-        f();
-    })
-    .join()
-    .expect("the test thread passed");
+    crate::testing::in_netns("the nftables tests of Services", f);
 }
 
 fn table() -> String {

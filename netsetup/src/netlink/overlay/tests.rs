@@ -28,19 +28,8 @@ fn vtep_mac_is_locally_administered_unicast_and_carries_the_node_ip() {
     assert_ne!(vtep_mac(LOCAL), vtep_mac(PEER));
 }
 
-/// True when the privileged tests can run; fails them loudly when not root, unless
-/// PEAPOD_SKIP_PRIVILEGED=1.
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("PEAPOD_SKIP_PRIVILEGED").as_deref() == Ok("1"),
-        "the overlay netlink tests need root: they unshare a network namespace \
-         (set PEAPOD_SKIP_PRIVILEGED=1 to skip them)"
-    );
-    eprintln!("not root and PEAPOD_SKIP_PRIVILEGED=1: skipping");
-    false
+    crate::testing::privileged("the overlay netlink tests")
 }
 
 /// Runs `test` on a fresh thread in a new network namespace holding the underlay veth pair
