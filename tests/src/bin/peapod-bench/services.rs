@@ -239,5 +239,34 @@ async fn rows_for(
         update,
         Target::P50Under(Duration::from_millis(50)),
     );
+    // A Service that comes and goes: its chain and map elements too (nft's path).
+    let (mut added, mut removed) = (Samples::default(), Samples::default());
+    let extra = many(10_001, backends).pop().context("one more Service")?;
+    for _ in 0..10 {
+        let start = Instant::now();
+        svc.add_service(pb::AddServiceRequest {
+            service: Some(extra.clone()),
+            replace: false,
+        })
+        .await?;
+        added.push(start.elapsed());
+        let start = Instant::now();
+        svc.remove_service(pb::RemoveServiceRequest {
+            namespace: extra.namespace.clone(),
+            name: extra.name.clone(),
+        })
+        .await?;
+        removed.push(start.elapsed());
+    }
+    latency(
+        "one Service added, 10,000 loaded".into(),
+        added,
+        Target::P50Under(Duration::from_millis(50)),
+    );
+    latency(
+        "one Service removed, 10,000 loaded".into(),
+        removed,
+        Target::P50Under(Duration::from_millis(50)),
+    );
     Ok(())
 }
