@@ -74,7 +74,13 @@ pub fn to_spec(req: cri::RunPodSandboxRequest) -> Result<PodSpec, SandboxError> 
             uid: m.uid,
             attempt: m.attempt,
         },
-        hostname: config.hostname,
+        // None given (the kubelet always gives one; a hand-written crictl config may not):
+        // the node's, as containerd and CRI-O do.
+        hostname: if config.hostname.is_empty() && namespaces.network != NsMode::Node {
+            node_hostname()
+        } else {
+            config.hostname
+        },
         log_directory: config.log_directory,
         dns: config.dns_config.map(|d| DnsConfig {
             servers: d.servers,
@@ -91,6 +97,14 @@ pub fn to_spec(req: cri::RunPodSandboxRequest) -> Result<PodSpec, SandboxError> 
     })
 }
 
+/// The node's hostname (of the daemon's UTS namespace); empty if it has none.
+fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +119,39 @@ mod tests {
             Err(SandboxError::Invalid { field, .. }) => assert_eq!(field, "config.metadata"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_pod_without_a_hostname_gets_the_nodes() {
+        let cfg = |network: cri::NamespaceMode| cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: network as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = |c| {
+            to_spec(cri::RunPodSandboxRequest {
+                config: Some(c),
+                runtime_handler: String::new(),
+            })
+            .unwrap()
+        };
+        let node = node_hostname();
+        assert!(!node.is_empty());
+        assert_eq!(spec(cfg(cri::NamespaceMode::Pod)).hostname, node);
+        // A host-network pod has the node's UTS namespace: nothing to fill in.
+        assert_eq!(spec(cfg(cri::NamespaceMode::Node)).hostname, "");
     }
 
     #[test]
