@@ -1,5 +1,8 @@
 //! Helpers of the privileged unit tests.
 
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
 use nix::sched::{CloneFlags, unshare};
 
 /// True when the privileged tests can run (as root); fails them loudly when not, unless
@@ -31,4 +34,23 @@ pub fn in_netns(what: &str, f: impl FnOnce() + Send) {
         .join()
         .expect("the test thread passed");
     });
+}
+
+/// Runs `nft -f -` with `ruleset`; panics if nft refuses it.
+pub fn nft(ruleset: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft -f - refused:\n{ruleset}"
+    );
 }

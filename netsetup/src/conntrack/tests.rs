@@ -1,15 +1,14 @@
 //! Encoding and parsing against hand-built bytes, then the real thing in a throwaway netns
 //! (needs root; PEAPOD_SKIP_PRIVILEGED=1 skips those tests when not root).
 
-use std::io::Write;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::thread;
 
 use nix::sched::{CloneFlags, unshare};
 
 use super::*;
 use crate::netlink::Netlink;
+use crate::testing::nft;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -260,24 +259,6 @@ fn in_fresh_netns(test: impl FnOnce() + Send) {
             test();
         });
     });
-}
-
-fn nft(ruleset: &str) {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft -f - refused:\n{ruleset}"
-    );
 }
 
 /// Sends one datagram from a fresh socket on 127.0.0.1; returns the socket's address.

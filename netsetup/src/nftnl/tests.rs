@@ -1,7 +1,7 @@
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::*;
-use crate::testing::in_netns;
+use crate::testing::{in_netns, nft};
 
 fn rule(modulus: Option<u32>, protocol: u8, target: &str) -> DnatRule {
     DnatRule {
@@ -70,22 +70,6 @@ fn acks_carry_the_sequence_number_they_answer() {
     msg.extend(0u32.to_ne_bytes());
     assert_eq!(acks(&msg), [(7, -2)]);
     assert_eq!(acks(&msg[..10]), []);
-}
-
-fn nft(script: &str) {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f: {script}");
 }
 
 /// The expressions of each rule of `chain` in table `inet t`, as `nft -j` prints them.
