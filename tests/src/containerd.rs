@@ -39,7 +39,15 @@ impl Containerd {
     pub async fn start() -> Result<Containerd> {
         let namespace = format!("peapod-test-{}", crate::random_hex(4));
         let cgroup_parent = format!("/{namespace}");
-        Self::start_with(namespace, cgroup_parent, false).await
+        Self::start_with(namespace, cgroup_parent, false, false).await
+    }
+
+    /// Like [`Containerd::start`], in a node that sees only the host's cgroup2 hierarchy
+    /// (`NodeBuilder::cgroup_v2`).
+    pub async fn start_v2() -> Result<Containerd> {
+        let namespace = format!("peapod-test-{}", crate::random_hex(4));
+        let cgroup_parent = format!("/{namespace}");
+        Self::start_with(namespace, cgroup_parent, false, true).await
     }
 
     /// A node running containerd with its CRI plugin on the node's CRI socket (where
@@ -48,11 +56,20 @@ impl Containerd {
     /// standard `loopback` plugin containerd always runs too), and the test's pause image as
     /// the sandbox image. The node's pod configs' cgroup parent holds every task.
     pub async fn start_cri() -> Result<Containerd> {
-        Self::start_with("k8s.io".into(), String::new(), true).await
+        Self::start_with("k8s.io".into(), String::new(), true, false).await
     }
 
-    async fn start_with(namespace: String, cgroup_parent: String, cri: bool) -> Result<Containerd> {
-        let node = Node::builder().without_daemon().start().await?;
+    async fn start_with(
+        namespace: String,
+        cgroup_parent: String,
+        cri: bool,
+        v2: bool,
+    ) -> Result<Containerd> {
+        let mut builder = Node::builder().without_daemon();
+        if v2 {
+            builder = builder.cgroup_v2();
+        }
+        let node = builder.start().await?;
         let cgroup_parent = if cri {
             node.cgroup_parent().to_owned()
         } else {

@@ -103,6 +103,39 @@ async fn kill_and_remove(c: &Containerd, id: &str) -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_task_on_a_cgroup_v2_node_gets_its_cgroup_there() -> Result<()> {
+    let c = Containerd::start_v2().await?;
+    // ctr asks 1024 CPU shares by default, and this kind of machine's cgroup2 hierarchy has
+    // no cpu controller (only hugetlb): a limit it cannot honour is refused, so none.
+    let flags = ["--cpu-shares", "0"];
+    let out = run(
+        &c,
+        &[&flags[..], &["--rm"]].concat(),
+        "v2once",
+        &["sh", "-c", "echo v2; exit 4"],
+    )
+    .await?;
+    ensure!(
+        out.status.code() == Some(4) && String::from_utf8_lossy(&out.stdout).trim() == "v2",
+        "ctr run on v2: {out:?}\n{}",
+        c.log_tail()
+    );
+    run_detached(&c, &flags, "v2task", &["sleep", "1000"]).await?;
+    let pid = wait_for(&c, "v2task", Some("RUNNING")).await?.unwrap_or(0);
+    let cgroups = c
+        .node()
+        .exec(&["cat", &format!("/proc/{pid}/cgroup")])
+        .await?;
+    let want = format!("0::/{}/v2task", c.namespace());
+    ensure!(
+        cgroups.lines().any(|l| l == want),
+        "the task's cgroups, want {want}:\n{cgroups}"
+    );
+    kill_and_remove(&c, "v2task").await?;
+    nothing_left(&c).await
+}
+
+#[tokio::test]
 async fn ctr_run_shows_output_and_the_exit_code() -> Result<()> {
     let c = Containerd::start().await?;
     let script = "echo out; echo err >&2; id -u";
