@@ -200,14 +200,8 @@ struct Conn {
 
 impl Conn {
     fn open() -> Result<Conn, ConntrackError> {
-        let open = || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_NETFILTER)?;
-            socket.bind_auto()?;
-            socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-            Ok(socket)
-        };
         Ok(Conn {
-            socket: open().map_err(ConntrackError::Socket)?,
+            socket: nfnetlink_socket().map_err(ConntrackError::Socket)?,
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
@@ -412,18 +406,42 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
-/// A ctnetlink request: nlmsghdr, nfgenmsg, then `attrs`.
-fn request(op: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
+/// A `NETLINK_NETFILTER` socket in the network namespace of the calling thread, bound and
+/// connected to the kernel.
+pub(crate) fn nfnetlink_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// An nfnetlink message: nlmsghdr (`kind`, NLM_F_REQUEST | `flags`, `seq`; the kernel fills
+/// in our port id), nfgenmsg (`family`, version 0, `res_id` big-endian), then `attrs`.
+pub(crate) fn nfnl_message(
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) -> Vec<u8> {
     let len = (NLMSG_HDR_LEN + 4 + attrs.len()) as u32;
     let mut out = Vec::with_capacity(len as usize);
     out.extend(len.to_ne_bytes());
-    out.extend((NFNL_SUBSYS_CTNETLINK << 8 | op).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
     out.extend((NLM_F_REQUEST | flags).to_ne_bytes());
     out.extend(seq.to_ne_bytes());
-    out.extend(0u32.to_ne_bytes()); // port id: the kernel fills in ours
-    out.extend([family as u8, NFNETLINK_V0, 0, 0]); // nfgenmsg, res_id 0
+    out.extend(0u32.to_ne_bytes());
+    out.extend([family, NFNETLINK_V0]);
+    out.extend(res_id.to_be_bytes());
     out.extend(attrs);
     out
+}
+
+/// A ctnetlink request: nlmsghdr, nfgenmsg, then `attrs`.
+fn request(op: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
+    let kind = NFNL_SUBSYS_CTNETLINK << 8 | op;
+    nfnl_message(kind, flags, seq, family as u8, 0, attrs)
 }
 
 fn delete_request(tuple: &Tuple, seq: u32) -> Vec<u8> {

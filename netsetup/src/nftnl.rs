@@ -13,11 +13,10 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR};
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLMSG_ERROR};
 use nix::errno::Errno;
 
-use crate::conntrack::{attr, nested};
+use crate::conntrack::{attr, nested, nfnetlink_socket, nfnl_message};
 
 // From linux/netfilter/nfnetlink.h and nf_tables.h.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -90,13 +89,7 @@ pub struct ChainRules {
 /// Replaces the rules of every chain in `chains` (which must exist) in one transaction.
 pub fn replace_rules(table: &str, chains: &[ChainRules]) -> Result<(), NftnlError> {
     let (batch, want) = batch(table, chains);
-    let socket = (|| -> io::Result<Socket> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-        Ok(socket)
-    })()
-    .map_err(NftnlError::Socket)?;
+    let socket = nfnetlink_socket().map_err(NftnlError::Socket)?;
     socket.send(&batch, 0).map_err(NftnlError::Socket)?;
     // The kernel handles the whole batch inside send: every answer is queued already.
     let mut answers = Vec::new();
@@ -137,7 +130,7 @@ fn batch(table: &str, chains: &[ChainRules]) -> (Vec<u8>, Vec<(u32, String)>) {
         seq += 1;
         seq
     };
-    out.extend(message(
+    out.extend(nfnl_message(
         NFNL_MSG_BATCH_BEGIN,
         0,
         next(),
@@ -155,7 +148,7 @@ fn batch(table: &str, chains: &[ChainRules]) -> (Vec<u8>, Vec<(u32, String)>) {
     for c in chains {
         let s = next();
         let kind = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELRULE;
-        out.extend(message(
+        out.extend(nfnl_message(
             kind,
             NLM_F_ACK,
             s,
@@ -169,11 +162,11 @@ fn batch(table: &str, chains: &[ChainRules]) -> (Vec<u8>, Vec<(u32, String)>) {
             let kind = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE;
             let attrs = [names(&c.chain), rule(r)].concat();
             let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-            out.extend(message(kind, flags, s, NFPROTO_INET, 0, &attrs));
+            out.extend(nfnl_message(kind, flags, s, NFPROTO_INET, 0, &attrs));
             want.push((s, c.chain.clone()));
         }
     }
-    out.extend(message(
+    out.extend(nfnl_message(
         NFNL_MSG_BATCH_END,
         0,
         next(),
@@ -264,21 +257,6 @@ fn immediate(reg: u32, value: &[u8]) -> Vec<u8> {
 
 fn cstr(s: &str) -> Vec<u8> {
     [s.as_bytes(), &[0]].concat()
-}
-
-/// nlmsghdr, nfgenmsg (`family`, version 0, `res_id` big-endian), then `attrs`.
-fn message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
-    let len = (NLMSG_HDR_LEN + 4 + attrs.len()) as u32;
-    let mut out = Vec::with_capacity(len as usize);
-    out.extend(len.to_ne_bytes());
-    out.extend(kind.to_ne_bytes());
-    out.extend((NLM_F_REQUEST | flags).to_ne_bytes());
-    out.extend(seq.to_ne_bytes());
-    out.extend(0u32.to_ne_bytes());
-    out.extend([family, 0]);
-    out.extend(res_id.to_be_bytes());
-    out.extend(attrs);
-    out
 }
 
 /// The (sequence number, code) of each ack (0) or error (-errno) in a datagram.

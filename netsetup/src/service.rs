@@ -279,13 +279,12 @@ pub fn rules_only(
         if o.backends == n.backends {
             continue;
         }
-        let count = n.backends.len();
         let rules = n
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| crate::nftnl::DnatRule {
-                modulus: (i + 1 < count).then(|| (count - i) as u32),
+                modulus: pick_modulus(i, n.backends.len()),
                 protocol: n.protocol.number(),
                 target: *b,
             })
@@ -296,6 +295,12 @@ pub fn rules_only(
         });
     }
     Some(out)
+}
+
+/// The modulus of the `numgen random mod M 0` that takes backend `i` of `n` (see [`fill`]);
+/// none for the last, which takes what is left.
+fn pick_modulus(i: usize, n: usize) -> Option<u32> {
+    (i + 1 < n).then(|| (n - i) as u32)
 }
 
 /// The rules of a service port's chain (added and flushed by the caller) and its backend
@@ -318,11 +323,9 @@ fn fill(s: &mut String, p: &ServicePortRules) {
     let n = p.backends.len();
     // `pick(i)`: the match that takes backend i, empty for the last one.
     let pick = |i: usize| {
-        if i + 1 == n {
-            String::new()
-        } else {
-            format!("numgen random mod {} 0 ", n - i)
-        }
+        pick_modulus(i, n)
+            .map(|m| format!("numgen random mod {m} 0 "))
+            .unwrap_or_default()
     };
     let Some(timeout) = p.affinity else {
         for (i, b) in p.backends.iter().enumerate() {

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bin_dir;
 use crate::node::Node;
 
 /// The table the tests add to mark packets for tracing; not peapod's.
@@ -21,26 +20,14 @@ pub struct Traced {
 }
 
 impl Node {
-    /// Runs `peapod net --socket <node socket> <args…>` inside the node.
+    /// `peapod net <args…>` ([`Node::cli`]).
     pub async fn net_cli(&self, args: &[&str]) -> Result<std::process::Output> {
-        let bin = bin_dir().join("peapod");
-        let socket = self.socket();
-        let mut all = vec![bin.to_str().context("path")?, "net"];
-        all.extend_from_slice(&["--socket", socket.to_str().context("path")?]);
-        all.extend_from_slice(args);
-        self.exec_output(&all).await
+        self.cli("net", args).await
     }
 
-    /// [`Node::net_cli`], which must succeed; its stdout.
+    /// `peapod net <args…>`, which must succeed ([`Node::cli_ok`]).
     pub async fn net_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.net_cli(args).await?;
-        ensure!(
-            out.status.success(),
-            "peapod net {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.cli_ok("net", args).await
     }
 
     /// `peapod net explain --json FROM TO [extra…]`, parsed.
@@ -154,6 +141,18 @@ pub fn one_branch_traced(path: &serde_json::Value, traced: &[Traced]) -> Result<
 }
 
 /// The `kind` of each hop.
+/// The kinds of the hops of a packet from a pod that leaves the node: the pod's route and
+/// neighbour, its veth, the node's route, the forward accept, the masquerade, the next hop.
+pub const LEAVING_THE_NODE: [&str; 7] = [
+    "route",
+    "neighbour",
+    "veth",
+    "route",
+    "filter",
+    "snat",
+    "neighbour",
+];
+
 pub fn kinds(hops: &serde_json::Value) -> Vec<String> {
     hops.as_array()
         .map(Vec::as_slice)

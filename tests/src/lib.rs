@@ -40,7 +40,9 @@ use std::path::PathBuf;
 pub use cni::CniOutput;
 pub use cri::{Client, PodConfig, connect};
 pub use exec::Background;
-pub use explain::{Traced, kinds, named_rules, one_branch_traced, parse_trace, same_rules};
+pub use explain::{
+    LEAVING_THE_NODE, Traced, kinds, named_rules, one_branch_traced, parse_trace, same_rules,
+};
 pub use images::{ImageClient, TestImages, make_test_images_script};
 pub use inspect::{Proc, host_veth};
 pub use node::{Node, NodeBuilder};

@@ -14,26 +14,36 @@ impl Node {
         Ok(ServicesClient::new(cri::channel(&self.socket()).await?))
     }
 
-    /// Runs `peapod service --socket <node socket> <args…>` inside the node.
-    pub async fn service_cli(&self, args: &[&str]) -> Result<std::process::Output> {
+    /// Runs `peapod <command> --socket <node socket> <args…>` inside the node.
+    pub async fn cli(&self, command: &str, args: &[&str]) -> Result<std::process::Output> {
         let bin = bin_dir().join("peapod");
         let socket = self.socket();
-        let mut all = vec![bin.to_str().context("path")?, "service"];
+        let mut all = vec![bin.to_str().context("path")?, command];
         all.extend_from_slice(&["--socket", socket.to_str().context("path")?]);
         all.extend_from_slice(args);
         self.exec_output(&all).await
     }
 
-    /// [`Node::service_cli`], which must succeed; its stdout.
-    pub async fn service_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.service_cli(args).await?;
+    /// [`Node::cli`], which must succeed; its stdout.
+    pub async fn cli_ok(&self, command: &str, args: &[&str]) -> Result<String> {
+        let out = self.cli(command, args).await?;
         ensure!(
             out.status.success(),
-            "peapod service {args:?} failed ({}): {}",
+            "peapod {command} {args:?} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `peapod service <args…>` ([`Node::cli`]).
+    pub async fn service_cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.cli("service", args).await
+    }
+
+    /// `peapod service <args…>`, which must succeed ([`Node::cli_ok`]).
+    pub async fn service_ok(&self, args: &[&str]) -> Result<String> {
+        self.cli_ok("service", args).await
     }
 
     /// The Service part of the node's nftables table as `nft list` prints it: the `svc_`

@@ -8,7 +8,9 @@ mod common;
 
 use anyhow::{Context, Result, ensure};
 use peapod_proto::net::v1 as pb;
-use peapod_tests::{Node, Traced, kinds, named_rules, one_branch_traced, same_rules};
+use peapod_tests::{
+    LEAVING_THE_NODE, Node, Traced, kinds, named_rules, one_branch_traced, same_rules,
+};
 use serde_json::Value;
 use tonic::Code;
 
@@ -28,6 +30,17 @@ fn text(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// `peapod service add NAME --cluster-ip IP --port PORT`, then its `endpoints`.
+async fn service(node: &Node, name: &str, ip: &str, port: &str, endpoints: &[&str]) -> Result<()> {
+    node.service_ok(&["add", name, "--cluster-ip", ip, "--port", port])
+        .await?;
+    let mut set = vec!["endpoints", "set", name];
+    for e in endpoints {
+        set.extend(["--endpoint", e]);
+    }
+    node.service_ok(&set).await.map(drop)
+}
+
 #[tokio::test]
 async fn explain_names_the_rules_a_traced_packet_passes() -> Result<()> {
     let node = common::node_with_uplink().await?;
@@ -38,24 +51,13 @@ async fn explain_names_the_rules_a_traced_packet_passes() -> Result<()> {
     for p in [&web_a, &web_b] {
         listeners.push(node.listen_in_pod(&p.id, "0.0.0.0:8080", 100).await?);
     }
-    node.service_ok(&[
-        "add",
+    service(
+        &node,
         "web",
-        "--cluster-ip",
         "10.96.0.10",
-        "--port",
         "http=80:8080@30080",
-    ])
-    .await?;
-    node.service_ok(&[
-        "endpoints",
-        "set",
-        "web",
-        "--endpoint",
-        &web_a.ip,
-        "--endpoint",
-        &web_b.ip,
-    ])
+        &[&web_a.ip, &web_b.ip],
+    )
     .await?;
 
     // A cluster IP: the pod's default route, its veth on the bridge, the vmap lookup, the
@@ -187,17 +189,7 @@ async fn explain_names_the_rules_a_traced_packet_passes() -> Result<()> {
     // the default route and the masquerade rule; the traced datagram matched it.
     let path = node.explain("client", "192.0.2.254:9", &["--udp"]).await?;
     ensure!(
-        path["outcome"] == "leaves"
-            && kinds(&path["hops"])
-                == [
-                    "route",
-                    "neighbour",
-                    "veth",
-                    "route",
-                    "filter",
-                    "snat",
-                    "neighbour"
-                ],
+        path["outcome"] == "leaves" && kinds(&path["hops"]) == LEAVING_THE_NODE,
         "{}",
         text(&path)
     );
@@ -256,17 +248,7 @@ async fn a_pod_reaching_itself_through_its_service_is_masqueraded_and_explained(
     let node = common::node_with_uplink().await?;
     let web = pod(&node, "web").await?;
     let _listener = node.listen_in_pod(&web.id, "0.0.0.0:8080", 10).await?;
-    node.service_ok(&[
-        "add",
-        "self",
-        "--cluster-ip",
-        "10.96.0.30",
-        "--port",
-        "80:8080",
-    ])
-    .await?;
-    node.service_ok(&["endpoints", "set", "self", "--endpoint", &web.ip])
-        .await?;
+    service(&node, "self", "10.96.0.30", "80:8080", &[&web.ip]).await?;
     let path = node.explain("default/web", "10.96.0.30:80", &[]).await?;
     let branch = &path["backends"][0];
     ensure!(
@@ -294,17 +276,7 @@ async fn bad_explain_requests_get_precise_errors_and_graph_draws_the_node() -> R
     let node = common::node_with_uplink().await?;
     let web = pod(&node, "web").await?;
     let _other = pod(&node, "client").await?;
-    node.service_ok(&[
-        "add",
-        "web",
-        "--cluster-ip",
-        "10.96.0.10",
-        "--port",
-        "80:8080",
-    ])
-    .await?;
-    node.service_ok(&["endpoints", "set", "web", "--endpoint", &web.ip])
-        .await?;
+    service(&node, "web", "10.96.0.10", "80:8080", &[&web.ip]).await?;
     let mut c =
         pb::network_client::NetworkClient::new(peapod_tests::cri::channel(&node.socket()).await?);
     let ask = |from: &str, to: &str, port: u32| pb::ExplainRequest {

@@ -8,7 +8,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use peapod_tests::{Node, kinds, named_rules, one_branch_traced, same_rules};
+use peapod_tests::{LEAVING_THE_NODE, Node, kinds, named_rules, one_branch_traced, same_rules};
 
 const NODES: usize = 3;
 
@@ -103,17 +103,7 @@ impl Cluster {
     }
 
     async fn peapod(&self, i: usize, args: &[&str]) -> Result<String> {
-        let node = &self.nodes[i];
-        let bin = peapod_tests::bin_dir().join("peapod");
-        let socket = node.socket();
-        let mut all = vec![
-            bin.to_str().context("path")?,
-            args[0],
-            "--socket",
-            socket.to_str().context("path")?,
-        ];
-        all.extend_from_slice(&args[1..]);
-        node.exec(&all).await
+        self.nodes[i].cli_ok(args[0], &args[1..]).await
     }
 
     async fn pod(&self, i: usize, name: &str) -> Result<(String, String)> {
@@ -282,17 +272,7 @@ async fn explained_across(c: &Cluster, pods: &[(String, String)], vxlan: bool) -
     );
     if vxlan {
         ensure!(
-            kinds(&path["hops"])
-                == [
-                    "route",
-                    "neighbour",
-                    "veth",
-                    "route",
-                    "filter",
-                    "snat",
-                    "neighbour",
-                    "vxlan"
-                ]
+            kinds(&path["hops"]) == [&LEAVING_THE_NODE[..], &["vxlan"]].concat()
                 && detail("vxlan")
                     .iter()
                     .any(|d| d.contains("behind 192.0.2.2") && d.contains("node node1")),
@@ -300,16 +280,7 @@ async fn explained_across(c: &Cluster, pods: &[(String, String)], vxlan: bool) -
         );
     } else {
         ensure!(
-            kinds(&path["hops"])
-                == [
-                    "route",
-                    "neighbour",
-                    "veth",
-                    "route",
-                    "filter",
-                    "snat",
-                    "neighbour"
-                ]
+            kinds(&path["hops"]) == LEAVING_THE_NODE
                 && detail("route").iter().any(|d| d.contains("via 192.0.2.2"))
                 && path["verdict"]
                     .as_str()

@@ -119,33 +119,9 @@ async fn two_pods_reach_each_other_and_the_gateway() -> Result<()> {
     node.assert_empty().await
 }
 
-/// The node gets an address and a default route (on a veth: this kernel has no dummy links).
-const NODE_ADDRESS: &[&[&str]] = &[
-    &[
-        "ip", "link", "add", "name", "uplink0", "type", "veth", "peer", "name", "uplink1",
-    ],
-    &["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"],
-    &["ip", "link", "set", "uplink1", "up"],
-    &["ip", "link", "set", "uplink0", "up"],
-    &[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.0.2.254",
-        "dev",
-        "uplink0",
-    ],
-];
-
 #[tokio::test]
 async fn node_network_pods_share_the_node_network() -> Result<()> {
-    let mut builder = common::builder();
-    for command in NODE_ADDRESS {
-        builder = builder.setup(command);
-    }
-    let node = builder.start().await?;
+    let node = common::node_with_uplink().await?;
     let pod_net = node.run_pod(&node.pod_config("pod-net")).await?;
     let pins_before = node.pins().await?;
     let leases_before = node.leases()?;

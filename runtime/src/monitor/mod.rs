@@ -438,6 +438,14 @@ impl Monitor {
                 return Err(io::Error::other(e).into());
             }
         };
+        // A start that fails from here on: the container's process goes before it runs the
+        // command (it waits for `go`, which closes with `go_w`).
+        let abandon = |go_w: OwnedFd| {
+            let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
+            drop(go_w);
+            reap_all();
+            gone(sock);
+        };
         // With a TTY, the terminal the process made once its rootfs was there (or, if it
         // failed first, EOF: the error is on the status pipe).
         if let Some(console) = console {
@@ -451,8 +459,7 @@ impl Monitor {
                     io_ends.pty = Some(master);
                 }
                 r => {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
-                    drop(go_w);
+                    abandon(go_w);
                     status.finish()?;
                     let e = match r {
                         Err(e) => format!("cannot receive the container's terminal: {e}"),
@@ -460,8 +467,6 @@ impl Monitor {
                             .error()
                             .unwrap_or_else(|| "the container's process sent no terminal".into()),
                     };
-                    reap_all();
-                    gone(sock);
                     return Err(io::Error::other(e).into());
                 }
             }
@@ -474,10 +479,7 @@ impl Monitor {
         ) {
             Ok(h) => h,
             Err(e) => {
-                let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
-                drop(go_w);
-                reap_all();
-                gone(sock);
+                abandon(go_w);
                 return Err(e.into());
             }
         };
@@ -490,12 +492,8 @@ impl Monitor {
             started_at: now_nanos(),
         };
         if let Err(e) = store::write_json(&dir.join(MONITOR_FILE), &running) {
-            // Unrecorded, the container would run with no one to stop it: it goes before it
-            // runs the command (it waits for `go`).
-            let _ = nix::sys::signal::kill(Pid::from_raw(init), Signal::SIGKILL);
-            drop(go_w);
-            reap_all();
-            gone(sock);
+            // Unrecorded, the container would run with no one to stop it.
+            abandon(go_w);
             return Err(StartFailure::NotRecorded(e));
         }
         // Go: the process may exec the command now (it may have failed already: EPIPE).
