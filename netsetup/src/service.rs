@@ -269,9 +269,11 @@ pub fn rules_only(
     if old.len() != new.len() {
         return None;
     }
+    let old: std::collections::BTreeMap<&str, &ServicePortRules> =
+        old.iter().map(|o| (o.id.as_str(), o)).collect();
     let mut out = Vec::new();
     for n in new {
-        let o = old.iter().find(|o| o.id == n.id)?;
+        let o = *old.get(n.id.as_str())?;
         let plain = |p: &ServicePortRules| p.affinity.is_none() && !p.backends.is_empty();
         if !plain(o) || !plain(n) || o.keys(false) != n.keys(false) {
             return None;
