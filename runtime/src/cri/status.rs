@@ -138,7 +138,8 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::UnsupportedMediaType { .. } => Code::Unimplemented,
         ImageError::DigestMismatch { .. }
         | ImageError::SizeMismatch { .. }
-        | ImageError::DiffIdMismatch { .. } => Code::DataLoss,
+        | ImageError::DiffIdMismatch { .. }
+        | ImageError::SizeOverflow { .. } => Code::DataLoss,
         ImageError::BadJson { .. }
         | ImageError::Malformed { .. }
         | ImageError::Unpack { .. }

@@ -197,24 +197,26 @@ impl Import<'_> {
         Ok(out)
     }
 
-    /// The image manifest a descriptor leads to (through an index, for this node).
+    /// The image manifest a descriptor leads to (through an index, for this node), each
+    /// descriptor on the way checked against its blob's size.
     fn manifest(&self, desc: &Descriptor) -> Result<(Digest, Manifest), ImageError> {
-        let mut digest = desc.digest.clone();
+        let mut desc = desc.clone();
         for _ in 0..2 {
+            let digest = desc.digest.clone();
             if !self.store.blobs.contains(&digest) {
                 return Err(self.bad(format!("blob {digest} is missing")));
             }
+            self.store.blobs.check_size("manifest", &desc)?;
             match ManifestDoc::parse(&self.store.blobs.read(&digest)?, None, &digest)? {
                 ManifestDoc::Image(m) => return Ok((digest, m)),
                 ManifestDoc::Index(i) => {
                     let arch = node_arch();
-                    digest = pick_platform(&i, arch)
+                    desc = pick_platform(&i, arch)
                         .ok_or(ImageError::NoMatchingPlatform {
                             index: digest.clone(),
                             os: "linux",
                             architecture: arch,
                         })?
-                        .digest
                         .clone();
                 }
             }
@@ -301,9 +303,7 @@ impl Import<'_> {
         media_type: String,
     ) -> Result<Descriptor, ImageError> {
         let digest = self.resolve(c, path)?;
-        let size = std::fs::metadata(self.store.blobs.path(&digest))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let size = self.store.blobs.size(&digest)?;
         Ok(Descriptor {
             media_type,
             digest,

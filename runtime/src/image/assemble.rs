@@ -27,6 +27,14 @@ pub(super) struct Names {
     pub repo_digests: Vec<String>,
 }
 
+/// The bytes of an image's content: its manifest, config and layer blobs; `None` on overflow.
+fn total_size(manifest_size: u64, manifest: &Manifest) -> Option<u64> {
+    manifest.layers.iter().try_fold(
+        manifest_size.checked_add(manifest.config.size)?,
+        |sum, l| sum.checked_add(l.size),
+    )
+}
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -46,6 +54,17 @@ impl ImageStore {
         names: Names,
     ) -> Result<ImageRecord, ImageError> {
         manifest.check()?;
+        // Every descriptor's size is the stored blob's, checked before anything is unpacked:
+        // the image's size is then true, and a lie is refused however the blob got here.
+        self.blobs.check_size("config", &manifest.config)?;
+        for l in &manifest.layers {
+            self.blobs.check_size("layer", l)?;
+        }
+        let size = total_size(self.blobs.size(manifest_digest)?, manifest).ok_or_else(|| {
+            ImageError::SizeOverflow {
+                what: format!("image {manifest_digest}"),
+            }
+        })?;
         let config_digest = &manifest.config.digest;
         let config = ImageConfig::parse(&self.blobs.read(config_digest)?, config_digest)?;
         let diff_ids = &config.rootfs.diff_ids;
@@ -82,9 +101,6 @@ impl ImageStore {
                 chain_id,
             });
         }
-        let size = self.blob_size(manifest_digest)
-            + manifest.config.size
-            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
         Ok(ImageRecord {
             id: config_digest.clone(),
             repo_tags: names.repo_tags,
@@ -95,12 +111,6 @@ impl ImageStore {
             run: config.run_config(),
             created_at: now_ns(),
         })
-    }
-
-    fn blob_size(&self, d: &Digest) -> u64 {
-        std::fs::metadata(self.blobs.path(d))
-            .map(|m| m.len())
-            .unwrap_or(0)
     }
 
     /// Stores `records` in the index; returns them as stored (merged with what was there).
@@ -147,5 +157,45 @@ impl ImageStore {
                 tracing::warn!(error = %e.chain(), "cannot remove a failed operation's layer");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::spec::{Descriptor, OCI_CONFIG, OCI_LAYER};
+
+    fn desc(size: u64) -> Descriptor {
+        Descriptor {
+            media_type: OCI_LAYER.into(),
+            digest: Digest::of(&size.to_le_bytes()),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        }
+    }
+
+    fn manifest(config: u64, layers: &[u64]) -> Manifest {
+        Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: Descriptor {
+                media_type: OCI_CONFIG.into(),
+                ..desc(config)
+            },
+            layers: layers.iter().map(|&s| desc(s)).collect(),
+        }
+    }
+
+    #[test]
+    fn sizes_add_up_or_overflow_is_none() {
+        assert_eq!(total_size(10, &manifest(20, &[30, 40])), Some(100));
+        assert_eq!(total_size(0, &manifest(0, &[])), Some(0));
+        let huge = i64::MAX as u64;
+        // Three claims of 2^63-1 wrap a u64 sum: refused, never wrapped.
+        assert_eq!(total_size(1, &manifest(huge, &[huge, huge])), None);
+        assert_eq!(total_size(u64::MAX, &manifest(1, &[])), None);
+        assert_eq!(total_size(0, &manifest(0, &[u64::MAX, 1])), None);
+        assert_eq!(total_size(0, &manifest(huge, &[huge, 1])), Some(u64::MAX));
     }
 }

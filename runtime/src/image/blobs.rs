@@ -11,6 +11,7 @@ use tempfile::NamedTempFile;
 use super::digest::{Digest, Hasher};
 use super::error::ImageError;
 use super::scratch::Scratch;
+use super::spec::Descriptor;
 
 /// The largest JSON blob (manifest, index, config) we read into memory.
 pub const MAX_JSON: u64 = 8 << 20;
@@ -53,6 +54,28 @@ impl Blobs {
     pub fn open_blob(&self, d: &Digest) -> Result<File, ImageError> {
         let p = self.path(d);
         File::open(&p).map_err(ImageError::io("cannot open blob", p))
+    }
+
+    /// The size of a stored blob.
+    pub fn size(&self, d: &Digest) -> Result<u64, ImageError> {
+        let p = self.path(d);
+        fs::symlink_metadata(&p)
+            .map(|m| m.len())
+            .map_err(ImageError::io("cannot inspect blob", p))
+    }
+
+    /// Fails unless the stored blob `desc` names has the size `desc` claims.
+    pub fn check_size(&self, what: &'static str, desc: &Descriptor) -> Result<(), ImageError> {
+        let actual = self.size(&desc.digest)?;
+        if actual != desc.size {
+            return Err(ImageError::SizeMismatch {
+                what,
+                digest: desc.digest.clone(),
+                expected: desc.size,
+                actual,
+            });
+        }
+        Ok(())
     }
 
     /// Reads a (small) blob into memory.

@@ -31,6 +31,8 @@ pub enum ImageError {
         expected: u64,
         actual: u64,
     },
+    #[error("the sizes of {what} add up to more than {max} bytes", max = u64::MAX)]
+    SizeOverflow { what: String },
     #[error("invalid {what} {digest}")]
     BadJson {
         what: &'static str,

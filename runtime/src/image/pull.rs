@@ -149,6 +149,14 @@ impl ImageStore {
                             architecture: arch,
                         })?;
                     let f = session.manifest(desc.digest.as_str()).await?;
+                    if f.bytes.len() as u64 != desc.size {
+                        return Err(ImageError::SizeMismatch {
+                            what: "manifest",
+                            digest: desc.digest.clone(),
+                            expected: desc.size,
+                            actual: f.bytes.len() as u64,
+                        });
+                    }
                     match ManifestDoc::parse(&f.bytes, f.content_type.as_deref(), &f.digest)? {
                         ManifestDoc::Image(m) => (f.digest, f.bytes, m),
                         ManifestDoc::Index(_) => {

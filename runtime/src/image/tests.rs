@@ -38,8 +38,9 @@ pub(super) fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// An OCI archive of images given as (ref name, layers as file lists); `corrupt` appends a
-/// byte to the last layer blob after naming it, `wrong_diff` lies in the config's diff ids.
+/// An OCI archive of images given as (ref name, layers as file lists); `break_it`: "blob"
+/// appends a byte to the last layer blob after naming it, "diff" lies in the config's diff
+/// ids, "layer-size", "config-size" and "manifest-size" lie in a descriptor's size.
 #[derive(Default)]
 struct Archive {
     blobs: Vec<(Digest, Vec<u8>)>,
@@ -64,7 +65,10 @@ impl Archive {
             } else {
                 Digest::of(&raw)
             });
-            let (d, n) = self.blob(gzip(&raw));
+            let (d, mut n) = self.blob(gzip(&raw));
+            if break_it == "layer-size" {
+                n += 1;
+            }
             if break_it == "blob" {
                 self.blobs.last_mut().unwrap().1.push(0);
             }
@@ -75,10 +79,16 @@ impl Archive {
         let config = json!({"architecture": spec::node_arch(), "os": "linux",
             "config": {"User": user, "Env": ["A=1"], "Cmd": ["sh"], "StopSignal": "SIGINT"},
             "rootfs": {"type": "layers", "diff_ids": diffs}});
-        let (c, cn) = self.blob(serde_json::to_vec(&config).unwrap());
+        let (c, mut cn) = self.blob(serde_json::to_vec(&config).unwrap());
+        if break_it == "config-size" {
+            cn = i64::MAX as usize;
+        }
         let manifest = json!({"schemaVersion": 2, "mediaType": spec::OCI_MANIFEST,
             "config": {"mediaType": spec::OCI_CONFIG, "digest": c, "size": cn}, "layers": descs});
-        let (m, mn) = self.blob(serde_json::to_vec(&manifest).unwrap());
+        let (m, mut mn) = self.blob(serde_json::to_vec(&manifest).unwrap());
+        if break_it == "manifest-size" {
+            mn -= 1;
+        }
         self.entries.push(
             json!({"mediaType": spec::OCI_MANIFEST, "digest": m, "size": mn,
             "annotations": {spec::ANNOTATION_REF_NAME: name}}),
@@ -221,4 +231,26 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
 fn a_layer_whose_diff_id_lies_is_refused() {
     let archive = Archive::default().image("peapod.test/a:1", &[BASE, APP], "", "diff");
     assert_import_fails(archive, |e| matches!(e, ImageError::DiffIdMismatch { .. }));
+}
+
+#[test]
+fn descriptors_that_lie_about_sizes_are_refused() {
+    for (lie, what, expected) in [
+        ("layer-size", "layer", None),
+        ("config-size", "config", Some(i64::MAX as u64)),
+        ("manifest-size", "manifest", None),
+    ] {
+        let archive = Archive::default()
+            .image("peapod.test/a:1", &[BASE], "", "")
+            .image("peapod.test/b:1", &[BASE, APP], "", lie);
+        assert_import_fails(archive, |e| match e {
+            ImageError::SizeMismatch {
+                what: w,
+                expected: exp,
+                actual,
+                ..
+            } => *w == what && exp.abs_diff(*actual) >= 1 && expected.is_none_or(|x| x == *exp),
+            _ => false,
+        });
+    }
 }

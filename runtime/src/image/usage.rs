@@ -15,6 +15,16 @@ pub struct FsUsage {
     pub inodes_used: u64,
 }
 
+impl FsUsage {
+    /// One more inode of `blocks` 512-byte blocks; `None` on overflow.
+    fn add(self, blocks: u64) -> Option<FsUsage> {
+        Some(FsUsage {
+            used_bytes: self.used_bytes.checked_add(blocks.checked_mul(512)?)?,
+            inodes_used: self.inodes_used.checked_add(1)?,
+        })
+    }
+}
+
 impl ImageStore {
     /// The disk space and inodes the store's directory tree takes. Symlinks are not followed.
     pub fn usage(&self) -> Result<FsUsage, ImageError> {
@@ -34,8 +44,11 @@ impl ImageStore {
             if !seen.insert((m.dev(), m.ino())) {
                 continue;
             }
-            used.inodes_used += 1;
-            used.used_bytes += m.blocks() * 512;
+            used = used
+                .add(m.blocks())
+                .ok_or_else(|| ImageError::SizeOverflow {
+                    what: format!("the files under {}", self.root.display()),
+                })?;
             if m.is_dir() {
                 match fs::read_dir(&p) {
                     Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
@@ -45,5 +58,33 @@ impl ImageStore {
             }
         }
         Ok(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_adds_up_or_overflow_is_none() {
+        let zero = FsUsage {
+            used_bytes: 0,
+            inodes_used: 0,
+        };
+        let one = zero.add(8).unwrap();
+        assert_eq!(
+            one,
+            FsUsage {
+                used_bytes: 4096,
+                inodes_used: 1
+            }
+        );
+        assert_eq!(zero.add(u64::MAX / 512 + 1), None);
+        let full = FsUsage {
+            used_bytes: u64::MAX - 511,
+            inodes_used: 1,
+        };
+        assert_eq!(full.add(1), None);
+        assert!(full.add(0).is_some());
     }
 }
