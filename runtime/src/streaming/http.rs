@@ -1,10 +1,13 @@
 //! The HTTP/1.1 side (hyper): one connection per session, its token checked, then the
 //! upgrade to SPDY/3.1 or WebSocket with a protocol both ends speak.
 //!
-//! A client that is slow to send its request is cut off after [`HEADER_TIMEOUT`]; the number
-//! of connections is bounded, so a flood of idle ones cannot starve the daemon.
+//! Connections are admitted by [`limits`](super::limits): one slow to send its request is cut
+//! off after [`HEADER_TIMEOUT`], idle ones are shed for newer ones, and one whose request
+//! carries a valid token lives as long as its session.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +18,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -23,15 +25,12 @@ use tracing::{debug, warn};
 
 use super::StreamServer;
 use super::channels::Version;
+use super::limits::{Admission, HEADER_TIMEOUT, Limits};
 use super::portforward::{self, Target};
 use super::spdy_conn::SpdyConn;
 use super::spdy_session;
 use super::tokens::Pending;
 use super::ws::{self, Want};
-
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open streaming connections at most.
-pub const MAX_CONNECTIONS: usize = 512;
 
 type Body = Full<Bytes>;
 
@@ -40,7 +39,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     srv: Arc<StreamServer>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = Arc::new(Limits::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -50,37 +49,57 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "streaming server: too many connections; refused");
+        let Some(adm) = limits.admit(peer.ip()) else {
+            debug!(%peer, "streaming server: as many sessions as allowed; refused");
             continue;
         };
+        let adm = Arc::new(adm);
         let _ = tcp.set_nodelay(true);
         let srv = srv.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => connection(tcp, srv).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => connection(s, srv).await,
-                        Ok(Err(e)) => debug!(%peer, "streaming server: TLS handshake: {e}"),
-                        Err(_) => debug!(%peer, "streaming server: TLS handshake timed out"),
-                    }
+            let a = adm.clone();
+            let conn = async move {
+                match tls {
+                    None => connection(tcp, srv, a).await,
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(s) => connection(s, srv, a).await,
+                        Err(e) => debug!(%peer, "streaming server: TLS handshake: {e}"),
+                    },
                 }
-            }
+            };
+            admitted(conn, &adm, peer).await;
         });
     }
 }
 
-async fn connection<S>(io: S, srv: Arc<StreamServer>)
+/// Runs a connection; closes it if it is shed, or if its request has not authenticated it
+/// within [`HEADER_TIMEOUT`].
+async fn admitted(conn: impl Future<Output = ()>, adm: &Admission, peer: SocketAddr) {
+    tokio::pin!(conn);
+    let why = tokio::select! {
+        () = &mut conn => return,
+        () = adm.shed() => "shed for a newer connection",
+        () = tokio::time::sleep(HEADER_TIMEOUT) => "no valid request in time",
+    };
+    if adm.is_authenticated() {
+        conn.await;
+    } else {
+        debug!(%peer, "streaming server: connection closed: {why}");
+    }
+}
+
+async fn connection<S>(io: S, srv: Arc<StreamServer>, adm: Arc<Admission>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
         let srv = srv.clone();
-        async move { Ok::<_, Infallible>(handle(&srv, req)) }
+        let adm = adm.clone();
+        async move { Ok::<_, Infallible>(handle(&srv, &adm, req)) }
     });
+    // Until a valid token authenticates it, the connection stays under the admission's
+    // timeout and may be shed, however many requests it sends.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -151,7 +170,7 @@ const WS_PORTFORWARD: &[&str] = &[
     "base64.channel.k8s.io",
 ];
 
-fn handle(srv: &Arc<StreamServer>, req: Request<Incoming>) -> Response<Body> {
+fn handle(srv: &Arc<StreamServer>, adm: &Arc<Admission>, req: Request<Incoming>) -> Response<Body> {
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or POST");
     }
@@ -162,6 +181,12 @@ fn handle(srv: &Arc<StreamServer>, req: Request<Incoming>) -> Response<Body> {
     let Some(pending) = srv.tokens.take(kind, token) else {
         return plain(StatusCode::NOT_FOUND, "unknown, used or expired token");
     };
+    if !adm.authenticate() {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection shed; try again",
+        );
+    }
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -169,8 +194,8 @@ fn handle(srv: &Arc<StreamServer>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or("")
         .to_ascii_lowercase();
     match upgrade.as_str() {
-        "websocket" => websocket(srv, req, pending),
-        "spdy/3.1" => spdy(srv, req, pending),
+        "websocket" => websocket(srv, adm, req, pending),
+        "spdy/3.1" => spdy(srv, adm, req, pending),
         _ => plain(
             StatusCode::BAD_REQUEST,
             "this URL must be opened with Upgrade: SPDY/3.1 or websocket",
@@ -178,7 +203,12 @@ fn handle(srv: &Arc<StreamServer>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Response<Body> {
+fn websocket(
+    srv: &Arc<StreamServer>,
+    adm: &Arc<Admission>,
+    req: Request<Incoming>,
+    pending: Pending,
+) -> Response<Body> {
     let h = req.headers();
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
@@ -232,7 +262,9 @@ fn websocket(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) 
         rh.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     let srv = srv.clone();
+    let adm = adm.clone(); // the session counts while it runs
     tokio::spawn(async move {
+        let _adm = adm;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => return debug!("websocket upgrade failed: {e}"),
@@ -298,7 +330,12 @@ async fn run_session(srv: &StreamServer, p: Pending, streams: super::channels::S
     }
 }
 
-fn spdy(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Response<Body> {
+fn spdy(
+    srv: &Arc<StreamServer>,
+    adm: &Arc<Admission>,
+    req: Request<Incoming>,
+    pending: Pending,
+) -> Response<Body> {
     let offered = list(req.headers(), "x-stream-protocol-version");
     let ours = match pending {
         Pending::PortForward(_) => SPDY_PORTFORWARD,
@@ -333,7 +370,9 @@ fn spdy(srv: &Arc<StreamServer>, req: Request<Incoming>, pending: Pending) -> Re
         rh.insert("x-stream-protocol-version", HeaderValue::from_static(p));
     }
     let srv = srv.clone();
+    let adm = adm.clone(); // the session counts while it runs
     tokio::spawn(async move {
+        let _adm = adm;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => return debug!("spdy upgrade failed: {e}"),

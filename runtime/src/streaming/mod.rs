@@ -10,6 +10,7 @@ pub mod attach;
 pub mod channels;
 pub mod exec;
 pub mod http;
+pub mod limits;
 pub mod portforward;
 pub mod pty;
 // The SPDY code is shared with the tests' client, which uses the client side (opening
