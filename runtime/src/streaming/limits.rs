@@ -4,7 +4,8 @@
 //! [`HEADER_TIMEOUT`] (TLS handshake included) to send that request, and it may be shed to
 //! make room for a newer one. At most [`MAX_WAITING_PER_PEER`] connections of one peer
 //! address and [`MAX_WAITING`] in all wait; when a new connection would pass either limit,
-//! the oldest waiting one (of that peer, respectively of all) is closed. A client that means
+//! the oldest waiting one (of that peer, respectively of all) is closed. A peer is an IPv4
+//! address or an IPv6 /64 (one host usually holds a whole /64). A client that means
 //! it (kubelet, kube-apiserver, crictl) sends its request at once, so a flood of idle
 //! connections only ever sheds itself. A connection whose request carried a valid token is
 //! *authenticated*: never shed nor timed out, it lives as long as its session. All
@@ -12,7 +13,7 @@
 //! sessions (each one a CRI call's token) can fill.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ impl Limits {
     /// peer, then of all) to make room. `None` only when [`MAX_CONNECTIONS`] sessions are
     /// authenticated.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admission> {
+        let peer = peer_key(peer);
         let mut s = self.lock();
         if s.waiting_per_peer.get(&peer).copied().unwrap_or(0) >= MAX_WAITING_PER_PEER {
             let oldest = s.waiting.iter().find(|(_, (p, _))| *p == peer);
@@ -97,6 +99,14 @@ impl Limits {
             id,
             shed,
         })
+    }
+}
+
+/// Who counts as one peer: an IPv4 address (also when mapped into IPv6), an IPv6 /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(a.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
     }
 }
 
@@ -151,6 +161,16 @@ mod tests {
 
     fn ip(n: u32) -> IpAddr {
         IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 + n))
+    }
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| peer_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("127.0.0.2"), "127.0.0.2");
+        assert_eq!(key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::ffff"), key("2001:db8:1:2:1::"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]
