@@ -144,12 +144,32 @@ fn reply(r: &Reply) {
 }
 
 /// Closes every fd above stderr that this process inherited: whatever its parent left open
-/// without close-on-exec (a containerd shim's crate does) must not reach the container.
-/// For `enter`, at its start, where nothing of its own is open above 2.
+/// without close-on-exec (any launcher can leak one, a containerd shim's crate does) must not
+/// reach a container, where a directory fd is a way out of its root (`/proc/self/fd/<n>` as
+/// the working dir: the pattern of runc's CVE-2024-21626). Called first thing by `peapod
+/// serve`, `monitor`, `enter` and the containerd shim, where nothing of their own is open
+/// above 2 yet: none of them is given fds to keep (`peapod serve` binds its own sockets, no
+/// socket activation).
 pub fn close_inherited_fds() {
-    // SAFETY: close_range only closes fds.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    // SAFETY: close_range only closes fds; nothing of this process owns one above 2 yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: the fds /proc lists, minus the one the listing itself holds (gone
+    // once the listing is dropped, so closing it then is a harmless EBADF).
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        // SAFETY: as above: no fd above 2 belongs to anything of ours.
+        unsafe {
+            libc::close(fd);
+        }
     }
 }
 
@@ -165,6 +185,7 @@ pub fn cloexec_above_stderr() {
 
 /// Entry point of `peapod monitor`.
 pub fn main(dir: &Path) -> ExitCode {
+    close_inherited_fds();
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => {
