@@ -20,6 +20,7 @@ pub mod init;
 pub mod log;
 pub mod process;
 pub mod rootfs;
+pub mod sealed;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -64,6 +65,9 @@ pub const MONITOR_BINARY: &str = "peapod-monitor";
 /// Both `peapod` and `peapod-monitor` answer them.
 pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
     let sub = args.get(1)?.to_str()?;
+    if matches!(sub, "monitor" | "enter") {
+        name_after_argv0(args);
+    }
     match (sub, args.get(2)) {
         ("monitor", Some(dir)) => Some(main(Path::new(dir))),
         ("enter", Some(_)) => {
@@ -86,6 +90,16 @@ pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
             Some(enter::main(Path::new(dir), target, &argv, tty))
         }
         _ => None,
+    }
+}
+
+/// Run from a sealed copy (see [`sealed`]), the process is named after the fd it was exec'd
+/// through: give it argv[0]'s file name again, the name `ps` and `pgrep` know.
+fn name_after_argv0(args: &[std::ffi::OsString]) {
+    use std::os::unix::ffi::OsStrExt;
+    let name = args.first().and_then(|a| Path::new(a).file_name());
+    if let Some(Ok(name)) = name.map(|n| std::ffi::CString::new(n.as_bytes())) {
+        let _ = nix::sys::prctl::set_name(&name);
     }
 }
 

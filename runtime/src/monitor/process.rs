@@ -114,6 +114,9 @@ pub fn become_command(
         }
         Ok(())
     });
+    // With its credentials set, the process is the container's to see (a window the
+    // tests widen to look at what `/proc/<pid>/exe` gives).
+    crate::fault::stall("process:exec");
     match prepared.and_then(|()| exec(argv, env)) {
         Ok(never) => match never {},
         Err(e) => e,
