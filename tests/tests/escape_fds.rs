@@ -3,8 +3,8 @@
 //! close-on-exec) of a canary dir of the node holding a secret; containers then try to make
 //! it their working dir (`/proc/self/fd/<n>`), an exec tries to `cd` into it, and a privileged
 //! container of a pod that shares its PID namespace names a working dir through pause's
-//! `/proc/1/root`. The canary: its secret is read by none of them, and nothing is written
-//! next to it.
+//! `/proc/1/root`; under containerd, the shim's task and exec do the same through the node's
+//! PID 1. The canary: its secret is read by none of them, and nothing is written next to it.
 
 mod common;
 
@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{NamespaceMode, NamespaceOption};
 use peapod_tests::Node;
+use peapod_tests::containerd::{self, Containerd};
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 
 const SECRET: &str = "node-secret-7f3a9c";
@@ -158,6 +159,59 @@ async fn an_inherited_directory_fd_does_not_reach_a_container() -> Result<()> {
     for (name, log) in &logs {
         if log.contains(SECRET) {
             found.push(format!("{name} read the canary's secret:\n{log}"));
+        }
+    }
+    found.extend(canary_touched(&canary).context("look at the canary")?);
+    ensure!(
+        found.is_empty(),
+        "the node's canary dir {} was reached:\n{}",
+        canary.display(),
+        found.join("\n")
+    );
+    Ok(())
+}
+
+/// The shim's paths: a privileged task in the node's PID namespace (whose PID 1 has the node's
+/// root) with its working dir, and then an exec's, through `/proc/1/root`.
+#[tokio::test]
+async fn a_shim_task_or_exec_does_not_work_outside_its_root() -> Result<()> {
+    const RUNTIME: &str = "io.containerd.peapod.v2";
+    let c = Containerd::start().await?;
+    let canary = canary(c.node())?;
+    let cwd = format!("/proc/1/root{}", canary.display());
+    let node_pid_ns = ["--privileged", "--with-ns", "pid:/proc/1/ns/pid"];
+    let mut run = vec!["run", "--rm", "--cwd", &cwd, "--runtime", RUNTIME];
+    run.extend_from_slice(&node_pid_ns);
+    run.extend_from_slice(&[containerd::BUSYBOX, "task-cwd", "sh", "-c", ATTACK]);
+    let task = c.ctr(&run).await?;
+    let mut run = vec!["run", "-d", "--runtime", RUNTIME];
+    run.extend_from_slice(&node_pid_ns);
+    run.extend_from_slice(&[containerd::BUSYBOX, "holder", "sleep", "1000"]);
+    c.ctr_ok(&run).await?;
+    let exec = c
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "--cwd",
+            &cwd,
+            "holder",
+            "sh",
+            "-c",
+            ATTACK,
+        ])
+        .await?;
+    c.ctr_ok(&["task", "kill", "-s", "KILL", "holder"]).await?;
+
+    let mut found = Vec::new();
+    for (what, out) in [("the task", &task), ("the exec", &exec)] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || text.contains(SECRET) {
+            found.push(format!("{what} ran in {cwd}: {text}{err}"));
+        } else if !err.contains("outside the container's root") {
+            found.push(format!("{what} failed, but not saying why: {text}{err}"));
         }
     }
     found.extend(canary_touched(&canary).context("look at the canary")?);
