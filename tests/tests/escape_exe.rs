@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, NamespaceOption};
+use peapod_tests::containerd::Containerd;
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 
 /// Two hits: the exec's process and the second container's process.
@@ -151,6 +152,90 @@ async fn a_joining_process_does_not_show_the_nodes_monitor_binary() -> Result<()
         found.is_empty(),
         "the node's monitor binary {} was reachable:\n{}\n{log}",
         Path::new(&node.bin_dir().join("peapod-monitor")).display(),
+        found.join("\n")
+    );
+    Ok(())
+}
+
+/// Under containerd: the shim's monitor (whose fork becomes the task's process) and its
+/// exec's `enter` (whose fork joins the task) run from a sealed copy too, not from the node's
+/// `peapod-monitor`.
+#[tokio::test]
+async fn the_shims_helpers_run_from_a_sealed_copy() -> Result<()> {
+    const RUNTIME: &str = "io.containerd.peapod.v2";
+    let c = Containerd::start().await?;
+    let node_binary = std::fs::metadata(c.node().bin_dir().join("peapod-monitor"))?;
+    let busybox = peapod_tests::containerd::BUSYBOX;
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        busybox,
+        "t",
+        "sleep",
+        "1000",
+    ])
+    .await?;
+    // An exec that lasts: its `enter` waits for it.
+    let exec = c.node().spawn(&[
+        "ctr",
+        "--address",
+        &c.node().socket().display().to_string(),
+        "--namespace",
+        c.namespace(),
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t",
+        "sleep",
+        "1000",
+    ])?;
+    let node_ns = std::fs::read_link(format!("/proc/{}/ns/pid", c.node().pid1()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let helpers = loop {
+        let mut helpers = Vec::new();
+        for p in std::fs::read_dir("/proc")?.flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let sub = args.get(1).copied().unwrap_or_default();
+            if (sub == b"monitor" || sub == b"enter")
+                && std::fs::read_link(p.path().join("ns/pid")).is_ok_and(|n| n == node_ns)
+            {
+                helpers.push(p.path());
+            }
+        }
+        let enter = helpers.iter().any(|p| {
+            std::fs::read(p.join("cmdline")).is_ok_and(|c| c.windows(6).any(|w| w == b"enter\0"))
+        });
+        if enter || std::time::Instant::now() > deadline {
+            break helpers;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut found = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for p in &helpers {
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(p.join("cmdline"))?).replace('\0', " ");
+        kinds.insert(cmdline.split_whitespace().nth(1).unwrap_or("").to_owned());
+        let exe = std::fs::read_link(p.join("exe"))?;
+        let got = std::fs::metadata(p.join("exe"))?;
+        if (got.dev(), got.ino()) == (node_binary.dev(), node_binary.ino())
+            || !exe.to_string_lossy().starts_with("/memfd:")
+        {
+            found.push(format!("{cmdline}runs {}", exe.display()));
+        }
+    }
+    drop(exec);
+    ensure!(
+        kinds.contains("monitor") && kinds.contains("enter"),
+        "no monitor and enter of the shim found: {helpers:?}"
+    );
+    ensure!(
+        found.is_empty(),
+        "the shim's helpers run the node's binary:\n{}",
         found.join("\n")
     );
     Ok(())
