@@ -154,7 +154,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let sandboxes = Sandboxes::new(cfg.clone(), net.clone(), cgroups);
     let exe = std::env::current_exe().context("cannot find the peapod binary")?;
     let exe = crate::monitor::binary_beside(&exe);
-    info!(monitor = %exe.display(), "containers' monitors");
+    let exe = crate::monitor::sealed::Binary::sealed(exe.clone()).unwrap_or_else(|e| {
+        tracing::warn!(
+            error = %crate::errors::chain(&e),
+            "containers can reach the monitor binary through /proc/<pid>/exe"
+        );
+        crate::monitor::sealed::Binary::unsealed(exe)
+    });
+    info!(monitor = %exe.path().display(), sealed = exe.is_sealed(), "containers' monitors");
     let containers = Containers::new(cfg.clone(), sandboxes.clone(), images.clone(), exe);
     sandboxes.recover().await?;
     {

@@ -232,6 +232,8 @@ fn gc(args: ServeArgs, dry_run: bool) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // What a launcher leaked to us would reach every monitor and container we start.
+    monitor::close_inherited_fds();
     let cfg = config(&args)?;
     init_logging(&cfg.log_level, cfg.log_format)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

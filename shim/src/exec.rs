@@ -17,6 +17,7 @@ use peapod::container::launch::LaunchSpec;
 use peapod::container::user::User;
 use peapod::monitor::LAUNCH_FILE;
 use peapod::monitor::fifo::{self, Dir};
+use peapod::monitor::sealed::Binary;
 use peapod::sandbox::process::ProcRef;
 use peapod::store;
 
@@ -117,7 +118,7 @@ impl ExecProc {
     /// on a thread of its own once the exec ended, with its pid, status and time.
     pub fn start(
         self: &Arc<Self>,
-        exe: &Path,
+        exe: &Binary,
         init: ProcRef,
         on_exit: impl FnOnce(u32, u32, i64) + Send + 'static,
     ) -> Result<u32> {
@@ -158,7 +159,7 @@ impl ExecProc {
         // the helper can end.
         let exits = monitor_subscribe(Topic::Pid)
             .map_err(|e| status(Code::INTERNAL, format!("watch for the exec's exit: {e}")))?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(exe.program());
         cmd.arg0("peapod").arg("enter");
         if self.terminal {
             cmd.arg("--tty");

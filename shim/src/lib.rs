@@ -33,6 +33,8 @@ const RUNTIME_ID: &str = "io.containerd.peapod.v2";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 pub fn main() -> ExitCode {
+    // What containerd (or whoever runs us) left open must not reach the tasks.
+    peapod::monitor::close_inherited_fds();
     one_malloc_arena();
     containerd_shim::run::<Shim>(RUNTIME_ID, None);
     ExitCode::SUCCESS

@@ -32,6 +32,7 @@ use super::oci::{self, RootMount};
 use peapod::container::cgroup;
 use peapod::container::launch::{CgroupDir, Fifos};
 use peapod::container::model::{ExitRecord, Running};
+use peapod::monitor::sealed::Binary;
 use peapod::monitor::{EXIT_FILE, LAUNCH_FILE, MONITOR_FILE, Reply};
 use peapod::sandbox::cgroup::{Cgroups, Hierarchy};
 use peapod::sandbox::process::{self, ProcRef};
@@ -109,7 +110,8 @@ pub struct Service {
     exit: Arc<ExitSignal>,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     cgroups: Arc<Cgroups>,
-    exe: PathBuf,
+    /// `peapod-monitor` (its sealed copy, see [`peapod::monitor::sealed`]).
+    exe: Binary,
     idle: Arc<crate::idle::Idle>,
 }
 
@@ -136,6 +138,18 @@ pub fn cgroups() -> std::io::Result<Cgroups> {
     Cgroups::new(Hierarchy::detect(), Path::new(TASK_ROOT), "").map_err(std::io::Error::other)
 }
 
+/// `path` run from a sealed in-memory copy, so that no task reaches the node's file through
+/// `/proc/<pid>/exe`; the file itself, with a warning, where no copy can be made.
+fn sealed_binary(path: PathBuf) -> Binary {
+    Binary::sealed(path.clone()).unwrap_or_else(|e| {
+        containerd_shim::warn!(
+            "tasks can reach the monitor binary through /proc/<pid>/exe: {}",
+            peapod::errors::chain(&e)
+        );
+        Binary::unsealed(path)
+    })
+}
+
 impl Service {
     pub fn new(
         namespace: String,
@@ -149,7 +163,7 @@ impl Service {
             exit,
             tasks: Mutex::new(HashMap::new()),
             cgroups: Arc::new(cgroups),
-            exe: super::peapod_binary(),
+            exe: sealed_binary(super::peapod_binary()),
             idle: crate::idle::Idle::start(),
         }
     }
@@ -298,7 +312,7 @@ impl Service {
         let lock = File::open(&task.dir).map_err(|e| internal("open the task dir", e))?;
         lock.try_lock()
             .map_err(|e| status(Code::FAILED_PRECONDITION, format!("task dir locked: {e}")))?;
-        let mut child = Command::new(&self.exe)
+        let mut child = Command::new(self.exe.program())
             .arg0("peapod")
             .arg("monitor")
             .arg(&task.dir)

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,6 +148,7 @@ impl NodeBuilder {
             daemon: None,
             daemon_args: self.daemon_args,
             daemon_env: Vec::new(),
+            daemon_fds: Vec::new(),
             dir,
         };
         for command in &self.setup {
@@ -227,6 +229,8 @@ pub struct Node {
     daemon_args: Vec<String>,
     /// Environment for the next daemon starts (e.g. `PEAPOD_FAULT`).
     daemon_env: Vec<(String, String)>,
+    /// Open files the next daemon starts inherit, at these fd numbers.
+    daemon_fds: Vec<(RawFd, OwnedFd)>,
     cgroup_parent: String,
 }
 
@@ -304,6 +308,13 @@ impl Node {
         }
     }
 
+    /// Has the daemon's next starts inherit `fd` as their fd number `at` (not close-on-exec),
+    /// as if whatever started the daemon had leaked it.
+    pub fn pass_daemon_fd(&mut self, fd: OwnedFd, at: RawFd) {
+        self.daemon_fds.retain(|(n, _)| *n != at);
+        self.daemon_fds.push((at, fd));
+    }
+
     /// Waits (at most 10 s) for a daemon that is expected to die on its own, e.g. at a fault
     /// point; fails if it is still running.
     pub async fn wait_daemon_gone(&mut self) -> Result<()> {
@@ -346,6 +357,9 @@ impl Node {
             .stdout(log.try_clone()?)
             .stderr(log);
         spawn::die_with_parent(&mut cmd);
+        for (at, fd) in &self.daemon_fds {
+            spawn::pass_fd(&mut cmd, fd.as_raw_fd(), *at);
+        }
         let mut nsenter = cmd.spawn().context("spawn nsenter for peapod serve")?;
         let pid = match spawn::wait_for_child(&mut nsenter, Duration::from_secs(5)) {
             Ok(pid) => pid,

@@ -2,6 +2,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -24,6 +25,27 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
             // The parent may have died between fork and prctl: then no signal would come.
             if nix::unistd::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Gives the process spawned from `cmd` the open file `fd` as its fd number `at`, without
+/// close-on-exec: an fd its parent leaked to it, as any launcher can.
+pub fn pass_fd(cmd: &mut Command, fd: RawFd, at: RawFd) -> &mut Command {
+    // SAFETY: the closure runs in the forked child between fork and exec; it makes only
+    // dup2(2) or fcntl(2), both async-signal-safe, and builds errors from errno alone. The
+    // caller keeps `fd` open until the spawn returned, so `fd` names its file in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == at {
+                nix::libc::fcntl(at, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, at)
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         })

@@ -39,8 +39,8 @@ impl Containers {
                 op: "exec",
             });
         };
-        let mut c = tokio::process::Command::new(&self.exe);
-        c.arg("enter");
+        let mut c = tokio::process::Command::new(self.exe.program());
+        c.arg0(self.exe.path()).arg("enter");
         if tty {
             c.arg("--tty");
         }

@@ -1,6 +1,7 @@
 //! Start, stop and remove (blocking; called from `spawn_blocking` or the pod hooks).
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -197,7 +198,8 @@ impl Containers {
         let dir = self.dir(id);
         // Its stderr is ours until it answers (what goes wrong in a start shows in the
         // daemon's log); then it moves to its own `monitor.log`.
-        let mut child = Command::new(&self.exe)
+        let mut child = Command::new(self.exe.program())
+            .arg0(self.exe.path())
             .arg("monitor")
             .arg(&dir)
             .stdin(lock)

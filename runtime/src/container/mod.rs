@@ -59,8 +59,9 @@ pub struct Containers {
     cfg: Config,
     sandboxes: Arc<Sandboxes>,
     images: Arc<ImageStore>,
-    /// The peapod binary: `peapod monitor` and `peapod enter`.
-    exe: PathBuf,
+    /// The binary of `peapod monitor` and `peapod enter` (a sealed copy of it, see
+    /// [`crate::monitor::sealed`]).
+    exe: crate::monitor::sealed::Binary,
     ctrs: RwLock<std::collections::HashMap<String, Arc<Entry>>>,
     /// (sandbox, name, attempt) being created or existing: the AlreadyExists check.
     names: Mutex<HashSet<(String, String, u32)>>,
@@ -107,7 +108,7 @@ impl Containers {
         cfg: Config,
         sandboxes: Arc<Sandboxes>,
         images: Arc<ImageStore>,
-        exe: PathBuf,
+        exe: crate::monitor::sealed::Binary,
     ) -> Arc<Containers> {
         let c = Arc::new_cyclic(|me| Containers {
             cfg,

@@ -20,6 +20,7 @@ pub mod init;
 pub mod log;
 pub mod process;
 pub mod rootfs;
+pub mod sealed;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -64,6 +65,9 @@ pub const MONITOR_BINARY: &str = "peapod-monitor";
 /// Both `peapod` and `peapod-monitor` answer them.
 pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
     let sub = args.get(1)?.to_str()?;
+    if matches!(sub, "monitor" | "enter") {
+        name_after_argv0(args);
+    }
     match (sub, args.get(2)) {
         ("monitor", Some(dir)) => Some(main(Path::new(dir))),
         ("enter", Some(_)) => {
@@ -86,6 +90,16 @@ pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
             Some(enter::main(Path::new(dir), target, &argv, tty))
         }
         _ => None,
+    }
+}
+
+/// Run from a sealed copy (see [`sealed`]), the process is named after the fd it was exec'd
+/// through: give it argv[0]'s file name again, the name `ps` and `pgrep` know.
+fn name_after_argv0(args: &[std::ffi::OsString]) {
+    use std::os::unix::ffi::OsStrExt;
+    let name = args.first().and_then(|a| Path::new(a).file_name());
+    if let Some(Ok(name)) = name.map(|n| std::ffi::CString::new(n.as_bytes())) {
+        let _ = nix::sys::prctl::set_name(&name);
     }
 }
 
@@ -144,12 +158,32 @@ fn reply(r: &Reply) {
 }
 
 /// Closes every fd above stderr that this process inherited: whatever its parent left open
-/// without close-on-exec (a containerd shim's crate does) must not reach the container.
-/// For `enter`, at its start, where nothing of its own is open above 2.
+/// without close-on-exec (any launcher can leak one, a containerd shim's crate does) must not
+/// reach a container, where a directory fd is a way out of its root (`/proc/self/fd/<n>` as
+/// the working dir: the pattern of runc's CVE-2024-21626). Called first thing by `peapod
+/// serve`, `monitor`, `enter` and the containerd shim, where nothing of their own is open
+/// above 2 yet: none of them is given fds to keep (`peapod serve` binds its own sockets, no
+/// socket activation).
 pub fn close_inherited_fds() {
-    // SAFETY: close_range only closes fds.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    // SAFETY: close_range only closes fds; nothing of this process owns one above 2 yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: the fds /proc lists, minus the one the listing itself holds (gone
+    // once the listing is dropped, so closing it then is a harmless EBADF).
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        // SAFETY: as above: no fd above 2 belongs to anything of ours.
+        unsafe {
+            libc::close(fd);
+        }
     }
 }
 
@@ -165,6 +199,7 @@ pub fn cloexec_above_stderr() {
 
 /// Entry point of `peapod monitor`.
 pub fn main(dir: &Path) -> ExitCode {
+    close_inherited_fds();
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => {

@@ -34,6 +34,8 @@ pub enum ExecError {
     Seccomp(#[source] io::Error),
     #[error("cannot chdir to the working dir {0}")]
     Cwd(String, #[source] nix::errno::Errno),
+    #[error("the working dir {0} is outside the container's root")]
+    CwdOutside(String),
     #[error("argument or environment contains a NUL byte")]
     Nul,
     #[error("executable {0:?} not found in $PATH")]
@@ -112,6 +114,9 @@ pub fn become_command(
         }
         Ok(())
     });
+    // With its credentials set, the process is the container's to see (a window the
+    // tests widen to look at what `/proc/<pid>/exe` gives).
+    crate::fault::stall("process:exec");
     match prepared.and_then(|()| exec(argv, env)) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -165,11 +170,24 @@ fn apply(spec: &LaunchSpec, cwd: &str) -> Result<(), ExecError> {
         caps::set(None, CapSet::Permitted, &set).map_err(ExecError::Caps)?;
     }
     nix::unistd::chdir(Path::new(cwd)).map_err(|e| ExecError::Cwd(cwd.to_owned(), e))?;
+    check_cwd(cwd)?;
     if spec.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(ExecError::NoNewPrivs)?;
         install_all(&filters)?;
     }
     Ok(())
+}
+
+/// The working dir just entered must lie below the process's root (the container's): a path
+/// through a magic link (`/proc/self/fd/<n>` of a directory fd of the node, the pattern of
+/// runc's CVE-2024-21626, or another process's `/proc/<pid>/root`) can land elsewhere, and
+/// then the kernel's getcwd answers "(unreachable)…" (glibc turns that into ENOENT) or fails.
+fn check_cwd(cwd: &str) -> Result<(), ExecError> {
+    use std::os::unix::ffi::OsStrExt;
+    match nix::unistd::getcwd() {
+        Ok(dir) if dir.as_os_str().as_bytes().starts_with(b"/") => Ok(()),
+        _ => Err(ExecError::CwdOutside(cwd.to_owned())),
+    }
 }
 
 fn exec(argv: &[String], env: &[String]) -> Result<std::convert::Infallible, ExecError> {
