@@ -486,4 +486,21 @@ mod tests {
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
         let _ = resolve_in(root, "/loop/x"); // terminates
     }
+
+    #[test]
+    fn an_image_symlink_cannot_lead_a_mount_under_proc() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/proc", root.join("data")).unwrap();
+        std::os::unix::fs::symlink("proc/sys", root.join("rel")).unwrap();
+        for dest in ["/data/sys", "/rel", "/data", "/proc/sys"] {
+            let at = resolve_in(root, dest);
+            assert!(not_under_proc(root, &at).is_err(), "{dest}");
+        }
+        for dest in ["/data/cpuinfo", "/srv/proc/sys", "/procfs"] {
+            let at = resolve_in(root, dest);
+            assert!(not_under_proc(root, &at).is_ok(), "{dest}");
+        }
+    }
 }
