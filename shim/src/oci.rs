@@ -14,6 +14,7 @@ use peapod::container::launch::{
     Bind, CgroupDir, Fifos, LaunchSpec, Namespaces, NewNamespaces, PidNs, Rootfs, Tmpfs,
 };
 use peapod::container::model::{Propagation, Resources, StdioMode};
+use peapod::container::procmount;
 use peapod::container::user::User;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -274,7 +275,19 @@ fn mounts(spec: &Spec) -> Result<(Vec<Bind>, Vec<Tmpfs>), OciError> {
         let typ = m.typ().clone().unwrap_or_default();
         let options = m.options().clone().unwrap_or_default();
         let has = |o: &str| options.iter().any(|x| x == o);
-        if typ == "bind" || has("bind") || has("rbind") {
+        let is_bind = typ == "bind" || has("bind") || has("rbind");
+        // A procfs the init mounts itself, never a bind (whatever its type says).
+        let standard = !is_bind && STANDARD.contains(&(destination.as_str(), typ.as_str()));
+        if !standard && !procmount::allowed(&destination) {
+            return Err(invalid(
+                "mounts",
+                format!(
+                    "{destination:?} is under /proc, where only the standard procfs and {} may be mounted",
+                    procmount::ALLOWED.join(", ")
+                ),
+            ));
+        }
+        if is_bind {
             let source = m
                 .source()
                 .clone()
@@ -292,7 +305,7 @@ fn mounts(spec: &Spec) -> Result<(Vec<Bind>, Vec<Tmpfs>), OciError> {
                 readonly: has("ro"),
                 propagation,
             });
-        } else if STANDARD.contains(&(destination.as_str(), typ.as_str())) {
+        } else if standard {
             continue;
         } else if typ == "tmpfs" {
             let flags = [

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::error::ContainerError;
 use super::launch::{self, CgroupDir};
@@ -14,19 +14,44 @@ use crate::sandbox::SandboxState;
 use crate::sandbox::model::NsMode;
 use crate::store;
 
+/// A signal's number from its name (`TERM`, `SIGUSR1`, `RTMIN+2`) or number: only the
+/// signals that exist.
 fn signal_number(name: &str) -> Option<i32> {
     let n = name.trim().to_ascii_uppercase();
-    if let Ok(num) = n.parse::<i32>() {
-        return Some(num);
-    }
-    let full = if n.starts_with("SIG") {
-        n
+    let n = n.strip_prefix("SIG").unwrap_or(&n);
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let num = if let Ok(num) = n.parse::<i32>() {
+        num
+    } else if let Some(off) = n.strip_prefix("RTMIN+") {
+        min.checked_add(off.parse().ok()?)?
+    } else if let Some(off) = n.strip_prefix("RTMAX-") {
+        max.checked_sub(off.parse().ok()?)?
+    } else if n == "RTMIN" {
+        min
+    } else if n == "RTMAX" {
+        max
     } else {
-        format!("SIG{n}")
+        return format!("SIG{n}")
+            .parse::<nix::sys::signal::Signal>()
+            .ok()
+            .map(|s| s as i32);
     };
-    full.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32)
+    (1..=max).contains(&num).then_some(num)
+}
+
+/// The image's StopSignal, or SIGTERM (as containerd does) when it names no signal: a stop
+/// must never fail on a signal that does not exist.
+fn stop_signal(image: Option<&str>) -> i32 {
+    match image {
+        None => libc::SIGTERM,
+        Some(name) => signal_number(name).unwrap_or_else(|| {
+            warn!(
+                stop_signal = name,
+                "the image's StopSignal is no signal; SIGTERM instead"
+            );
+            libc::SIGTERM
+        }),
+    }
 }
 
 impl Containers {
@@ -131,12 +156,7 @@ impl Containers {
         })?;
         store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
         fault::point("create:launch");
-        let stop_signal = image
-            .config
-            .stop_signal
-            .as_deref()
-            .and_then(signal_number)
-            .unwrap_or(libc::SIGTERM);
+        let stop_signal = stop_signal(image.config.stop_signal.as_deref());
         let rec = ContainerRecord {
             id: id.to_owned(),
             sandbox_id: sandbox.id.clone(),
@@ -202,6 +222,49 @@ impl Containers {
                 Err(ContainerError::io("remove", dir)(e))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_that_exist_are_kept() {
+        for (name, want) in [
+            ("SIGTERM", libc::SIGTERM),
+            ("term", libc::SIGTERM),
+            (" SIGUSR1 ", libc::SIGUSR1),
+            ("9", libc::SIGKILL),
+            ("SIGRTMIN+2", libc::SIGRTMIN() + 2),
+            ("RTMAX", libc::SIGRTMAX()),
+            ("64", 64),
+        ] {
+            assert_eq!(stop_signal(Some(name)), want, "{name}");
+        }
+        assert_eq!(stop_signal(None), libc::SIGTERM);
+    }
+
+    #[test]
+    fn stop_signals_that_do_not_exist_become_sigterm() {
+        for name in [
+            "99999",
+            "-9",
+            "0",
+            "65",
+            "SIGFOO",
+            "",
+            "SIG",
+            "RTMIN+99",
+            "RTMAX-99",
+            "RTMIN+x",
+            "2147483647",
+            "-2147483648",
+            "SIGKILL9",
+        ] {
+            assert_eq!(signal_number(name), None, "{name}");
+            assert_eq!(stop_signal(Some(name)), libc::SIGTERM, "{name}");
         }
     }
 }

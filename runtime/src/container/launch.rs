@@ -288,14 +288,17 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn seccomp_profile(spec: &ContainerSpec) -> Result<Option<String>, ContainerError> {
+fn seccomp_profile(
+    spec: &ContainerSpec,
+    caps: &[String],
+) -> Result<Option<String>, ContainerError> {
     let s = &spec.security;
     if s.privileged {
         return Ok(None);
     }
     let (name, text) = match &s.seccomp {
         SeccompReq::Unconfined => return Ok(None),
-        SeccompReq::RuntimeDefault => ("RuntimeDefault".to_owned(), seccomp::runtime_default()),
+        SeccompReq::RuntimeDefault => ("RuntimeDefault".to_owned(), seccomp::runtime_default(caps)),
         SeccompReq::Localhost(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|source| ContainerError::SeccompFile {
@@ -366,6 +369,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         &group,
     )?;
     let caps = security::capabilities(sec.privileged, &sec.add_caps, &sec.drop_caps)?;
+    let seccomp = seccomp_profile(spec, &caps)?;
     let defaults = |given: &[String], d: &[&str]| -> Vec<String> {
         match (given.is_empty(), sec.privileged) {
             (false, _) => given.to_vec(),
@@ -424,7 +428,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         caps,
         privileged: sec.privileged,
         no_new_privs: sec.no_new_privs,
-        seccomp: seccomp_profile(spec)?,
+        seccomp,
         cgroups: i.cgroups.clone(),
         oom_score_adj: (spec.resources.oom_score_adj != 0)
             .then(|| spec.resources.oom_score_adj.clamp(-1000, 1000) as i32),

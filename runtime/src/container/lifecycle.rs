@@ -307,10 +307,14 @@ impl Containers {
         let Some(fd) = p.pidfd().map_err(err)? else {
             return Ok(());
         };
+        // Whatever becomes of the stop signal (a record from before signals were checked may
+        // hold one that does not exist), the stop ends with SIGKILL.
         if !grace.is_zero() {
-            pidfd_signal(&fd, sig).map_err(err)?;
-            if wait_exit_blocking(&fd, grace).map_err(err)? {
-                return Ok(());
+            match pidfd_signal(&fd, sig).and_then(|()| wait_exit_blocking(&fd, grace)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => warn!(container = %id, signal = sig, error = %e,
+                    "the stop signal failed; SIGKILL now"),
             }
         }
         pidfd_signal(&fd, libc::SIGKILL).map_err(err)?;

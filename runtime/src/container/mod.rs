@@ -20,6 +20,7 @@ pub mod launch;
 mod lifecycle;
 pub mod model;
 pub mod pod_stats;
+pub mod procmount;
 pub mod seccomp;
 pub mod security;
 pub mod stats;

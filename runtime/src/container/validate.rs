@@ -7,6 +7,7 @@ use std::path::{Component, Path};
 
 use super::error::ContainerError;
 use super::model::{ContainerSpec, SeccompReq};
+use super::procmount;
 use crate::sandbox::model::NsMode;
 use crate::sandbox::validate as pod;
 
@@ -50,6 +51,16 @@ pub fn validate(spec: &ContainerSpec) -> Result {
     for m in &spec.mounts {
         absolute("mounts.container_path", &m.container_path)?;
         absolute("mounts.host_path", &m.host_path)?;
+        if !procmount::allowed(&m.container_path) {
+            return Err(invalid(
+                "mounts.container_path",
+                format!(
+                    "{:?} is under /proc, where only {} may be mounted",
+                    m.container_path,
+                    procmount::ALLOWED.join(", ")
+                ),
+            ));
+        }
     }
     pod::labels_and_annotations(&spec.labels, &spec.annotations)?;
     log_path(&spec.log_path)?;
@@ -311,6 +322,14 @@ mod tests {
                     propagation: Propagation::Private,
                 })
             }),
+            ("mounts.container_path", |s| {
+                s.mounts.push(MountReq {
+                    container_path: "//proc/../proc/sys/".into(),
+                    host_path: "/proc/sys".into(),
+                    readonly: false,
+                    propagation: Propagation::Private,
+                })
+            }),
             ("labels", |s| {
                 s.labels.insert("bad key".into(), "v".into());
             }),
@@ -413,6 +432,7 @@ mod tests {
                     prop_assert!(!spec.working_dir.contains('\0'));
                     for m in &spec.mounts {
                         prop_assert!(m.container_path.starts_with('/') && m.host_path.starts_with('/'));
+                        prop_assert!(super::procmount::allowed(&m.container_path));
                         prop_assert!(!m.container_path.contains('\0') && !m.host_path.contains('\0'));
                     }
                     let log = Path::new("/var/log/pods/x").join(&spec.log_path);

@@ -17,6 +17,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::container::launch::{Bind, LaunchSpec};
 use crate::container::model::Propagation;
+use crate::container::procmount;
 
 /// A failed step, naming what it did to which path.
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +315,7 @@ fn sys(spec: &LaunchSpec, root: &Path) -> Result {
 
 fn tmpfs(root: &Path, t: &crate::container::launch::Tmpfs) -> Result {
     let at = resolve_in(root, &t.destination);
+    not_under_proc(root, &at)?;
     mkdir_p(&at)?;
     let mut flags = MsFlags::empty();
     for (on, flag) in [
@@ -383,8 +385,23 @@ fn attach_tree(tree: OwnedFd, dest: &Path) -> Result {
     Ok(())
 }
 
+/// Refuses a mount of the request that resolved (through the image's symlinks) to a place
+/// under /proc that is not allowed there.
+fn not_under_proc(root: &Path, dest: &Path) -> Result {
+    let inside = Path::new("/").join(dest.strip_prefix(root).unwrap_or(dest));
+    if procmount::allowed(&inside.to_string_lossy()) {
+        return Ok(());
+    }
+    Err(MountError {
+        what: "mount under /proc at",
+        path: dest.to_owned(),
+        source: io::ErrorKind::PermissionDenied.into(),
+    })
+}
+
 fn bind(root: &Path, b: &Bind, peer: Option<OwnedFd>) -> Result {
     let dest = resolve_in(root, &b.destination);
+    not_under_proc(root, &dest)?;
     let is_dir = fs::metadata(&b.source)
         .map_err(ioerr("stat", &b.source))?
         .is_dir();
@@ -468,5 +485,22 @@ mod tests {
         assert_eq!(resolve_in(root, "/new/dir"), root.join("new/dir"));
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
         let _ = resolve_in(root, "/loop/x"); // terminates
+    }
+
+    #[test]
+    fn an_image_symlink_cannot_lead_a_mount_under_proc() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/proc", root.join("data")).unwrap();
+        std::os::unix::fs::symlink("proc/sys", root.join("rel")).unwrap();
+        for dest in ["/data/sys", "/rel", "/data", "/proc/sys"] {
+            let at = resolve_in(root, dest);
+            assert!(not_under_proc(root, &at).is_err(), "{dest}");
+        }
+        for dest in ["/data/cpuinfo", "/srv/proc/sys", "/procfs"] {
+            let at = resolve_in(root, dest);
+            assert!(not_under_proc(root, &at).is_ok(), "{dest}");
+        }
     }
 }

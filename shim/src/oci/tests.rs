@@ -291,3 +291,29 @@ fn a_terminal_task_gets_a_tty() {
     let l = launch_spec(&spec(&v), &t).unwrap();
     assert!(l.stdio.tty);
 }
+
+#[test]
+fn mounts_under_proc_are_refused_but_lxcfs_files() {
+    let mounts = overlay();
+    let with = |m: Value| {
+        let mut v = config();
+        v["mounts"].as_array_mut().unwrap().push(m);
+        launch_spec(&spec(&v), &task(&mounts))
+    };
+    let bind = |src: &str, dest: &str| json!({ "destination": dest, "type": "bind", "source": src, "options": ["rbind"] });
+    for m in [
+        bind("/proc/sys", "/proc/sys"),
+        bind("/proc", "/proc"),
+        bind("/proc/sys", "/proc/../proc/sys"),
+        bind("/proc/sys", "//proc/sys/"),
+        json!({ "destination": "/proc", "type": "proc", "source": "/proc", "options": ["rbind"] }),
+        json!({ "destination": "/proc/sys", "type": "tmpfs", "source": "tmpfs" }),
+    ] {
+        assert!(
+            matches!(with(m.clone()), Err(OciError::Invalid { .. })),
+            "{m}"
+        );
+    }
+    let l = with(bind("/var/lib/lxcfs/proc/cpuinfo", "/proc/cpuinfo")).unwrap();
+    assert!(l.mounts.iter().any(|b| b.destination == "/proc/cpuinfo"));
+}

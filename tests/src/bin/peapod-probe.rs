@@ -28,6 +28,9 @@
 //!                                                  round trip every 100 ms until FILE exists;
 //!                                                  print "connected", at the end "<n> round
 //!                                                  trips"; exit 1 if one fails
+//! peapod-probe newns CALL [FLAGS]                 clone, clone3 or unshare with namespace
+//!                                                  FLAGS (user,net,…), or a thread; print
+//!                                                  "ok" or "errno <n>" (see peapod-probe/ns.rs)
 //! ```
 //! The hostname is read from `/proc/sys/kernel/hostname`, so it is the one of the UTS
 //! namespace the probe runs in: a listener started in a pod's UTS namespace names the pod.
@@ -36,6 +39,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
+
+#[path = "peapod-probe/ns.rs"]
+mod ns;
 
 const USAGE: &str = "usage: peapod-probe [udp-]listen|whoami|sink ADDR:PORT [--count N]\n       \
                      peapod-probe connect|udp-ask ADDR:PORT [--timeout-ms N]\n       \
@@ -91,6 +97,18 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|v| v == "newns") {
+        return match ns::run(&args[1..]) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("peapod-probe: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cmd = match parse(&args) {
         Ok(cmd) => cmd,
         Err(msg) => {
