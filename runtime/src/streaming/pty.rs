@@ -59,13 +59,6 @@ pub struct NotPtmx(PathBuf);
 /// and what it resolves to must be the ptmx of a devpts filesystem (char 5:2), checked on an
 /// `O_PATH` fd before that very inode is opened read-write through `/proc/self/fd`.
 pub fn open_pair(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
-            .open(p)
-    };
     let master: OwnedFd = match Root::open(root)?.open_in(Path::new("/dev/ptmx"), OFlag::O_PATH) {
         Ok(at) => {
             if !is_devpts_ptmx(&at)? {
@@ -74,11 +67,31 @@ pub fn open_pair(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
                     NotPtmx(root.to_owned()),
                 ));
             }
-            open(&fd_path(&at))?.into()
+            open_rw(&fd_path(&at))?
         }
-        Err(e) if e.errno() == Some(libc::ENOENT) => open(Path::new("/dev/ptmx"))?.into(),
+        Err(e) if e.errno() == Some(libc::ENOENT) => open_rw(Path::new("/dev/ptmx"))?,
         Err(e) => return Err(e.into()),
     };
+    pair(master)
+}
+
+/// A pair from the node's own `/dev/ptmx` (for a process not in a container's tree yet:
+/// the shim's task before it starts).
+pub fn open_node_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    pair(open_rw(Path::new("/dev/ptmx"))?)
+}
+
+fn open_rw(p: &Path) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
+        .open(p)?;
+    Ok(f.into())
+}
+
+/// The master `master`, unlocked, with its slave.
+fn pair(master: OwnedFd) -> io::Result<(OwnedFd, OwnedFd)> {
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int from a valid pointer; the fd is an open ptmx.
     let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
