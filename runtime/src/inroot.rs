@@ -114,10 +114,12 @@ impl Root {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        // The kernel asks to retry (EAGAIN) when a rename raced the walk; a container that
+        // keeps renaming only gets the error, it cannot keep us looping.
+        let mut tries = 0;
         loop {
             match openat2(self.fd.as_fd(), rel, how) {
-                // The kernel asks to retry when a rename raced the walk.
-                Err(Errno::EAGAIN) => continue,
+                Err(Errno::EAGAIN) if tries < 16 => tries += 1,
                 r => return r,
             }
         }
