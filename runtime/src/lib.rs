@@ -13,6 +13,7 @@ pub mod explain;
 pub mod fault;
 pub mod image;
 pub mod image_cmd;
+pub mod inroot;
 pub mod kube;
 pub mod monitor;
 pub mod network;

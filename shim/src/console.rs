@@ -17,15 +17,23 @@ pub struct Console {
 
 impl Console {
     /// A pair from the devpts of the tree at `root` (a running container's
-    /// `/proc/<pid>/root`, or `/` for a task not yet started).
+    /// `/proc/<pid>/root`), resolved inside that tree.
     pub fn open(root: &Path) -> io::Result<(Console, OwnedFd)> {
-        let (master, slave) = pty::open_pair(root)?;
-        Ok((
+        Ok(Self::from_pair(pty::open_pair(root)?))
+    }
+
+    /// A pair from the node's devpts, for a task not yet started.
+    pub fn open_node() -> io::Result<(Console, OwnedFd)> {
+        Ok(Self::from_pair(pty::open_node_pair()?))
+    }
+
+    fn from_pair((master, slave): (OwnedFd, OwnedFd)) -> (Console, OwnedFd) {
+        (
             Console {
                 master: File::from(master),
             },
             slave,
-        ))
+        )
     }
 
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {

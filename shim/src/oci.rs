@@ -126,6 +126,7 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         cgroups: task.cgroups.clone(),
         oom_score_adj: process.oom_score_adj(),
         log_path: None,
+        log_dir: None,
         control_socket: task.control_socket.clone(),
         stdio: StdioMode {
             tty: task.terminal,

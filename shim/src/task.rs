@@ -228,8 +228,7 @@ impl Service {
             })
             .unwrap_or_default();
         let (console, slave) = if req.terminal {
-            let (c, s) =
-                Console::open(Path::new("/")).map_err(|e| internal("open a terminal", e))?;
+            let (c, s) = Console::open_node().map_err(|e| internal("open a terminal", e))?;
             (Some(c), Some(s))
         } else {
             (None, None)

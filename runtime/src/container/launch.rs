@@ -128,6 +128,10 @@ pub struct LaunchSpec {
     pub cgroups: Vec<CgroupDir>,
     pub oom_score_adj: Option<i32>,
     pub log_path: Option<PathBuf>,
+    /// The pod's log directory (the kubelet's): `log_path` is opened under it without
+    /// following symlinks. Missing (older records): the log's own directory.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     /// The monitor's control socket (log reopen); the attach socket is beside it.
     pub control_socket: PathBuf,
     #[serde(default)]
@@ -433,6 +437,10 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         oom_score_adj: (spec.resources.oom_score_adj != 0)
             .then(|| spec.resources.oom_score_adj.clamp(-1000, 1000) as i32),
         log_path: i.log_path.clone(),
+        log_dir: i
+            .log_path
+            .as_ref()
+            .map(|_| PathBuf::from(&i.sandbox.spec.log_directory)),
         control_socket: i.control_socket.clone(),
         stdio: spec.stdio,
         fifos: None,

@@ -126,24 +126,67 @@ pub fn resolve(req: &UserReq<'_>, passwd: &str, group: &str) -> Result<User, Use
     Ok(User { uid, gid, groups })
 }
 
-/// Reads `rel` (e.g. `etc/passwd`) from the topmost layer that has it; empty if none does or
-/// a layer whites it out.
+/// What a layer holds at a path, looked up without following any symlink.
+enum InLayer {
+    File(std::fs::File),
+    /// Something else, or a symlink on the way: the image's file is not plainly there.
+    Other,
+    Missing,
+}
+
+/// `rel` in the layer dir `layer`, resolved beneath it with no symlink followed
+/// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`): a layer's `/etc -> /node/dir` must not
+/// make the daemon read (or probe) the node's files.
+fn in_layer(layer: &Path, rel: &Path) -> InLayer {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let Ok(dir) = nix::fcntl::open(
+        layer,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return InLayer::Missing;
+    };
+    // O_NONBLOCK: a FIFO in a layer must not block the daemon (it is refused below).
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match nix::fcntl::openat2(&dir, rel, how) {
+        Ok(fd) => {
+            let file = std::fs::File::from(fd);
+            match file.metadata() {
+                Ok(m) if m.is_file() => InLayer::File(file),
+                _ => InLayer::Other,
+            }
+        }
+        Err(nix::errno::Errno::ENOENT) => InLayer::Missing,
+        Err(_) => InLayer::Other,
+    }
+}
+
+/// Reads `rel` (e.g. `etc/passwd`) from the topmost layer that has it; empty if none does,
+/// a layer whites it out, or the topmost layer that has it holds no plain file there (a
+/// symlink on the way is not followed: it could lead onto the node).
 pub fn read_from_layers(layers: &[PathBuf], rel: &str) -> String {
+    use std::io::Read;
     let rel = Path::new(rel);
     let whiteout = rel
         .file_name()
         .map(|n| format!(".wh.{}", n.to_string_lossy()))
         .unwrap_or_default();
     for layer in layers.iter().rev() {
-        let p = layer.join(rel);
-        if let Ok(meta) = std::fs::symlink_metadata(&p) {
-            if meta.is_file() {
-                return std::fs::read_to_string(&p).unwrap_or_default();
+        match in_layer(layer, rel) {
+            InLayer::File(mut f) => {
+                let mut text = String::new();
+                return match f.read_to_string(&mut text) {
+                    Ok(_) => text,
+                    Err(_) => String::new(),
+                };
             }
-            return String::new();
+            InLayer::Other => return String::new(),
+            InLayer::Missing => {}
         }
         if let Some(parent) = rel.parent()
-            && layer.join(parent).join(&whiteout).exists()
+            && !matches!(in_layer(layer, &parent.join(&whiteout)), InLayer::Missing)
         {
             return String::new();
         }
@@ -242,6 +285,34 @@ mod tests {
         );
         std::fs::remove_file(b.join("etc/passwd")).unwrap();
         std::fs::write(b.join("etc/.wh.passwd"), "").unwrap();
+        assert_eq!(read_from_layers(&[a, b], "etc/passwd"), "");
+    }
+
+    #[test]
+    fn symlinks_in_a_layer_are_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let node = tempfile::tempdir().unwrap();
+        std::fs::write(
+            node.path().join("passwd"),
+            "hostonlyuser:x:4242:4242::/:/bin/sh\n",
+        )
+        .unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(a.join("etc")).unwrap();
+        std::fs::write(a.join("etc/passwd"), "old").unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // The top layer's /etc leads onto the node: neither the node's nor the lower
+        // layer's passwd.
+        std::os::unix::fs::symlink(node.path(), b.join("etc")).unwrap();
+        assert_eq!(read_from_layers(&[a.clone(), b.clone()], "etc/passwd"), "");
+        // The file itself a symlink.
+        std::fs::remove_file(b.join("etc")).unwrap();
+        std::fs::create_dir_all(b.join("etc")).unwrap();
+        std::os::unix::fs::symlink(node.path().join("passwd"), b.join("etc/passwd")).unwrap();
+        assert_eq!(read_from_layers(&[a.clone(), b.clone()], "etc/passwd"), "");
+        // A FIFO does not block.
+        std::fs::remove_file(b.join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&b.join("etc/passwd"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(read_from_layers(&[a, b], "etc/passwd"), "");
     }
 }

@@ -3,9 +3,14 @@
 //! a piece of a line: one longer than [`MAX_LINE`], or output the stream ended without a
 //! newline. The kubelet joins `P` pieces up to the next `F`.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl, openat};
+use nix::sys::stat::{Mode, fstat, mkdirat};
 
 /// Longest text of one record; longer lines are split into `P` pieces.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -120,27 +125,95 @@ pub fn now_nanos() -> i64 {
 
 /// The log file, appended to; reopened on request (after the kubelet rotated it).
 pub struct LogFile {
-    path: Option<PathBuf>,
+    path: Option<(PathBuf, PathBuf)>,
     file: Option<File>,
 }
 
-fn open(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// The log's path must lie under its directory.
+#[derive(Debug, thiserror::Error)]
+#[error("the log {path} is not under {dir}")]
+pub struct OutsideLogDir {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Opens `rel` for appending under the directory `dir` (the kubelet's, trusted): the
+/// directories on the way are made or opened one at a time under their parent's fd, and
+/// neither they nor the file are ever followed if they are symlinks (a container that sees
+/// its log directory could plant one: ELOOP or ENOTDIR). The file must be a regular file (not
+/// a FIFO that would block us).
+fn open_under(dir: &Path, rel: &Path) -> io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let dflags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut cur = nix::fcntl::open(dir, dflags, Mode::empty())?;
+    let comps: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(s) => Ok(s),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                OutsideLogDir {
+                    path: rel.to_owned(),
+                    dir: dir.to_owned(),
+                },
+            )),
+        })
+        .collect::<io::Result<_>>()?;
+    let Some((name, parents)) = comps.split_last() else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    for c in parents {
+        match mkdirat(&cur, *c, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        cur = openat(&cur, *c, dflags | OFlag::O_NOFOLLOW, Mode::empty())?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_APPEND
+        | OFlag::O_CREAT
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    let fd = openat(&cur, *name, flags, Mode::from_bits_truncate(0o640))?;
+    if fstat(&fd)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let fl = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(fl - OFlag::O_NONBLOCK))?;
+    Ok(File::from(fd))
+}
+
+fn open(path: &Path, dir: &Path) -> io::Result<File> {
+    let rel = path.strip_prefix(dir).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            OutsideLogDir {
+                path: path.to_owned(),
+                dir: dir.to_owned(),
+            },
+        )
+    })?;
+    open_under(dir, rel)
 }
 
 impl LogFile {
-    /// No path: output is read and dropped.
-    pub fn open(path: Option<PathBuf>) -> io::Result<LogFile> {
-        let file = path.as_deref().map(open).transpose()?;
+    /// No path: output is read and dropped. `dir`: the pod's log directory, which `path` is
+    /// under (None: the log's own directory).
+    pub fn open(path: Option<PathBuf>, dir: Option<PathBuf>) -> io::Result<LogFile> {
+        let path = path.map(|p| {
+            let d = dir
+                .or_else(|| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("/"));
+            (p, d)
+        });
+        let file = path.as_ref().map(|(p, d)| open(p, d)).transpose()?;
         Ok(LogFile { path, file })
     }
 
     pub fn reopen(&mut self) -> io::Result<()> {
-        if let Some(p) = &self.path {
-            self.file = Some(open(p)?);
+        if let Some((p, d)) = &self.path {
+            self.file = Some(open(p, d)?);
         }
         Ok(())
     }
@@ -216,5 +289,36 @@ mod tests {
             rfc3339_nano(951_782_400_000_000_001),
             "2000-02-29T00:00:00.000000001Z"
         );
+    }
+
+    #[test]
+    fn the_log_is_never_opened_through_a_symlink() {
+        let logs = tempfile::tempdir().unwrap();
+        let node = tempfile::tempdir().unwrap();
+        let canary = node.path().join("canary");
+        std::fs::write(&canary, "node file\n").unwrap();
+        let dir = logs.path();
+        // The log itself a symlink to a node file.
+        std::os::unix::fs::symlink(&canary, dir.join("c.log")).unwrap();
+        assert!(LogFile::open(Some(dir.join("c.log")), Some(dir.into())).is_err());
+        // A parent of the log a symlink to a node directory.
+        std::os::unix::fs::symlink(node.path(), dir.join("sub")).unwrap();
+        assert!(LogFile::open(Some(dir.join("sub/0.log")), Some(dir.into())).is_err());
+        // A FIFO: refused, without blocking.
+        nix::unistd::mkfifo(&dir.join("f.log"), Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(LogFile::open(Some(dir.join("f.log")), Some(dir.into())).is_err());
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "node file\n");
+        assert_eq!(std::fs::read_dir(node.path()).unwrap().count(), 1);
+        // A plain log, in a new directory, appended to across a reopen.
+        let mut log = LogFile::open(Some(dir.join("web/0.log")), Some(dir.into())).unwrap();
+        log.write(b"a\n");
+        log.reopen().unwrap();
+        log.write(b"b\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("web/0.log")).unwrap(),
+            "a\nb\n"
+        );
+        // Outside its directory: refused.
+        assert!(LogFile::open(Some("/elsewhere/x.log".into()), Some(dir.into())).is_err());
     }
 }

@@ -427,7 +427,7 @@ impl Monitor {
         }
         mask.thread_block()?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        let log = LogFile::open(spec.log_path.clone())?;
+        let log = LogFile::open(spec.log_path.clone(), spec.log_dir.clone())?;
         let sock = &spec.control_socket;
         if let Some(parent) = sock.parent() {
             std::fs::create_dir_all(parent)?;
