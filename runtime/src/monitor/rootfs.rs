@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
+use crate::container::devices::{DevType, DeviceNode};
 use crate::container::launch::{Bind, LaunchSpec};
 use crate::container::model::Propagation;
 
@@ -159,6 +160,9 @@ pub fn setup(spec: &LaunchSpec) -> Result {
         Some(&opts),
     )?;
     proc_and_dev(spec, root)?;
+    for d in &spec.devices {
+        device(root, d)?;
+    }
     sys(spec, root)?;
     for t in &spec.tmpfs {
         tmpfs(root, t)?;
@@ -260,6 +264,29 @@ fn proc_and_dev(spec: &LaunchSpec, root: &Path) -> Result {
     let mq = dev.join("mqueue");
     mkdir_p(&mq)?;
     mnt(Some("mqueue"), &mq, Some("mqueue"), nse, None)
+}
+
+/// A granted (or, privileged, the node's) device node at its path in the container, with
+/// the node device's mode and owner. One already there stays (as with runc): a standard node
+/// of `/dev`, or what the image has at that path.
+fn device(root: &Path, d: &DeviceNode) -> Result {
+    let p = resolve_in(root, &d.path);
+    if let Some(parent) = p.parent() {
+        mkdir_p(parent)?;
+    }
+    let kind = match d.kind {
+        DevType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFCHR,
+    };
+    let dev = makedev(u64::from(d.major), u64::from(d.minor));
+    match mknod(&p, kind, Mode::from_bits_truncate(d.mode), dev) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EEXIST) => return Ok(()),
+        Err(e) => return Err(err("mknod", &p)(e)),
+    }
+    // mknod honours the umask.
+    fs::set_permissions(&p, fs::Permissions::from_mode(d.mode)).map_err(ioerr("chmod", &p))?;
+    std::os::unix::fs::chown(&p, Some(d.uid), Some(d.gid)).map_err(ioerr("chown", &p))
 }
 
 fn sys(spec: &LaunchSpec, root: &Path) -> Result {
