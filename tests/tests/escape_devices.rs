@@ -324,3 +324,28 @@ async fn on_cgroup_v2_a_device_program_does_the_same() -> Result<()> {
     privileged_opens(&node, &all, &canary).await?;
     Ok(())
 }
+
+/// The grant and the rules are in the container's records: created before a daemon restart,
+/// started after it, the container has its device and the default-deny list.
+#[tokio::test]
+async fn a_grant_made_before_a_daemon_restart_holds_after_it() -> Result<()> {
+    let canary = LoopCanary::new()?;
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let (cfg, pod) = run_pod(&node, "restart").await?;
+    let id = node
+        .create_container(&pod, &cfg, granted("granted", &canary, "r"))
+        .await?;
+    node.restart_daemon().await?;
+    node.start_container(&id).await?;
+    granted_opens_as_asked(&node, &id, &canary).await?;
+    // (The canary's device is the granted one here: readable.)
+    allowed(&node, &id, "busybox mknod /tmp/kvm c 10 232").await?;
+    denied(&node, &id, "exec 3<>/tmp/kvm").await?;
+    let mut want = DEFAULT_LIST.to_vec();
+    let rule = format!("b {}:{} r", canary.major, canary.minor);
+    want.push(&rule);
+    let list = devices_list(&node, &id).await?;
+    ensure!(list == sorted(&want), "devices.list:\n{}", list.join("\n"));
+    Ok(())
+}

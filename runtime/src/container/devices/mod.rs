@@ -84,16 +84,6 @@ impl DevType {
             DevType::Block => 'b',
         }
     }
-
-    /// An OCI rule's `type` (`a`, `c`, `b`; empty is `a`).
-    pub fn parse(s: &str) -> Option<DevType> {
-        match s {
-            "" | "a" => Some(DevType::All),
-            "c" | "u" => Some(DevType::Char),
-            "b" => Some(DevType::Block),
-            _ => None,
-        }
-    }
 }
 
 /// Access to a device: bits as the BPF device context has them (mknod 1, read 2, write 4).
