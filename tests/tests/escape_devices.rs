@@ -219,11 +219,12 @@ async fn granted_opens_as_asked(node: &Node, id: &str, canary: &LoopCanary) -> R
     canary.untouched()
 }
 
-/// The privileged container has the node's devices in its /dev and opens them.
+/// The privileged container has the node's devices in its /dev and opens them (the canary's
+/// loop device, and loop-control, which every node with loop devices has).
 async fn privileged_opens(node: &Node, id: &str, canary: &LoopCanary) -> Result<()> {
     let read = allowed(node, id, &format!("head -c 28 {}", canary.dev)).await?;
     ensure!(read == SECRET, "read {read:?} from {}", canary.dev);
-    allowed(node, id, "exec 3<>/dev/kvm").await?;
+    allowed(node, id, "exec 3<>/dev/loop-control").await?;
     canary.untouched()
 }
 

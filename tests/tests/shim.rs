@@ -313,7 +313,7 @@ async fn a_terminal_task_and_a_terminal_exec_get_the_clients_window_size() -> Re
 /// Issue 21, item 1: a task gets runc's default device list from containerd's spec (deny all,
 /// then the defaults): a node's device made with mknod (allowed) does not open, neither the
 /// character device /dev/kvm (10:232) nor a block device (loop0, 7:0); the list's devices
-/// do. A privileged task (all devices allowed, the node's /dev) opens /dev/kvm.
+/// do. A privileged task (all devices allowed, the node's /dev) opens /dev/loop-control.
 #[tokio::test]
 async fn a_task_opens_only_the_default_devices() -> Result<()> {
     let c = Containerd::start().await?;
@@ -332,12 +332,12 @@ async fn a_task_opens_only_the_default_devices() -> Result<()> {
         &c,
         &["--rm", "--privileged"],
         "privdevs",
-        &["sh", "-c", "exec 3<>/dev/kvm && echo opened"],
+        &["sh", "-c", "exec 3<>/dev/loop-control && echo opened"],
     )
     .await?;
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "opened",
-        "a privileged task and /dev/kvm: {out:?}\n{}",
+        "a privileged task and /dev/loop-control: {out:?}\n{}",
         c.log_tail()
     );
     nothing_left(&c).await
