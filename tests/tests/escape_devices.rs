@@ -224,7 +224,13 @@ async fn granted_opens_as_asked(node: &Node, id: &str, canary: &LoopCanary) -> R
 async fn privileged_opens(node: &Node, id: &str, canary: &LoopCanary) -> Result<()> {
     let read = allowed(node, id, &format!("head -c 28 {}", canary.dev)).await?;
     ensure!(read == SECRET, "read {read:?} from {}", canary.dev);
-    allowed(node, id, "exec 3<>/dev/loop-control").await?;
+    // (`<>` creates a file that is missing: the node must be there first.)
+    allowed(
+        node,
+        id,
+        "test -c /dev/loop-control && exec 3<>/dev/loop-control",
+    )
+    .await?;
     canary.untouched()
 }
 

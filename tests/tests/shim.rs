@@ -332,7 +332,12 @@ async fn a_task_opens_only_the_default_devices() -> Result<()> {
         &c,
         &["--rm", "--privileged"],
         "privdevs",
-        &["sh", "-c", "exec 3<>/dev/loop-control && echo opened"],
+        // (`<>` creates a file that is missing: the node must be there first.)
+        &[
+            "sh",
+            "-c",
+            "test -c /dev/loop-control && exec 3<>/dev/loop-control && echo opened",
+        ],
     )
     .await?;
     ensure!(
