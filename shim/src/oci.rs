@@ -135,6 +135,8 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         fifos: Some(task.fifos.clone()),
         hostname,
         sysctls: sysctls(spec)?,
+        devices: devices::nodes(spec)?,
+        device_rules: Some(devices::rules(spec)?),
     })
 }
 
@@ -396,5 +398,6 @@ pub fn limits(res: &oci_spec::runtime::LinuxResources) -> Resources {
     r
 }
 
+mod devices;
 #[cfg(test)]
 mod tests;

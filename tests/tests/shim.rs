@@ -1,6 +1,7 @@
 //! peapod's containerd shim (`containerd-shim-peapod-v2`) under Debian's containerd, driven
 //! with `ctr` in a throwaway node: output and exit codes, a detached task listed, killed and
-//! deleted, containerd killed and restarted under a running task, the shim killed.
+//! deleted, containerd killed and restarted under a running task, the shim killed, the device
+//! allow-list of a task.
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -306,5 +307,43 @@ async fn a_terminal_task_and_a_terminal_exec_get_the_clients_window_size() -> Re
     );
     ensure!(out.status.code() == Some(7), "exec -t exit: {}", out.status);
     kill_and_remove(&c, "long").await?;
+    nothing_left(&c).await
+}
+
+/// Issue 21, item 1: a task gets runc's default device list from containerd's spec (deny all,
+/// then the defaults): a node's device made with mknod (allowed) does not open, neither the
+/// character device /dev/kvm (10:232) nor a block device (loop0, 7:0); the list's devices
+/// do. A privileged task (all devices allowed, the node's /dev) opens /dev/loop-control.
+#[tokio::test]
+async fn a_task_opens_only_the_default_devices() -> Result<()> {
+    let c = Containerd::start().await?;
+    let probe = "busybox mknod /tmp/kvm c 10 232 && busybox mknod /tmp/hd b 7 0 \
+                 && echo x >/dev/null && head -c 1 /dev/zero >/dev/null \
+                 && (exec 3<>/tmp/kvm) 2>&1; (head -c 1 /tmp/hd >/dev/null) 2>&1; \
+                 exec 4<>/dev/full";
+    let out = run(&c, &["--rm"], "devs", &["sh", "-c", probe]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.matches("Operation not permitted").count() == 2,
+        "the task's device probe: {out:?}\n{}",
+        c.log_tail()
+    );
+    let out = run(
+        &c,
+        &["--rm", "--privileged"],
+        "privdevs",
+        // (`<>` creates a file that is missing: the node must be there first.)
+        &[
+            "sh",
+            "-c",
+            "test -c /dev/loop-control && exec 3<>/dev/loop-control && echo opened",
+        ],
+    )
+    .await?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "opened",
+        "a privileged task and /dev/loop-control: {out:?}\n{}",
+        c.log_tail()
+    );
     nothing_left(&c).await
 }

@@ -61,6 +61,8 @@ pub enum ContainerError {
         #[source]
         source: SeccompError,
     },
+    #[error(transparent)]
+    Device(#[from] super::devices::DeviceError),
     #[error("mount source {path} does not exist on the node")]
     MountSource { path: String },
     #[error("cannot start the monitor of container {id}")]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::devices::{self, Access, DeviceNode, DeviceRule};
 use super::error::ContainerError;
 use super::model::{ContainerSpec, MountReq, Propagation, SeccompReq};
 use super::seccomp;
@@ -146,6 +147,49 @@ pub struct LaunchSpec {
     /// before it runs (OCI bundles; peapod's pods set theirs on the pause).
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Device nodes made in the container besides the standard ones of its `/dev`: the
+    /// granted devices, the node's for a privileged container.
+    #[serde(default)]
+    pub devices: Vec<DeviceNode>,
+    /// The device cgroup rules, in order (see [`devices`]). `None` in launch specs from
+    /// before they were written here: the defaults for `privileged`.
+    #[serde(default)]
+    pub device_rules: Option<Vec<DeviceRule>>,
+}
+
+impl LaunchSpec {
+    /// The device cgroup rules to write before the container's init joins its cgroup.
+    pub fn device_rules(&self) -> Vec<DeviceRule> {
+        match &self.device_rules {
+            Some(rules) => rules.clone(),
+            None => devices::cri_rules(self.privileged, &[]),
+        }
+    }
+}
+
+/// The nodes and rules of a CRI container: each granted device (a directory grants the
+/// devices below it) with its permissions; all of the node's `/dev` when privileged, where
+/// everything is allowed.
+fn container_devices(
+    spec: &ContainerSpec,
+) -> Result<(Vec<DeviceNode>, Vec<DeviceRule>), ContainerError> {
+    let mut nodes = Vec::new();
+    let mut granted = Vec::new();
+    for d in &spec.devices {
+        let access = Access::parse(&d.permissions)?;
+        for n in devices::host::granted(&d.host_path, &d.container_path)? {
+            granted.push(n.rule(access));
+            nodes.push(n);
+        }
+    }
+    let privileged = spec.security.privileged;
+    if privileged {
+        let mut all = devices::host::all()?;
+        all.retain(|n| !nodes.iter().any(|g| g.path == n.path));
+        all.extend(nodes);
+        nodes = all;
+    }
+    Ok((nodes, devices::cri_rules(privileged, &granted)))
 }
 
 /// What `build` needs besides the request.
@@ -405,6 +449,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         .collect::<Result<Vec<_>, _>>()?;
     user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
     mounts.extend(user_mounts);
+    let (device_nodes, device_rules) = container_devices(spec)?;
     let cwd = match (spec.working_dir.as_str(), cfg.working_dir.as_str()) {
         ("", "") => "/".to_owned(),
         ("", w) | (w, _) => w.to_owned(),
@@ -446,6 +491,8 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
         fifos: None,
         hostname: None,
         sysctls: Vec::new(),
+        devices: device_nodes,
+        device_rules: Some(device_rules),
     })
 }
 

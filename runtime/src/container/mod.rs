@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod cgroup;
 mod create;
+pub mod devices;
 pub mod error;
 pub mod events;
 pub mod exec;

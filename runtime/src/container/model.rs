@@ -26,6 +26,15 @@ pub struct MountReq {
     pub propagation: Propagation,
 }
 
+/// A node device the request grants: made at `container_path` with the node device's type
+/// and numbers, usable with `permissions` (`r`, `w`, `m`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReq {
+    pub container_path: String,
+    pub host_path: String,
+    pub permissions: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SeccompReq {
     Unconfined,
@@ -110,6 +119,8 @@ pub struct ContainerSpec {
     pub working_dir: String,
     pub envs: Vec<(String, String)>,
     pub mounts: Vec<MountReq>,
+    #[serde(default)]
+    pub devices: Vec<DeviceReq>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Relative to the pod's log directory, as the kubelet sends it.

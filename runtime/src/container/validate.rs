@@ -62,6 +62,16 @@ pub fn validate(spec: &ContainerSpec) -> Result {
             ));
         }
     }
+    if spec.devices.len() > MAX_MOUNTS {
+        return Err(invalid("devices", format!("more than {MAX_MOUNTS}")));
+    }
+    for d in &spec.devices {
+        absolute("devices.container_path", &d.container_path)?;
+        absolute("devices.host_path", &d.host_path)?;
+        if let Err(e) = super::devices::Access::parse(&d.permissions) {
+            return Err(invalid("devices.permissions", e.to_string()));
+        }
+    }
     pod::labels_and_annotations(&spec.labels, &spec.annotations)?;
     log_path(&spec.log_path)?;
     security(spec)
@@ -259,7 +269,7 @@ fn security(spec: &ContainerSpec) -> Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::model::{MountReq, Propagation, SecurityReq};
+    use crate::container::model::{DeviceReq, MountReq, Propagation, SecurityReq};
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
@@ -328,6 +338,20 @@ mod tests {
                     host_path: "/proc/sys".into(),
                     readonly: false,
                     propagation: Propagation::Private,
+                })
+            }),
+            ("devices.permissions", |s| {
+                s.devices.push(DeviceReq {
+                    container_path: "/dev/x".into(),
+                    host_path: "/dev/null".into(),
+                    permissions: "rwx".into(),
+                })
+            }),
+            ("devices.container_path", |s| {
+                s.devices.push(DeviceReq {
+                    container_path: "dev/x".into(),
+                    host_path: "/dev/null".into(),
+                    permissions: "rw".into(),
                 })
             }),
             ("labels", |s| {

@@ -7,7 +7,9 @@ use tracing::Instrument;
 use super::CriService;
 use super::convert::ns_mode_from;
 use crate::container::ContainerError;
-use crate::container::model::{ContainerSpec, MountReq, Propagation, SeccompReq, SecurityReq};
+use crate::container::model::{
+    ContainerSpec, DeviceReq, MountReq, Propagation, SeccompReq, SecurityReq,
+};
 use crate::sandbox::model::NsMode;
 
 pub async fn handle(
@@ -112,6 +114,15 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
             .map(|kv| (kv.key, kv.value))
             .collect(),
         mounts,
+        devices: config
+            .devices
+            .into_iter()
+            .map(|d| DeviceReq {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         log_path: config.log_path,

@@ -58,6 +58,7 @@ fn container_code(e: &ContainerError) -> Code {
         | ContainerError::Seccomp { .. }
         | ContainerError::MountSource { .. } => Code::InvalidArgument,
         ContainerError::NotFound { .. } => Code::NotFound,
+        ContainerError::Device(e) if e.is_invalid() => Code::InvalidArgument,
         ContainerError::SandboxNotReady { .. }
         | ContainerError::WrongState { .. }
         | ContainerError::ControllerMissing { .. } => Code::FailedPrecondition,
@@ -75,6 +76,7 @@ fn container_code(e: &ContainerError) -> Code {
         | ContainerError::Reopen { .. }
         | ContainerError::Exec { .. }
         | ContainerError::Store(_)
+        | ContainerError::Device(_)
         | ContainerError::Teardown { .. } => Code::Internal,
     }
 }

@@ -416,6 +416,9 @@ impl Monitor {
         nix::unistd::setsid()?;
         nix::sys::prctl::set_child_subreaper(true)?;
         std::env::set_current_dir("/")?;
+        // Before the init joins the cgroup: nothing of the container runs unrestricted.
+        crate::container::devices::apply(&spec.cgroups, &spec.device_rules())
+            .map_err(|e| io::Error::other(crate::errors::chain(&e)))?;
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGCHLD,

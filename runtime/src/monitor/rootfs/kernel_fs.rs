@@ -5,11 +5,14 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat};
 use nix::mount::MsFlags;
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, makedev, mkdirat, mknodat};
+use nix::unistd::{Gid, Uid, fchownat};
 
-use super::{Result, err, mount_on, remount_ro};
+use super::{MountError, Result, err, mount_on, remount_ro};
+use crate::container::devices::{DevType, DeviceNode};
 use crate::container::launch::LaunchSpec;
 use crate::inroot::Root;
 
@@ -123,6 +126,45 @@ pub(super) fn proc_and_dev(spec: &LaunchSpec, root: &Root) -> Result {
         nse,
         None,
     )
+}
+
+/// A granted (or, privileged, the node's) device node at its path in the container, with
+/// the node device's mode and owner, made under the fd of its parent (resolved in the root).
+/// One already there stays (as with runc): a standard node of `/dev`, or what the image has
+/// at that path.
+pub(super) fn device(root: &Root, d: &DeviceNode) -> Result {
+    let p = Path::new(&d.path);
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(MountError::Step {
+            what: "make the device",
+            path: p.to_owned(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    };
+    let dir = root.mkdir_all(parent)?;
+    let kind = match d.kind {
+        DevType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFCHR,
+    };
+    let mode = Mode::from_bits_truncate(d.mode);
+    let dev = makedev(u64::from(d.major), u64::from(d.minor));
+    match mknodat(&dir, name, kind, mode, dev) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EEXIST) => return Ok(()),
+        Err(e) => return Err(err("mknod", p)(e)),
+    }
+    // mknod honours the umask. The node is the one just made: nothing of the container runs
+    // yet that could have swapped it.
+    fchmodat(&dir, name, mode, FchmodatFlags::FollowSymlink).map_err(err("chmod", p))?;
+    let (uid, gid) = (Uid::from_raw(d.uid), Gid::from_raw(d.gid));
+    fchownat(
+        &dir,
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(err("chown", p))
 }
 
 pub(super) fn sys(spec: &LaunchSpec, root: &Root) -> Result {

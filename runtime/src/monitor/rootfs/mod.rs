@@ -151,6 +151,9 @@ pub fn setup(spec: &LaunchSpec) -> Result {
     // Opened after the overlay is mounted: the fd is its root.
     let root = Root::open(&r.target)?;
     kernel_fs::proc_and_dev(spec, &root)?;
+    for d in &spec.devices {
+        kernel_fs::device(&root, d)?;
+    }
     kernel_fs::sys(spec, &root)?;
     for t in &spec.tmpfs {
         tmpfs(&root, t)?;
@@ -332,11 +335,17 @@ mod tests {
         let root = Root::open(dir).unwrap();
         for dest in ["/data/sys", "/rel", "/data", "/proc/sys"] {
             let at = root.open_in(Path::new(dest), OFlag::O_PATH).unwrap();
-            assert!(not_under_proc(&root, &at, Path::new(dest)).is_err(), "{dest}");
+            assert!(
+                not_under_proc(&root, &at, Path::new(dest)).is_err(),
+                "{dest}"
+            );
         }
         for dest in ["/data/cpuinfo", "/srv/proc/sys"] {
             let at = root.open_in(Path::new(dest), OFlag::O_PATH).unwrap();
-            assert!(not_under_proc(&root, &at, Path::new(dest)).is_ok(), "{dest}");
+            assert!(
+                not_under_proc(&root, &at, Path::new(dest)).is_ok(),
+                "{dest}"
+            );
         }
     }
 }
