@@ -38,6 +38,27 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
+/// How long a start waits for a lock that is held.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An exclusive lock on `f`, waiting up to [`LOCK_PATIENCE`] while another holds it. A daemon
+/// that was just killed may still hold its locks for a moment through a child it forked and
+/// that has not exec'd yet (a spawn's pre-exec steps: joining a cgroup, namespaces): the lock
+/// goes with the child's exec. A restart right after a crash must not fail on that.
+fn lock_soon(mut f: fs::File) -> Result<Flock<fs::File>, nix::errno::Errno> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                f = back;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+}
+
 /// Holds the state dir for this process's lifetime; a second daemon is refused.
 pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     let path = state_dir.join("peapod.lock");
@@ -50,7 +71,7 @@ pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
         .open(&path)
         .and_then(|_| fs::File::open(&path))
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+    lock_soon(f).map_err(|e| {
         anyhow::anyhow!(
             "another peapod is running on state dir {} (lock {}): {e}",
             state_dir.display(),
@@ -76,7 +97,7 @@ pub fn lock_socket(sock: &Path) -> anyhow::Result<Flock<fs::File>> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+    lock_soon(f).map_err(|e| {
         anyhow::anyhow!(
             "another peapod is serving on socket {} (lock {}): {e}",
             sock.display(),
