@@ -20,9 +20,10 @@ use peapod_tests::stream::{WsSession, exec_request, ws_exec};
 const IDLE: usize = 600;
 /// The daemon's header timeout is 5 s; a legitimate exec must not wait anywhere near that.
 const EXEC_WITHIN: Duration = Duration::from_secs(4);
-/// Every idle connection is closed by then (the header timeout and a margin; peapod used
-/// to keep them 10 s).
-const IDLE_CLOSED_WITHIN: Duration = Duration::from_secs(8);
+/// Every idle connection is closed by then, counted from the end of its wave (the header
+/// timeout runs from the accept, which a loaded machine may make late; peapod used to keep
+/// them 10 s).
+const IDLE_CLOSED_WITHIN: Duration = Duration::from_secs(9);
 /// A session longer than the header timeout.
 const LONG_SESSION: &str = "sleep 7; echo survived";
 
@@ -112,6 +113,7 @@ async fn idle_connections_do_not_stop_exec() -> Result<()> {
 
     // A second wave while the first is held: still served.
     let more = idle_connections(&node, long_url.addr, IDLE).await?;
+    let attacked_again = Instant::now();
     let out = tokio::time::timeout(
         EXEC_WITHIN,
         ws_exec(&node, &ctr, &["echo", "again"], "v5.channel.k8s.io", None),
@@ -128,7 +130,7 @@ async fn idle_connections_do_not_stop_exec() -> Result<()> {
     );
 
     let open = still_open(idle, attacked + IDLE_CLOSED_WITHIN).await?
-        + still_open(more, attacked + IDLE_CLOSED_WITHIN).await?;
+        + still_open(more, attacked_again + IDLE_CLOSED_WITHIN).await?;
     ensure!(
         open == 0,
         "{open} of {} idle connections still open after {IDLE_CLOSED_WITHIN:?}",

@@ -40,17 +40,26 @@ async fn wait_for(c: &Containerd, id: &str, want: Option<&str>) -> Result<Option
 /// dir, no cgroup.
 async fn nothing_left(c: &Containerd) -> Result<()> {
     let node = c.node();
+    // containerd's cleanup (`<shim> delete`) and a killed process in the kernel's exit path
+    // (on a loaded machine, waiting on writeback) may take a moment to be gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
     for pattern in [
         "containerd-shim-peapod",
         "peapod(-monitor)? monitor",
         "sleep",
     ] {
-        let found = node.exec_output(&["pgrep", "-a", "-f", pattern]).await?;
-        ensure!(
-            !found.status.success(),
-            "left running: {}",
-            String::from_utf8_lossy(&found.stdout)
-        );
+        loop {
+            let found = node.exec_output(&["pgrep", "-a", "-f", pattern]).await?;
+            if !found.status.success() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "left running: {}",
+                String::from_utf8_lossy(&found.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let dirs = node
         .exec(&["ls", "-A", "/run/peapod-shim"])
