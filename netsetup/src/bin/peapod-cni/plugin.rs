@@ -68,7 +68,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             "supportedVersions": SUPPORTED_VERSIONS,
         })));
     }
-    let conf = NetConf::parse(stdin)?;
+    let conf = NetConf::parse(stdin, command)?;
     match command {
         Command::Add => add(&conf, env.attachment()?, env.netns()?).map(Some),
         Command::Del => del(&conf, &env.attachment()?).map(|()| None),
