@@ -316,6 +316,11 @@ async fn check_reports_a_link_deleted_by_hand() -> Result<()> {
     let with_prev = cni.conf(json!({ "prevResult": result }));
     let out = cni.ok("CHECK", "c1", Some(&ns), &with_prev).await?;
     ensure!(out.is_null(), "CHECK printed {out}");
+    // Keys in any case, as a Go plugin would take them.
+    let go_prev = cni.conf(json!({
+        "PrevResult": { "IPs": [{ "Address": result["ips"][0]["address"] }] },
+    }));
+    cni.ok("CHECK", "c1", Some(&ns), &go_prev).await?;
 
     // CHECK needs the prevResult, and an attachment ADD made.
     let no_prev = cni

@@ -163,6 +163,16 @@ impl<'de> Deserializer<'de> for GoObject {
     }
 }
 
+/// The member of a JSON object that a Go struct field named `name` would take: the key
+/// equal to it under folding (objects read here hold one such key at most, see [`GoObject`]).
+pub fn get<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
+    let folded = fold(name);
+    object
+        .as_object()?
+        .iter()
+        .find_map(|(key, value)| (fold(key) == folded).then_some(value))
+}
+
 /// A key as Go's folding sees it: keys equal under Unicode simple folding are equal here as
 /// far as letters that fold to ASCII go (ASCII letters, `K` KELVIN SIGN, `ſ` LONG S); other
 /// characters stay as they are, and no ASCII field name folds to them.
@@ -221,5 +231,14 @@ mod tests {
         let o = object(r#"{"zz":{"x":[{"Q":1,"q":2}]}}"#);
         assert_eq!(o.matched(&[]), json!({"zz": {"x": [{"q": 2}]}}));
         assert!(serde_json::from_str::<GoObject>("[1]").is_err());
+    }
+
+    #[test]
+    fn get_finds_a_member_in_any_case() {
+        let v = json!({"IPs": [{"Address": "10.0.0.2/24"}]});
+        let ip = &get(&v, "ips").unwrap()[0];
+        assert_eq!(get(ip, "address").unwrap(), "10.0.0.2/24");
+        assert!(get(&v, "routes").is_none());
+        assert!(get(&json!([1]), "ips").is_none());
     }
 }
