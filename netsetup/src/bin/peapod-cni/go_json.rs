@@ -10,7 +10,9 @@
 //! `deserialize`/`serialize` functions) and [`go_case!`], which implements the traits over
 //! them, deserialising through [`GoObject`].
 
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use std::collections::HashMap;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, forward_to_deserialize_any};
 use serde_json::{Map, Value};
 
@@ -48,7 +50,10 @@ impl<'de> Deserialize<'de> for GoObject {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match d.deserialize_map(Folding)? {
             Value::Object(map) => Ok(GoObject(map)),
-            _ => unreachable!("deserialize_map visits a map"),
+            _ => Err(de::Error::invalid_type(
+                Unexpected::Other("not an object"),
+                &Folding,
+            )),
         }
     }
 }
@@ -98,15 +103,16 @@ impl<'de> Visitor<'de> for Folding {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
+        // Folded key → the key it is in `object` under.
+        let mut keys = HashMap::new();
         while let Some((key, Folded(value))) = map.next_entry::<String, Folded>()? {
-            let folded = fold(&key);
-            let earlier = object.keys().find(|k| fold(k) == folded).cloned();
-            if let Some(earlier) = earlier {
+            if let Some(earlier) = keys.get(&fold(&key)) {
                 if value.is_null() {
                     continue;
                 }
-                object.remove(&earlier);
+                object.remove(earlier);
             }
+            keys.insert(fold(&key), key.clone());
             object.insert(key, value);
         }
         Ok(Value::Object(object))
