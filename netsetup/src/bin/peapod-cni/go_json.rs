@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for GoObject {
             Value::Object(map) => Ok(GoObject(map)),
             _ => Err(de::Error::invalid_type(
                 Unexpected::Other("not an object"),
-                &Folding,
+                &"a JSON object",
             )),
         }
     }
