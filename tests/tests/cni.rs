@@ -316,6 +316,11 @@ async fn check_reports_a_link_deleted_by_hand() -> Result<()> {
     let with_prev = cni.conf(json!({ "prevResult": result }));
     let out = cni.ok("CHECK", "c1", Some(&ns), &with_prev).await?;
     ensure!(out.is_null(), "CHECK printed {out}");
+    // Keys in any case, as a Go plugin would take them.
+    let go_prev = cni.conf(json!({
+        "PrevResult": { "IPs": [{ "Address": result["ips"][0]["address"] }] },
+    }));
+    cni.ok("CHECK", "c1", Some(&ns), &go_prev).await?;
 
     // CHECK needs the prevResult, and an attachment ADD made.
     let no_prev = cni
@@ -654,5 +659,66 @@ async fn port_mappings_forward_to_the_container_and_go_with_del() -> Result<()> 
         .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
         .await?;
     ensure!(!map.contains("8080"), "the mapping outlived DEL: {map}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn go_cased_port_mappings_work_and_an_unusable_runtime_config_does_not_stop_del() -> Result<()>
+{
+    let cni = Cni::start(SUBNET).await?;
+    let ns1 = cni.netns("c1").await?;
+    // As containerd 1.6 (go-cni) writes them: Go's field names, an empty HostIP.
+    let mapped = cni.conf(json!({
+        "runtimeConfig": { "portMappings": [
+            { "HostPort": 12000, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "" },
+        ]},
+    }));
+    let result = cni.ok("ADD", "c1", Some(&ns1), &mapped).await?;
+    let ip = address(&result)?;
+    let host = host_end(&result)?;
+    let map = cni
+        .node
+        .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
+        .await?;
+    ensure!(map.contains(&format!("tcp . 12000 : {ip} . 80")), "{map}");
+    let probe = cni.node.probe_path().display().to_string();
+    let mut server = cni.node.spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        "c1",
+        &probe,
+        "listen",
+        "0.0.0.0:80",
+        "--count",
+        "1",
+    ])?;
+    server.wait_for_line("listening").await?;
+    let said = cni.node.ask_from_node("connect", "10.99.0.1:12000").await?;
+    ensure!(
+        !said.trim().is_empty(),
+        "nothing came back through hostPort 12000"
+    );
+    server.finish().await?;
+
+    // DEL with a runtimeConfig no ADD could use still tears everything down, and says so;
+    // so does a DEL of what is gone already.
+    let unusable = cni.conf(json!({
+        "runtimeConfig": { "portMappings": [{ "HostPort": "banana", "ContainerPort": -1 }] },
+    }));
+    cni.ok("DEL", "c1", Some(&ns1), &unusable).await?;
+    cni.ok("DEL", "c1", Some(&ns1), &unusable).await?;
+    let map = cni
+        .node
+        .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
+        .await?;
+    ensure!(!map.contains("12000"), "the mapping outlived DEL: {map}");
+    ensure!(cni.leases()?.is_empty(), "leases left: {:?}", cni.leases()?);
+    ensure!(cni.records()? == 0, "records left: {}", cni.records()?);
+    ensure!(!cni.links().await?.contains(&host), "{host} outlived DEL");
+    // ADD refuses it, and makes nothing.
+    let refused = cni.run("ADD", "c1", Some(&ns1), &unusable).await?;
+    expect_error(&refused, DECODE, "an ADD with an unusable runtimeConfig")?;
+    ensure!(cni.leases()?.is_empty(), "leases left: {:?}", cni.leases()?);
     Ok(())
 }

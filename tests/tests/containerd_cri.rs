@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use k8s_cri::v1::{
     ContainerState, ContainerStatsRequest, Int64Value, LinuxContainerResources, Mount,
-    PodSandboxStatusRequest, SecurityProfile, UpdateContainerResourcesRequest,
+    PodSandboxStatusRequest, Protocol, SecurityProfile, UpdateContainerResourcesRequest,
 };
 use peapod_tests::containerd::{BUSYBOX, CRI_SUBNET, Containerd};
 use peapod_tests::containers::{container_config, security};
@@ -159,6 +159,45 @@ async fn the_classic_pod_runs_through_containerd() -> Result<()> {
     for id in [&a, &b] {
         node.stop_and_remove(id).await?;
     }
+    nothing_left(&c).await
+}
+
+#[tokio::test]
+async fn host_ports_as_containerd_sends_them_reach_the_pod_and_go_with_it() -> Result<()> {
+    // containerd 1.6 hands peapod-cni the mapping with Go's field names (`HostPort`).
+    let c = Containerd::start_cri().await?;
+    let node = c.node();
+    let cfg = node.pod_config("ports").port(Protocol::Tcp, "", 12000, 80);
+    let pod = node.run_pod(&cfg).await?;
+    pod_ip(&c, &pod).await?;
+    let server = container_config(
+        "server",
+        BUSYBOX,
+        &["httpd", "-f", "-p", "80", "-h", "/var/www"],
+    );
+    node.run_container(&pod, &cfg, server).await?;
+    // From the node, at the bridge's address, through the hostPort.
+    let url = "http://10.99.0.1:12000/";
+    let mut page = String::new();
+    for _ in 0..50 {
+        let out = node.exec_output(&["wget", "-qO-", "-T", "2", url]).await?;
+        page = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(page.contains("<h1>peapod</h1>"), "{url} said {page:?}");
+
+    // containerd's teardown (a DEL with the same runtimeConfig) removes it all.
+    node.stop_and_remove(&pod).await?;
+    let map = node
+        .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
+        .await?;
+    ensure!(
+        !map.contains("12000"),
+        "the mapping outlived the pod: {map}"
+    );
     nothing_left(&c).await
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::CniError;
+use crate::go_json::go_case;
 
 /// Spec versions this plugin speaks; results are the same in both.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
@@ -51,11 +52,13 @@ impl Command {
 
 /// One attachment: a container's interface, as the runtime names it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct AttachmentId {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
 }
+go_case!(AttachmentId, Serialize);
 
 impl AttachmentId {
     /// From `CNI_CONTAINERID` and `CNI_IFNAME`, both required and checked.
@@ -99,9 +102,9 @@ fn check_container_id(id: &str) -> Result<(), CniError> {
 }
 
 /// A hostPort as runtimes pass it in `runtimeConfig.portMappings` (the `portMappings`
-/// capability).
+/// capability). Keys in any case: containerd sends Go's field names (`HostPort`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
@@ -110,6 +113,7 @@ pub struct PortMapping {
     #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
 }
+go_case!(PortMapping, Serialize);
 
 fn tcp() -> String {
     "tcp".into()
@@ -143,16 +147,18 @@ impl PortMapping {
     }
 }
 
+/// The capabilities the runtime passes; only ADD uses them.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 struct RuntimeConfig {
     #[serde(default)]
     port_mappings: Vec<PortMapping>,
 }
+go_case!(RuntimeConfig);
 
-/// The network configuration as it comes on stdin.
+/// The network configuration as it comes on stdin, keys matched as a Go plugin matches them.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 struct RawConf {
     cni_version: String,
     name: String,
@@ -163,8 +169,8 @@ struct RawConf {
     mtu: Option<u32>,
     ip_masq: Option<bool>,
     data_dir: Option<PathBuf>,
-    #[serde(default)]
-    runtime_config: RuntimeConfig,
+    /// Decoded apart, so that a runtimeConfig ADD could not use does not stop a DEL.
+    runtime_config: Option<Value>,
     prev_result: Option<Value>,
     dns: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -173,6 +179,7 @@ struct RawConf {
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<AttachmentId>>,
 }
+go_case!(RawConf);
 
 /// The configuration, checked.
 #[derive(Debug)]
@@ -195,7 +202,9 @@ pub struct NetConf {
 }
 
 impl NetConf {
-    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    /// The configuration for `command`. Only ADD needs the runtimeConfig: the others ignore
+    /// one they cannot use (with a warning), so that a runtime can always tear down.
+    pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         let raw: RawConf =
             serde_json::from_slice(stdin).map_err(|source| CniError::Decode { source })?;
         check_version(&raw.cni_version)?;
@@ -221,17 +230,14 @@ impl NetConf {
             ));
         }
         let ip_masq = raw.ip_masq.unwrap_or(true);
-        let port_mappings = raw.runtime_config.port_mappings;
-        let host_ports = port_mappings
-            .iter()
-            .map(PortMapping::to_host_port)
-            .collect::<Result<Vec<_>, _>>()?;
-        if !host_ports.is_empty() && !ip_masq {
-            return Err(CniError::invalid_config(
-                "runtimeConfig.portMappings",
-                "hostPorts need peapod's nftables table, which ipMasq false turns off",
-            ));
-        }
+        let (port_mappings, host_ports) = match port_mappings(raw.runtime_config, ip_masq) {
+            Ok(ports) => ports,
+            Err(e) if command != Command::Add => {
+                tracing::warn!(error = %crate::error::chain(&e), "runtimeConfig ignored");
+                (Vec::new(), Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         if !data_dir.is_absolute() {
             return Err(CniError::invalid_config(
@@ -257,6 +263,31 @@ impl NetConf {
             valid_attachments,
         })
     }
+}
+
+/// `runtimeConfig.portMappings`, decoded and checked.
+fn port_mappings(
+    runtime_config: Option<Value>,
+    ip_masq: bool,
+) -> Result<(Vec<PortMapping>, Vec<HostPort>), CniError> {
+    let runtime_config = match runtime_config {
+        None => RuntimeConfig::default(),
+        Some(value) => {
+            serde_json::from_value(value).map_err(|source| CniError::Decode { source })?
+        }
+    };
+    let port_mappings = runtime_config.port_mappings;
+    let host_ports = port_mappings
+        .iter()
+        .map(PortMapping::to_host_port)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !host_ports.is_empty() && !ip_masq {
+        return Err(CniError::invalid_config(
+            "runtimeConfig.portMappings",
+            "hostPorts need peapod's nftables table, which ipMasq false turns off",
+        ));
+    }
+    Ok((port_mappings, host_ports))
 }
 
 pub fn check_version(version: &str) -> Result<(), CniError> {

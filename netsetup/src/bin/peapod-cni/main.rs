@@ -8,6 +8,7 @@
 
 mod conf;
 mod error;
+mod go_json;
 mod plugin;
 mod state;
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::conf::{self, ANY_V4, AttachmentId, Command, NetConf, SUPPORTED_VERSIONS};
 use crate::error::CniError;
+use crate::go_json;
 use crate::state::{Record, State};
 
 /// The `CNI_*` variables, empty ones read as unset.
@@ -68,7 +69,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             "supportedVersions": SUPPORTED_VERSIONS,
         })));
     }
-    let conf = NetConf::parse(stdin)?;
+    let conf = NetConf::parse(stdin, command)?;
     match command {
         Command::Add => add(&conf, env.attachment()?, env.netns()?).map(Some),
         Command::Del => del(&conf, &env.attachment()?).map(|()| None),
@@ -283,9 +284,13 @@ fn check(conf: &NetConf, id: &AttachmentId, netns: &Path) -> Result<(), CniError
     };
     let att = &record.attachment;
     let address = IpNet::new(att.ip, att.prefix_len).expect("recorded prefix length");
-    let listed = prev["ips"]
-        .as_array()
-        .is_some_and(|ips| ips.iter().any(|ip| ip["address"] == address.to_string()));
+    // prevResult comes as the runtime cached it; a Go runtime's keys may be in any case.
+    let listed = go_json::get(prev, "ips")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| {
+            ips.iter()
+                .any(|ip| go_json::get(ip, "address").is_some_and(|a| *a == address.to_string()))
+        });
     if !listed {
         return Err(failed(format!("prevResult does not list {address}")));
     }

@@ -8,7 +8,20 @@ fn conf(extra: &str) -> String {
 }
 
 fn parse(text: &str) -> Result<NetConf, CniError> {
-    NetConf::parse(text.as_bytes())
+    NetConf::parse(text.as_bytes(), Command::Add)
+}
+
+/// The host ports as `protocol hostIP hostPort containerPort`.
+fn ports(c: &NetConf) -> Vec<String> {
+    c.host_ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {:?} {} {}",
+                p.protocol, p.host_ip, p.host_port, p.container_port
+            )
+        })
+        .collect()
 }
 
 fn code_of(text: &str) -> u32 {
@@ -95,24 +108,92 @@ fn port_mappings_become_host_ports() {
             {"hostPort":9000,"containerPort":9000,"hostIP":"0.0.0.0"}]}"#,
     ))
     .unwrap();
-    let ports: Vec<String> = c
-        .host_ports
-        .iter()
-        .map(|p| {
-            format!(
-                "{} {:?} {} {}",
-                p.protocol, p.host_ip, p.host_port, p.container_port
-            )
-        })
-        .collect();
     assert_eq!(
-        ports,
+        ports(&c),
         [
             "tcp None 8080 80",
             "udp Some(127.0.0.1) 5353 53",
             "tcp None 9000 9000"
         ]
     );
+}
+
+#[test]
+fn port_mappings_keys_match_in_any_case_as_go_matches_them() {
+    // containerd's go-cni sends Go's field names; Go plugins match keys case-insensitively.
+    let c = parse(&conf(
+        r#","runtimeConfig":{"portMappings":[
+            {"HostPort":12000,"ContainerPort":80,"Protocol":"tcp","HostIP":""},
+            {"hostport":12001,"containerport":81,"protocol":"UDP","hostip":"127.0.0.1"},
+            {"HOSTPORT":12002,"CONTAINERPORT":82,"PROTOCOL":"TCP","HOSTIP":"0.0.0.0"},
+            {"hOsTpOrT":12003,"containerPort":83,"HostIp":null}]}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        ports(&c),
+        [
+            "tcp None 12000 80",
+            "udp Some(127.0.0.1) 12001 81",
+            "tcp None 12002 82",
+            "tcp None 12003 83"
+        ]
+    );
+    // The record keeps them under our names, and reads them back.
+    let stored = serde_json::to_value(&c.port_mappings[0]).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({"hostPort":12000,"containerPort":80,"protocol":"tcp","hostIP":""})
+    );
+    let back: PortMapping = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, c.port_mappings[0]);
+    // Two keys for one field: the later one counts, as in Go.
+    let c = parse(&conf(
+        r#","runtimeConfig":{"portMappings":[{"hostPort":1,"HostPort":2,"containerPort":80}]}"#,
+    ))
+    .unwrap();
+    assert_eq!(ports(&c), ["tcp None 2 80"]);
+}
+
+#[test]
+fn the_configuration_and_gc_lists_match_keys_in_any_case_too() {
+    let c = parse(
+        r#"{"CNIVersion":"1.1.0","Name":"pods","TYPE":"peapod","Subnet":"10.99.0.0/24",
+            "IPMasq":false,"DataDir":"/tmp/x","RuntimeConfig":{"PortMappings":[]},
+            "CNI.dev/Valid-Attachments":[{"ContainerID":"c1","IfName":"eth0"}]}"#,
+    )
+    .unwrap();
+    assert!(!c.ip_masq);
+    assert_eq!(c.dir, PathBuf::from("/tmp/x/pods"));
+    assert!(c.valid_attachments.unwrap().contains(&AttachmentId {
+        container_id: "c1".into(),
+        ifname: "eth0".into()
+    }));
+}
+
+#[test]
+fn only_add_refuses_a_runtime_config_it_cannot_use() {
+    for bad in [
+        r#","runtimeConfig":"banana""#,
+        r#","runtimeConfig":{"portMappings":"banana"}"#,
+        r#","runtimeConfig":{"portMappings":[{"hostPort":"x","containerPort":80}]}"#,
+        r#","runtimeConfig":{"portMappings":[{"containerPort":80}]}"#,
+        r#","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}"#,
+        r#","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"sctp"}]}"#,
+        r#","ipMasq":false,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}"#,
+    ] {
+        let text = conf(bad);
+        let code = parse(&text).unwrap_err().code();
+        assert!(
+            [code::DECODE, code::INVALID_CONFIG].contains(&code),
+            "{text}"
+        );
+        for command in [Command::Del, Command::Check, Command::Gc, Command::Status] {
+            let c = NetConf::parse(text.as_bytes(), command)
+                .unwrap_or_else(|e| panic!("{command:?} {text}: {e}"));
+            assert!(c.host_ports.is_empty() && c.port_mappings.is_empty());
+            assert_eq!(c.dir, PathBuf::from("/var/lib/peapod-cni/pods"));
+        }
+    }
 }
 
 #[test]
