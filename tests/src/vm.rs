@@ -98,7 +98,11 @@ impl Vm {
             );
             self.files.push(path);
         }
+        // The tests name the script as `<this crate>/../hack/…`: that path resolves in the
+        // guest only if the crate's directory exists there too.
         self.files.push(crate::make_test_images_script());
+        self.files
+            .push(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
         Ok(self.env("PEAPOD_BIN_DIR", bins.to_string_lossy()))
     }
 
