@@ -74,7 +74,8 @@ impl Vm {
     /// A command to run in the booted node, as root, in `/root`, with a clean environment
     /// (PATH, HOME and what [`Vm::env`] adds). Steps run in order; each is reported apart.
     pub fn step(mut self, argv: &[&str]) -> Vm {
-        self.steps.push(argv.iter().map(|a| a.to_string()).collect());
+        self.steps
+            .push(argv.iter().map(|a| a.to_string()).collect());
         self
     }
 
@@ -158,7 +159,10 @@ impl Vm {
             Some(status) => bail!(
                 "the VM stopped ({status}) before its steps were done{}; \
                  steps finished: {:?}\n{}",
-                run.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+                run.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
                 run.steps.iter().map(|s| s.code).collect::<Vec<_>>(),
                 run.report()
             ),
@@ -206,7 +210,9 @@ pub fn build_image() -> Result<PathBuf> {
 /// The newest `target/<profile>/deps/<name>-<hash>` executable next to the running test.
 pub fn test_executable(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("find the running test executable")?;
-    let deps = exe.parent().context("the test executable has no parent dir")?;
+    let deps = exe
+        .parent()
+        .context("the test executable has no parent dir")?;
     let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
     for entry in std::fs::read_dir(deps).with_context(|| format!("read {}", deps.display()))? {
         let entry = entry?;
@@ -243,9 +249,7 @@ struct Qemu {
 
 impl Qemu {
     fn spawn(image: &Path, overlay: &Path, input: &Path, dir: &Path) -> Result<Qemu> {
-        let drive = |file: &Path, extra: &str| {
-            format!("file={},if=virtio,{extra}", file.display())
-        };
+        let drive = |file: &Path, extra: &str| format!("file={},if=virtio,{extra}", file.display());
         let port = |id: &str, file: &str| {
             [
                 "-chardev".to_owned(),
@@ -255,27 +259,46 @@ impl Qemu {
             ]
         };
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2048"])
-            .args(["-nographic", "-monitor", "none", "-no-reboot", "-nic", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
-            .arg("-kernel")
-            .arg(image.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(image.join("initrd.img"))
-            // panic=-1 with -no-reboot: a guest kernel panic ends qemu at once.
-            .args(["-append", "console=ttyS0 root=/dev/vda rw panic=-1 quiet peapod.run"])
-            .arg("-drive")
-            .arg(drive(overlay, "format=qcow2"))
-            .arg("-drive")
-            .arg(drive(input, "format=raw,readonly=on"))
-            .args(["-device", "virtio-serial-pci"])
-            .args(port("out", "stdout"))
-            .args(port("err", "stderr"))
-            .args(port("status", "status"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.err"))?);
+        cmd.args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+        ])
+        .args([
+            "-nographic",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(image.join("initrd.img"))
+        // panic=-1 with -no-reboot: a guest kernel panic ends qemu at once.
+        .args([
+            "-append",
+            "console=ttyS0 root=/dev/vda rw panic=-1 quiet peapod.run",
+        ])
+        .arg("-drive")
+        .arg(drive(overlay, "format=qcow2"))
+        .arg("-drive")
+        .arg(drive(input, "format=raw,readonly=on"))
+        .args(["-device", "virtio-serial-pci"])
+        .args(port("out", "stdout"))
+        .args(port("err", "stderr"))
+        .args(port("status", "status"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.err"))?);
         crate::spawn::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()

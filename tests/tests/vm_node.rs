@@ -13,7 +13,27 @@ use peapod_tests::vm::Vm;
 /// The integration test files (tests/tests/<name>.rs) that run inside the VM, each as one
 /// step with these libtest arguments. Cargo builds them with this one (`cargo test` builds
 /// every test target before running any); running this file alone needs them built before.
-const IN_VM: &[(&str, &[&str])] = &[("cgroup_v2", &[])];
+///
+/// Of `cgroup_v2` and `containers_security`, the tests that hold on any node: the others
+/// assume the host's hybrid layout (a v2 hierarchy without the memory controller, the v1
+/// `memory.limit_in_bytes`), which issue 24 §2 is to make follow the node they run on.
+/// Under TCG a test that runs a pod takes 30-60 s, most of it building the test images.
+const IN_VM: &[(&str, &[&str])] = &[
+    (
+        "cgroup_v2",
+        &[
+            "--exact",
+            "a_crashed_daemon_recovers_v2_pods_and_collects_orphaned_cgroups",
+        ],
+    ),
+    (
+        "containers_security",
+        &[
+            "--exact",
+            "localhost_seccomp_profiles_and_a_shared_pid_namespace",
+        ],
+    ),
+];
 
 /// Prints `key=value` lines of what makes the node a modern one.
 const SMOKE: &str = r#"
