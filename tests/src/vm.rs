@@ -46,9 +46,11 @@ pub fn hack_vm_dir() -> PathBuf {
 }
 
 /// A VM run to be: files to copy in, environment, steps. Nothing happens until [`Vm::run`].
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct Vm {
     files: Vec<PathBuf>,
+    /// The test images, built on the host for the guest's tests to copy.
+    images: Option<crate::TestImages>,
     env: Vec<(String, String)>,
     steps: Vec<Vec<String>>,
     timeout: Option<Duration>,
@@ -104,7 +106,15 @@ impl Vm {
         self.files.push(crate::make_test_images_script());
         self.files
             .push(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        Ok(self.env("PEAPOD_BIN_DIR", bins.to_string_lossy()))
+        // Built here in a second; the same script under emulation takes half a minute, for
+        // every test that runs a container.
+        let images = crate::TestImages::build()?;
+        files_under(images.dir(), &mut self.files)?;
+        let images_dir = images.dir().to_string_lossy().into_owned();
+        self.images = Some(images);
+        Ok(self
+            .env("PEAPOD_BIN_DIR", bins.to_string_lossy())
+            .env(crate::images::PREBUILT, images_dir))
     }
 
     /// The integration test executable `name` (a file of `tests/tests/`, e.g. `cgroup_v2`) as
@@ -240,6 +250,20 @@ pub fn test_executable(name: &str) -> Result<PathBuf> {
             deps.display()
         ),
     }
+}
+
+/// Every regular file below `dir`, appended to `files`.
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            files_under(&entry.path(), files)?;
+        } else if kind.is_file() {
+            files.push(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// A running qemu, killed when dropped.
