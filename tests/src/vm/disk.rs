@@ -52,6 +52,7 @@ pub fn input_disk(
     nonce: &str,
 ) -> Result<PathBuf> {
     let stage = dir.join("in");
+    std::fs::create_dir_all(&stage).context("create the input disk's staging dir")?;
     let mut bytes: u64 = 0;
     for file in files {
         ensure!(
