@@ -224,6 +224,7 @@ pub fn test_executable(name: &str) -> Result<PathBuf> {
         .parent()
         .context("the test executable has no parent dir")?;
     let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut candidates = 0;
     for entry in std::fs::read_dir(deps).with_context(|| format!("read {}", deps.display()))? {
         let entry = entry?;
         let file_name = entry.file_name();
@@ -237,16 +238,28 @@ pub fn test_executable(name: &str) -> Result<PathBuf> {
         if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
+        candidates += 1;
         let modified = entry.metadata()?.modified()?;
         if found.as_ref().is_none_or(|(newest, _)| modified > *newest) {
             found = Some((modified, entry.path()));
         }
     }
     match found {
-        Some((_, path)) => Ok(path),
+        Some((_, path)) => {
+            // Builds with other features (`-p peapod-tests` against `--workspace --features
+            // …`) leave executables with other hashes side by side: say which one runs.
+            if candidates > 1 {
+                println!(
+                    "vm node: {candidates} executables {name}-<hash>, running the newest, {}",
+                    path.display()
+                );
+            }
+            Ok(path)
+        }
         None => bail!(
-            "no test executable {name}-<hash> in {}: build it first (`cargo test -p \
-             peapod-tests --no-run`, or run the whole crate's tests, which builds all of them)",
+            "no test executable {name}-<hash> in {}: build it first with the same cargo \
+             command as this test (`cargo test --workspace --features peapod/fault-injection \
+             --no-run`, as hack/test.sh does)",
             deps.display()
         ),
     }
