@@ -26,6 +26,8 @@ packages=(
     containerd                 # containerd and ctr: the shim tests run it in a throwaway node
     containernetworking-plugins # loopback, which containerd's CRI runs besides peapod-cni
     ca-certificates
+    qemu-system-x86 qemu-utils # the VM test node (hack/vm): qemu under TCG, qemu-img overlays
+    debootstrap                # … and its image, built from hack/vm/recipe
 )
 
 missing=()

@@ -23,6 +23,10 @@ pub fn make_test_images_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/make-test-images.sh")
 }
 
+/// A dir holding `hack/make-test-images.sh`'s output (without `PAUSE`) to copy instead of
+/// running the script.
+pub const PREBUILT: &str = "PEAPOD_TEST_IMAGES";
+
 /// The test images, built into a temp dir that goes with this value.
 pub struct TestImages {
     dir: tempfile::TempDir,
@@ -44,6 +48,23 @@ impl TestImages {
         let dir = tempfile::Builder::new()
             .prefix("peapod-test-images-")
             .tempdir()?;
+        // In the VM test node the host built them once (tests/src/vm.rs): under emulation a
+        // copy takes a moment, the script half a minute.
+        if let Some(prebuilt) = std::env::var_os(PREBUILT).filter(|_| pause.is_none()) {
+            // -L: in the guest the files are links into its read-only input disk.
+            let out = Command::new("cp")
+                .arg("-RL")
+                .arg(Path::new(&prebuilt).join("."))
+                .arg(dir.path())
+                .output()
+                .context("copy the prebuilt test images")?;
+            ensure!(
+                out.status.success(),
+                "copying the prebuilt test images of {PREBUILT} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Self::with_vars(dir);
+        }
         let mut cmd = Command::new("bash");
         cmd.arg(make_test_images_script()).arg(dir.path());
         if let Some(pause) = pause {
@@ -56,6 +77,10 @@ impl TestImages {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        Self::with_vars(dir)
+    }
+
+    fn with_vars(dir: tempfile::TempDir) -> Result<TestImages> {
         let env = std::fs::read_to_string(dir.path().join("digests.env"))?;
         let vars = env
             .lines()

@@ -32,6 +32,7 @@ pub mod spdy;
 #[path = "../../runtime/src/streaming/spdy_conn.rs"]
 pub mod spdy_conn;
 pub mod stream;
+pub mod vm;
 #[path = "../../runtime/src/streaming/ws_io.rs"]
 pub mod ws_io;
 
