@@ -30,16 +30,28 @@ packages=(
     debootstrap                # … and its image, built from hack/vm/recipe
 )
 
-missing=()
-for pkg in "${packages[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = installed ] || missing+=("$pkg")
-done
+find_missing() {
+    missing=()
+    local pkg status
+    for pkg in "${packages[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [ "$status" = installed ] || missing+=("$pkg")
+    done
+}
+find_missing
 if [ ${#missing[@]} -gt 0 ]; then
     echo "hack/setup.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # An install may remove a package of the list that conflicts with it (a machine that came
+    # with a newer qemu-utils from elsewhere loses it to Debian's qemu-system-x86): once more
+    # for whatever went.
+    find_missing
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "hack/setup.sh: installing again ${missing[*]}"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
 else
     echo "hack/setup.sh: all packages present (${packages[*]})"
 fi
