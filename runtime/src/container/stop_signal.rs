@@ -107,12 +107,12 @@ mod tests {
             .unwrap();
         // Until the shell ignores TERM, the signal would kill it (it is no init).
         let ignoring = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+        while std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix("SigIgn:"))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+            .is_none_or(|m| m & (1 << (libc::SIGTERM - 1)) == 0)
         {
             assert!(Instant::now() < ignoring, "the shell never ignored TERM");
             std::thread::sleep(Duration::from_millis(1));
