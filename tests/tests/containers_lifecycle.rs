@@ -190,6 +190,20 @@ async fn errors_have_the_cri_codes() -> Result<()> {
         let r = client.create_container(req(&pod, config)).await;
         expect_code(r, Code::InvalidArgument, what)?;
     }
+    // The CRI: run_as_group only with run_as_user or run_as_username, else the runtime MUST
+    // refuse; the error names the field.
+    let mut group_only = container_config("hostile", IMAGE, &["true"]);
+    peapod_tests::containers::security(&mut group_only).run_as_group =
+        Some(k8s_cri::v1::Int64Value { value: 1000 });
+    let r = client.create_container(req(&pod, group_only)).await;
+    if let Err(s) = &r {
+        ensure!(
+            s.message().contains("run_as_group"),
+            "the refusal does not name run_as_group: {}",
+            s.message()
+        );
+    }
+    expect_code(r, Code::InvalidArgument, "run_as_group without a user")?;
     ensure!(
         node.container_dirs().is_empty(),
         "refused requests left container dirs: {:?}",

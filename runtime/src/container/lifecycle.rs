@@ -241,7 +241,8 @@ impl Containers {
         }
     }
 
-    /// StopContainer: the stop signal, SIGKILL after `timeout` seconds; an unknown id is OK.
+    /// StopContainer: the stop signal (sent again if a handler appears after it was lost, see
+    /// `stop_signal`), SIGKILL after `timeout` seconds; an unknown id is OK.
     pub fn stop(&self, id: &str, timeout: i64) -> Result<()> {
         let id = match self.resolve(id) {
             Err(ContainerError::NotFound { .. }) => return Ok(()),
@@ -310,7 +311,7 @@ impl Containers {
         // Whatever becomes of the stop signal (a record from before signals were checked may
         // hold one that does not exist), the stop ends with SIGKILL.
         if !grace.is_zero() {
-            match pidfd_signal(&fd, sig).and_then(|()| wait_exit_blocking(&fd, grace)) {
+            match super::stop_signal::deliver(&fd, p.pid, sig, grace) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => warn!(container = %id, signal = sig, error = %e,

@@ -25,6 +25,7 @@ pub mod procmount;
 pub mod seccomp;
 pub mod security;
 pub mod stats;
+mod stop_signal;
 mod update;
 pub mod user;
 pub mod validate;

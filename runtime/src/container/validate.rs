@@ -224,6 +224,14 @@ fn security(spec: &ContainerSpec) -> Result {
     }
     if let Some(g) = s.run_as_group {
         id("run_as_group", g)?;
+        // The CRI: the runtime MUST refuse a group without a user (whose image entry would
+        // otherwise decide the user while the request decides the group).
+        if s.run_as_user.is_none() && s.run_as_username.is_empty() {
+            return Err(invalid(
+                "run_as_group",
+                "is only allowed with run_as_user or run_as_username",
+            ));
+        }
     }
     if s.supplemental_groups.len() > MAX_GROUPS {
         return Err(invalid(
@@ -309,6 +317,18 @@ mod tests {
     }
 
     #[test]
+    fn a_group_needs_a_user_or_a_user_name() {
+        let mut s = spec();
+        s.security.run_as_group = Some(1000);
+        assert_eq!(field_of(validate(&s)), "run_as_group");
+        s.security.run_as_user = Some(0);
+        validate(&s).unwrap();
+        s.security.run_as_user = None;
+        s.security.run_as_username = "app".into();
+        validate(&s).unwrap();
+    }
+
+    #[test]
     fn each_bad_field_is_named() {
         type Spoil = fn(&mut ContainerSpec);
         let cases: Vec<(&str, Spoil)> = vec![
@@ -361,6 +381,7 @@ mod tests {
                 s.security.add_caps.push("CAP NET".into())
             }),
             ("run_as_user", |s| s.security.run_as_user = Some(-1)),
+            ("run_as_group", |s| s.security.run_as_group = Some(1000)),
             ("supplemental_groups", |s| {
                 s.security.supplemental_groups.push(1 << 40)
             }),
