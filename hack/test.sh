@@ -2,8 +2,19 @@
 # The whole test suite: unit tests of every crate and the privileged integration tests, which
 # run the real binaries in throwaway namespaces. Needs root. Afterwards the host must show
 # nothing new of peapod: no netns, link, mount, process, nftables table, cgroup or temp dir.
+# `hack/test.sh --vm` runs only the VM node's tests (tests/tests/vm_node.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+only_vm=false
+case "${1:-}" in
+"") ;;
+--vm) only_vm=true ;;
+*)
+    echo "usage: hack/test.sh [--vm]" >&2
+    exit 2
+    ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
     echo "hack/test.sh: the suite needs root (namespaces, netlink, mounts, cgroups)." >&2
@@ -51,7 +62,13 @@ export PEAPOD_BIN_DIR="${target_dir:-$PWD/target}/debug"
 echo "hack/test.sh: PEAPOD_BIN_DIR=$PEAPOD_BIN_DIR"
 
 status=0
-cargo test --workspace "${features[@]}" --no-fail-fast || status=$?
+if $only_vm; then
+    # The VM test copies test executables into the VM: build them all with the same flags.
+    cargo test --workspace "${features[@]}" --no-run
+    cargo test --workspace "${features[@]}" --test vm_node -- --nocapture || status=$?
+else
+    cargo test --workspace "${features[@]}" --no-fail-fast || status=$?
+fi
 restore_v2_root
 
 # Only what appeared during the run counts (a shared dev machine may have its own leftovers).
