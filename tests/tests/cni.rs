@@ -628,6 +628,25 @@ async fn port_mappings_forward_to_the_container_and_go_with_del() -> Result<()> 
     ensure!(map.contains(&format!("tcp . 8080 : {ip} . 80")), "{map}");
 
     // From the node, at its bridge address, to the container's port 80.
+    reached_through_host_port(&cni, 8080).await?;
+
+    // Another container asking for the same hostPort is refused before anything is made.
+    let taken = cni.run("ADD", "c2", Some(&ns2), &mapped).await?;
+    expect_error(&taken, PORT_TAKEN, "a second ADD of hostPort 8080")?;
+    ensure!(cni.leases()?.len() == 1, "{:?}", cni.leases()?);
+
+    cni.ok("DEL", "c1", Some(&ns1), &mapped).await?;
+    let map = cni
+        .node
+        .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
+        .await?;
+    ensure!(!map.contains("8080"), "the mapping outlived DEL: {map}");
+    Ok(())
+}
+
+/// A listener on port 80 in netns `c1` answers a connection from the node to its bridge
+/// address at `port`.
+async fn reached_through_host_port(cni: &Cni, port: u16) -> Result<()> {
     let probe = cni.node.probe_path().display().to_string();
     let mut server = cni.node.spawn(&[
         "ip",
@@ -641,24 +660,15 @@ async fn port_mappings_forward_to_the_container_and_go_with_del() -> Result<()> 
         "1",
     ])?;
     server.wait_for_line("listening").await?;
-    let said = cni.node.ask_from_node("connect", "10.99.0.1:8080").await?;
+    let said = cni
+        .node
+        .ask_from_node("connect", &format!("10.99.0.1:{port}"))
+        .await?;
     ensure!(
         !said.trim().is_empty(),
-        "nothing came back through hostPort 8080"
+        "nothing came back through hostPort {port}"
     );
     server.finish().await?;
-
-    // Another container asking for the same hostPort is refused before anything is made.
-    let taken = cni.run("ADD", "c2", Some(&ns2), &mapped).await?;
-    expect_error(&taken, PORT_TAKEN, "a second ADD of hostPort 8080")?;
-    ensure!(cni.leases()?.len() == 1, "{:?}", cni.leases()?);
-
-    cni.ok("DEL", "c1", Some(&ns1), &mapped).await?;
-    let map = cni
-        .node
-        .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
-        .await?;
-    ensure!(!map.contains("8080"), "the mapping outlived DEL: {map}");
     Ok(())
 }
 
@@ -681,25 +691,7 @@ async fn go_cased_port_mappings_work_and_an_unusable_runtime_config_does_not_sto
         .exec(&["nft", "list", "map", "inet", "peapod", "hostports_any"])
         .await?;
     ensure!(map.contains(&format!("tcp . 12000 : {ip} . 80")), "{map}");
-    let probe = cni.node.probe_path().display().to_string();
-    let mut server = cni.node.spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        "c1",
-        &probe,
-        "listen",
-        "0.0.0.0:80",
-        "--count",
-        "1",
-    ])?;
-    server.wait_for_line("listening").await?;
-    let said = cni.node.ask_from_node("connect", "10.99.0.1:12000").await?;
-    ensure!(
-        !said.trim().is_empty(),
-        "nothing came back through hostPort 12000"
-    );
-    server.finish().await?;
+    reached_through_host_port(&cni, 12000).await?;
 
     // DEL with a runtimeConfig no ADD could use still tears everything down, and says so;
     // so does a DEL of what is gone already.

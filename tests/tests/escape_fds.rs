@@ -77,6 +77,18 @@ fn holders_in_node(node: &Node, dir: &Path) -> Vec<String> {
     out
 }
 
+/// Fails, naming every way in, if anything in `found` or the canary dir shows it was reached.
+fn untouched(canary: &Path, mut found: Vec<String>) -> Result<()> {
+    found.extend(canary_touched(canary).context("look at the canary")?);
+    ensure!(
+        found.is_empty(),
+        "the node's canary dir {} was reached:\n{}",
+        canary.display(),
+        found.join("\n")
+    );
+    Ok(())
+}
+
 /// A start or exec refused for its working dir: the rootfs resolves it inside the root and
 /// refuses magic links (`/proc/self/fd/N`, `/proc/1/root`: ELOOP) before anything runs; what
 /// still gets to a `chdir` (an exec's working dir) is checked after it.
@@ -170,14 +182,7 @@ async fn an_inherited_directory_fd_does_not_reach_a_container() -> Result<()> {
             found.push(format!("{name} read the canary's secret:\n{log}"));
         }
     }
-    found.extend(canary_touched(&canary).context("look at the canary")?);
-    ensure!(
-        found.is_empty(),
-        "the node's canary dir {} was reached:\n{}",
-        canary.display(),
-        found.join("\n")
-    );
-    Ok(())
+    untouched(&canary, found)
 }
 
 /// The shim's paths: a privileged task in the node's PID namespace (whose PID 1 has the node's
@@ -223,12 +228,5 @@ async fn a_shim_task_or_exec_does_not_work_outside_its_root() -> Result<()> {
             found.push(format!("{what} failed, but not saying why: {text}{err}"));
         }
     }
-    found.extend(canary_touched(&canary).context("look at the canary")?);
-    ensure!(
-        found.is_empty(),
-        "the node's canary dir {} was reached:\n{}",
-        canary.display(),
-        found.join("\n")
-    );
-    Ok(())
+    untouched(&canary, found)
 }

@@ -24,8 +24,10 @@ async fn try_run(node: &peapod_tests::Node, pod: &str, image: &str) -> Result<Op
         .map(|e| format!("{e:#}")))
 }
 
-#[tokio::test]
-async fn a_workdir_through_a_symlink_chain_creates_nothing_on_the_node() -> Result<()> {
+/// Runs a container of an image whose `dir` is a chain of symlinks ending at a canary dir of
+/// the node (with `patch` on its config); fails if anything appeared in the canary, else gives
+/// the error that refused the container (empty if it started).
+async fn chain_attack(name: &str, dir: &str, patch: serde_json::Value) -> Result<String> {
     let node = common::node().await?;
     node.import_busybox().await?;
     let images = TestImages::build()?;
@@ -33,18 +35,23 @@ async fn a_workdir_through_a_symlink_chain_creates_nothing_on_the_node() -> Resu
     std::fs::create_dir_all(&canary)?;
     let target = canary.display().to_string();
     let names = chain_names();
-    let image = "peapod.test/hostile:workdir";
-    let entries = chain("w", &names, &target);
-    let patch = json!({"WorkingDir": "/w/pwned-by-workdir/sub"});
-    hostile::import(&node, &images, image, &entries, patch).await?;
+    let image = format!("peapod.test/hostile:{name}");
+    let entries = chain(dir, &names, &target);
+    hostile::import(&node, &images, &image, &entries, patch).await?;
 
-    let err = try_run(&node, "workdir", image).await?;
+    let err = try_run(&node, dir, &image).await?;
     let made = tree(&canary);
     ensure!(
         made.is_empty(),
         "the init made {made:?} in the node's {target}"
     );
-    let err = err.unwrap_or_default();
+    Ok(err.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_workdir_through_a_symlink_chain_creates_nothing_on_the_node() -> Result<()> {
+    let patch = json!({"WorkingDir": "/w/pwned-by-workdir/sub"});
+    let err = chain_attack("workdir", "w", patch).await?;
     ensure!(
         err.contains("Too many levels of symbolic links"),
         "the container started, or failed for another reason: {err}"
@@ -54,24 +61,7 @@ async fn a_workdir_through_a_symlink_chain_creates_nothing_on_the_node() -> Resu
 
 #[tokio::test]
 async fn an_etc_symlink_chain_creates_nothing_on_the_node() -> Result<()> {
-    let node = common::node().await?;
-    node.import_busybox().await?;
-    let images = TestImages::build()?;
-    let canary = node.dir().join("canary");
-    std::fs::create_dir_all(&canary)?;
-    let target = canary.display().to_string();
-    let names = chain_names();
-    let image = "peapod.test/hostile:etc-chain";
-    let entries = chain("etc", &names, &target);
-    hostile::import(&node, &images, image, &entries, json!({})).await?;
-
-    let err = try_run(&node, "etc", image).await?;
-    let made = tree(&canary);
-    ensure!(
-        made.is_empty(),
-        "the init made {made:?} in the node's {target}"
-    );
-    let err = err.unwrap_or_default();
+    let err = chain_attack("etc-chain", "etc", json!({})).await?;
     ensure!(
         err.contains("Too many levels of symbolic links") && err.contains("/etc/"),
         "the container started, or failed for another reason: {err}"
