@@ -266,14 +266,19 @@ impl WsSession {
         protocols: &[&str],
         ca: Option<&std::path::Path>,
     ) -> Result<WsSession> {
-        let tcp = connect(node, url, ca).await?;
+        let io = connect(node, url, ca).await?;
+        Self::handshake(io, url, protocols).await
+    }
+
+    /// The WebSocket handshake for `url` on `io`, a connection made with [`connect`].
+    pub async fn handshake(io: BoxIo, url: &StreamUrl, protocols: &[&str]) -> Result<WsSession> {
         let scheme = if url.https { "wss" } else { "ws" };
         let mut req = format!("{scheme}://{}{}", url.addr, url.path).into_client_request()?;
         if !protocols.is_empty() {
             req.headers_mut()
                 .insert("Sec-WebSocket-Protocol", protocols.join(", ").parse()?);
         }
-        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, io).await?;
         let protocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")

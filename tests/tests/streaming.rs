@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::ExecRequest;
 use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
-use peapod_tests::stream::{WsSession, exec_request, handshake_status, ws_exec};
+use peapod_tests::stream::{WsSession, connect, exec_request, handshake_status, ws_exec};
 use peapod_tests::{Node, PodConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -286,7 +286,12 @@ async fn ws_get(node: &Node, pod: &str) -> Result<String> {
         .port_forward_url(pod, &[80])
         .await?
         .with_query("port=80");
-    let mut s = WsSession::open(node, &url, &["portforward.k8s.io"]).await?;
+    let s = WsSession::open(node, &url, &["portforward.k8s.io"]).await?;
+    http_get(s).await
+}
+
+/// One HTTP request through the port-forward session `s` to port 80; the response.
+async fn http_get(mut s: WsSession) -> Result<String> {
     let mut opened = 0;
     let mut body = Vec::new();
     let mut sent = false;
@@ -323,6 +328,28 @@ async fn port_forward_over_websocket() -> Result<()> {
     let all: Vec<_> = (0..20).map(|_| ws_get(&node, &pod)).collect();
     for page in futures_util::future::join_all(all).await {
         let page = page?;
+        ensure!(page.contains("<h1>peapod</h1>"), "{page}");
+    }
+    // A burst from one address (as the kubelet proxies every client's stream): 40
+    // connections, all accepted before the first request is sent, are all served.
+    let mut burst = Vec::new();
+    for _ in 0..40 {
+        let url = node
+            .port_forward_url(&pod, &[80])
+            .await?
+            .with_query("port=80");
+        burst.push((connect(&node, &url, None).await?, url));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = burst.into_iter().map(|(io, url)| async move {
+        http_get(WsSession::handshake(io, &url, &["portforward.k8s.io"]).await?).await
+    });
+    for (i, page) in futures_util::future::join_all(all)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let page = page.with_context(|| format!("connection {i} of the burst"))?;
         ensure!(page.contains("<h1>peapod</h1>"), "{page}");
     }
     // A closed port: an error on the port's error channel.

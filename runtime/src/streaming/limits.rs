@@ -24,9 +24,13 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open connections at most, waiting and authenticated.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections waiting for their request, at most.
-pub const MAX_WAITING: usize = 128;
-/// Connections of one peer address waiting for their request, at most.
-pub const MAX_WAITING_PER_PEER: usize = 16;
+pub const MAX_WAITING: usize = 256;
+/// Connections of one peer address waiting for their request, at most. Generous, because
+/// one address is often every client at once: the kubelet proxies each `kubectl exec`,
+/// `attach` and `port-forward` of its node from its own address, and a burst of them may all
+/// be accepted before the first request is read. A quarter of [`MAX_WAITING`], so that one
+/// peer alone never sheds another's connection.
+pub const MAX_WAITING_PER_PEER: usize = MAX_WAITING / 4;
 
 #[derive(Default)]
 pub struct Limits {
