@@ -73,6 +73,14 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// Mount points of the host's cgroup v1 hierarchies (one per controller or name).
+pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
+    let v2 = cgroup::v2_root();
+    let mut all = cgroup::hierarchies();
+    all.retain(|h| Some(h) != v2.as_ref());
+    all
+}
+
 /// The directories of `cgroup` (e.g. `/peapod-test-1234/<id>`) that exist in any cgroup
 /// hierarchy of this machine (v1 controllers and v2).
 pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {

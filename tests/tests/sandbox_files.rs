@@ -151,3 +151,59 @@ async fn hostname_dns_hosts_sysctls_and_cgroup_follow_the_request() -> Result<()
     node.assert_gone(&[info]).await?;
     node.assert_empty().await
 }
+
+/// The kubelet's pod cgroup (issue 24, §4): the kubelet makes it before the pod in every v1
+/// hierarchy but devices. The pod's removal leaves it wherever the kubelet made it, and takes
+/// what peapod had to make in devices.
+#[tokio::test]
+async fn a_parent_the_kubelet_made_outlives_the_pod() -> Result<()> {
+    let node = common::node().await?;
+    let hierarchies = peapod_tests::cgroup_v1_hierarchies();
+    let (devices, kubelets): (Vec<_>, Vec<_>) =
+        hierarchies.iter().partition(|h| h.ends_with("devices"));
+    ensure!(
+        devices.len() == 1 && !kubelets.is_empty(),
+        "a v1 devices hierarchy and others: {hierarchies:?}"
+    );
+    let top = node.cgroup_parent().trim_start_matches('/').to_owned();
+    let parent = format!("{top}/kubepods/burstable/pod-kubelet");
+    for h in &kubelets {
+        std::fs::create_dir_all(h.join(&parent))?;
+    }
+    let cfg = node
+        .pod_config("kubelet-parent")
+        .cgroup_parent(&format!("/{parent}"));
+    let pod = node.run_pod(&cfg).await?;
+    ensure!(
+        devices[0].join(&parent).join(&pod).is_dir(),
+        "the pod has no devices cgroup"
+    );
+    let info = node.pod_info(&pod).await?;
+    node.stop_and_remove(&pod).await?;
+    for h in &kubelets {
+        let dir = h.join(&parent);
+        ensure!(
+            dir.is_dir(),
+            "the kubelet's {} went with the pod",
+            dir.display()
+        );
+        ensure!(
+            !dir.join(&pod).exists(),
+            "the pod's cgroup in {} is left",
+            h.display()
+        );
+    }
+    ensure!(
+        !devices[0].join(&top).exists(),
+        "what peapod made in devices is left: {}",
+        devices[0].join(&top).display()
+    );
+    // The kubelet removes its own, then nothing of the node is left.
+    for h in &kubelets {
+        for dir in ["kubepods/burstable/pod-kubelet", "kubepods/burstable", "kubepods"] {
+            std::fs::remove_dir(h.join(&top).join(dir))?;
+        }
+    }
+    node.assert_gone(&[info]).await?;
+    node.assert_empty().await
+}

@@ -8,7 +8,9 @@
 //!
 //! Parent cgroups that peapod had to create (the kubelet makes its own; `crictl` users often
 //! name one that does not exist) are remembered in `cgroup-parents.json`, so that whichever
-//! pod leaves last removes them.
+//! pod leaves last removes them. Ownership is per hierarchy: on v1 the kubelet makes its
+//! `kubepods` tree in every hierarchy but `devices`, so peapod makes the tree there alone, and
+//! only there may it remove it again.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -44,7 +46,8 @@ pub enum Hierarchy {
 
 pub struct Cgroups {
     hierarchy: Hierarchy,
-    /// Parent cgroups (relative paths) peapod created, persisted in `owned_file`.
+    /// Parent cgroups peapod created, as directories of one hierarchy each (e.g.
+    /// `/sys/fs/cgroup/devices/kubepods`), persisted in `owned_file`.
     owned: Mutex<BTreeSet<PathBuf>>,
     owned_file: PathBuf,
     /// For pods whose request names no cgroup_parent (`cgroup_parent` in the config).
@@ -91,7 +94,19 @@ impl Cgroups {
         default_parent: &str,
     ) -> Result<Cgroups, SandboxError> {
         let owned_file = state_dir.join("cgroup-parents.json");
-        let owned = store::read_json_opt(&owned_file)?.unwrap_or_default();
+        let recorded: BTreeSet<PathBuf> = store::read_json_opt(&owned_file)?.unwrap_or_default();
+        // Earlier versions recorded relative paths, each claimed in every hierarchy.
+        let roots = match &hierarchy {
+            Hierarchy::V1 { roots } => roots.clone(),
+            Hierarchy::V2 { root } => vec![root.clone()],
+        };
+        let owned = recorded
+            .into_iter()
+            .flat_map(|p| match p.is_absolute() {
+                true => vec![p],
+                false => roots.iter().map(|r| r.join(&p)).collect(),
+            })
+            .collect();
         Ok(Cgroups {
             hierarchy,
             owned: Mutex::new(owned),
@@ -115,14 +130,10 @@ impl Cgroups {
         }
     }
 
-    fn own(&self, rel: &Path, owned: bool) -> Result<(), SandboxError> {
+    /// Records that peapod made the parent cgroup `dir` (a directory of one hierarchy).
+    fn own(&self, dir: &Path) -> Result<(), SandboxError> {
         let mut set = self.owned.lock().expect("lock");
-        let changed = if owned {
-            set.insert(rel.to_owned())
-        } else {
-            set.remove(rel)
-        };
-        if changed {
+        if set.insert(dir.to_owned()) {
             store::write_json(&self.owned_file, &*set)?;
         }
         Ok(())
@@ -167,7 +178,7 @@ impl Cgroups {
                 dir.push(comp);
                 rel_dir.push(comp);
                 match fs::create_dir(&dir) {
-                    Ok(()) if rel_dir != rel => self.own(&rel_dir, true)?,
+                    Ok(()) if rel_dir != rel => self.own(&dir)?,
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(err(&dir)(e)),
@@ -256,25 +267,28 @@ impl Cgroups {
             }
         }
         let _tree = self.tree.lock().expect("lock");
-        let mut parent = rec.rel.parent();
-        while let Some(rel) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            if !self.owned.lock().expect("lock").contains(rel) {
-                break;
-            }
-            let mut busy = false;
-            for root in self.roots() {
-                match fs::remove_dir(root.join(rel)) {
+        let mut owned = self.owned.lock().expect("lock");
+        let mut changed = false;
+        for root in self.roots() {
+            let mut parent = rec.rel.parent();
+            while let Some(rel) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                let dir = root.join(rel);
+                if !owned.contains(&dir) {
+                    break;
+                }
+                match fs::remove_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     // Other pods still live below it.
-                    Err(_) => busy = true,
+                    Err(_) => break,
                 }
+                owned.remove(&dir);
+                changed = true;
+                parent = rel.parent();
             }
-            if busy {
-                break;
-            }
-            self.own(rel, false)?;
-            parent = rel.parent();
+        }
+        if changed {
+            store::write_json(&self.owned_file, &*owned)?;
         }
         Ok(())
     }
@@ -285,10 +299,15 @@ impl Cgroups {
     /// default parent, that `known` does not claim. (Parents the kubelet made are its own to
     /// clean.)
     pub fn orphans(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
-        let mut parents: Vec<PathBuf> = self.owned.lock().expect("lock").iter().cloned().collect();
-        parents.push(self.default_parent.clone());
+        let owned = self.owned.lock().expect("lock").clone();
         let mut found = Vec::new();
         for root in self.roots() {
+            let mut parents: Vec<PathBuf> = owned
+                .iter()
+                .filter_map(|dir| dir.strip_prefix(root).ok())
+                .map(Path::to_path_buf)
+                .collect();
+            parents.push(self.default_parent.clone());
             for parent in &parents {
                 let Ok(entries) = fs::read_dir(root.join(parent)) else {
                     continue;
@@ -470,5 +489,51 @@ mod tests {
         let (again, _, _) = fake(t.path());
         again.remove(&c).unwrap();
         assert!(!cpu.join(DEFAULT_PARENT).exists());
+    }
+
+    #[test]
+    fn a_parent_made_by_someone_else_in_some_hierarchies_stays_there() {
+        let t = tempfile::tempdir().unwrap();
+        // As the kubelet does on v1: its pod cgroup in every hierarchy but devices.
+        let roots: Vec<PathBuf> = ["cpu", "memory", "devices"]
+            .iter()
+            .map(|h| t.path().join(h))
+            .collect();
+        for r in &roots[..2] {
+            fs::create_dir_all(r.join("kubepods/burstable/pod1")).unwrap();
+        }
+        fs::create_dir_all(&roots[2]).unwrap();
+        let h = Hierarchy::V1 {
+            roots: roots.clone(),
+        };
+        let cg = Cgroups::new(h.clone(), t.path(), DEFAULT_PARENT).unwrap();
+        let a = cg.create("/kubepods/burstable/pod1", "a").unwrap();
+        assert!(roots[2].join("kubepods/burstable/pod1/a").is_dir());
+        // The record survives a restart.
+        drop(cg);
+        let cg = Cgroups::new(h, t.path(), DEFAULT_PARENT).unwrap();
+        cg.remove(&a).unwrap();
+        for r in &roots[..2] {
+            assert!(r.join("kubepods/burstable/pod1").is_dir(), "{r:?}");
+            assert!(!r.join("kubepods/burstable/pod1/a").exists(), "{r:?}");
+        }
+        assert!(
+            !roots[2].join("kubepods").exists(),
+            "what peapod made in devices goes"
+        );
+        assert!(cg.owned.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn parents_recorded_by_an_earlier_version_are_claimed_in_every_hierarchy() {
+        let t = tempfile::tempdir().unwrap();
+        store::write_json(
+            &t.path().join("cgroup-parents.json"),
+            &BTreeSet::from([PathBuf::from("mine")]),
+        )
+        .unwrap();
+        let (cg, cpu, mem) = fake(t.path());
+        let owned = cg.owned.lock().unwrap().clone();
+        assert_eq!(owned, BTreeSet::from([cpu.join("mine"), mem.join("mine")]));
     }
 }
