@@ -200,7 +200,11 @@ async fn a_parent_the_kubelet_made_outlives_the_pod() -> Result<()> {
     );
     // The kubelet removes its own, then nothing of the node is left.
     for h in &kubelets {
-        for dir in ["kubepods/burstable/pod-kubelet", "kubepods/burstable", "kubepods"] {
+        for dir in [
+            "kubepods/burstable/pod-kubelet",
+            "kubepods/burstable",
+            "kubepods",
+        ] {
             std::fs::remove_dir(h.join(&top).join(dir))?;
         }
     }

@@ -190,3 +190,38 @@ fn append_config(path: &Path, lines: &str) -> Result<()> {
     text.push_str(lines);
     Ok(std::fs::write(path, text)?)
 }
+
+/// A node without the ca-certificates package (no system roots: `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` name nothing) starts; a registry with its own `ca` is pulled from; only a
+/// pull that needs the system's roots fails, and says why.
+#[tokio::test]
+async fn a_node_without_ca_certificates_starts_and_fails_only_pulls_that_need_them() -> Result<()> {
+    let ca = TestCa::new()?;
+    let mut node = common::builder()
+        .config(&trusting(REGISTRY, &ca, ""))
+        .without_daemon()
+        .start()
+        .await?;
+    node.set_daemon_env("SSL_CERT_FILE", Some("/nonexistent/ca-certificates.crt"));
+    node.set_daemon_env("SSL_CERT_DIR", Some("/nonexistent/certs"));
+    node.start_daemon().await?;
+    let (images, node, _registry) = pushed(node, https(&ca), SOURCE, IMAGE).await?;
+    ensure!(node.pull_image(IMAGE, None).await? == images.var("BUSYBOX_CONFIG"));
+    // The same registry under a name with no `ca` of its own.
+    let err = node
+        .pull_image("localhost:5000/library/busybox:1", None)
+        .await
+        .expect_err("no CA certificates to verify with");
+    ensure!(err.code() == Code::FailedPrecondition, "{err:?}");
+    ensure_mentions(
+        err.message(),
+        &[
+            "TLS with localhost:5000 failed",
+            "No CA certificates were loaded from the system",
+            "ca-certificates",
+            "[registries.\"localhost:5000\"]",
+        ],
+    )?;
+    ensure!(node.list_images().await?.len() == 1);
+    Ok(())
+}

@@ -21,11 +21,14 @@ use super::hosts::{Endpoint, RegistryConfig, Tls};
 use super::reference::Reference;
 use super::spec::MANIFEST_ACCEPT;
 use auth::Challenge;
+use tls::Problem;
 
 /// HTTP clients for registries, one per TLS setting that the config needs.
 pub struct Registries {
     config: RegistryConfig,
     clients: HashMap<Tls, reqwest::Client>,
+    /// The node has no CA certificates (see [`tls::client`]).
+    no_system_roots: bool,
 }
 
 impl Registries {
@@ -35,14 +38,20 @@ impl Registries {
         // reqwest is built without a default crypto provider; this process uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut clients = HashMap::new();
+        let mut no_system_roots = false;
         let needed = config.hosts().flat_map(|h| config.endpoints(h));
         for tls in needed.map(|e| e.tls).chain([Tls::default()]) {
             if let Entry::Vacant(slot) = clients.entry(tls) {
-                let client = tls::client(slot.key())?;
+                let (client, without_roots) = tls::client(slot.key())?;
+                no_system_roots |= without_roots;
                 slot.insert(client);
             }
         }
-        Ok(Registries { config, clients })
+        Ok(Registries {
+            config,
+            clients,
+            no_system_roots,
+        })
     }
 
     /// Finds the manifest of `reference` at the first endpoint that has it (mirrors first)
@@ -57,6 +66,7 @@ impl Registries {
         for endpoint in self.config.endpoints(&reference.domain) {
             let mut s = Session {
                 http: self.client(&endpoint.tls),
+                no_system_roots: self.no_system_roots,
                 // Credentials are for the registry named, never for a mirror.
                 creds: if endpoint.mirror {
                     None
@@ -116,6 +126,7 @@ pub struct Fetched {
 /// Requests to one endpoint for one repository, carrying the authorization it earned.
 pub struct Session<'a> {
     http: &'a reqwest::Client,
+    no_system_roots: bool,
     pub endpoint: Endpoint,
     repo: String,
     creds: Option<Credentials>,
@@ -260,7 +271,13 @@ impl Session<'_> {
     }
 
     fn send_error(&self, url: &str, source: reqwest::Error) -> RegistryError {
-        if let Some(problem) = tls::problem(&source) {
+        if let Some(mut problem) = tls::problem(&source) {
+            if problem == Problem::Untrusted
+                && self.no_system_roots
+                && self.endpoint.tls.ca.is_empty()
+            {
+                problem = Problem::NoSystemRoots;
+            }
             RegistryError::Tls {
                 url: url.to_owned(),
                 endpoint: self.endpoint.host.clone(),

@@ -12,8 +12,31 @@ use rustls::{AlertDescription, CertificateError};
 use super::super::hosts::Tls;
 use super::RegistryError;
 
-/// An HTTP client speaking TLS as `tls` says.
-pub(super) fn client(tls: &Tls) -> Result<reqwest::Client, RegistryError> {
+/// An HTTP client speaking TLS as `tls` says, and whether it lacks the system's CA
+/// certificates because the node has none (no `ca-certificates` package): then it trusts
+/// only the configured `ca`, if any, and a handshake that needed the system's roots fails
+/// with [`Problem::NoSystemRoots`] instead of the daemon refusing to start.
+pub(super) fn client(tls: &Tls) -> Result<(reqwest::Client, bool), RegistryError> {
+    match builder(tls, false)?.build() {
+        Ok(client) => Ok((client, false)),
+        Err(e) if !tls.skip_verify && rustls_native_certs::load_native_certs().certs.is_empty() => {
+            tracing::warn!(
+                "no CA certificates on this node ({e}): HTTPS registries without a `ca` of \
+                 their own cannot be verified; install the ca-certificates package"
+            );
+            let client = builder(tls, true)?.build();
+            Ok((client.map_err(RegistryError::ClientSetup)?, true))
+        }
+        Err(e) => Err(RegistryError::ClientSetup(e)),
+    }
+}
+
+/// The client builder for `tls`; with `only_configured_roots`, without the system's CA
+/// certificates.
+fn builder(
+    tls: &Tls,
+    only_configured_roots: bool,
+) -> Result<reqwest::ClientBuilder, RegistryError> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let downgrade = attempt.url().scheme() == "http"
             && attempt.previous().iter().any(|u| u.scheme() == "https");
@@ -52,7 +75,9 @@ pub(super) fn client(tls: &Tls) -> Result<reqwest::Client, RegistryError> {
         }
         roots.extend(certs);
     }
-    if !roots.is_empty() {
+    if only_configured_roots {
+        builder = builder.tls_certs_only(roots);
+    } else if !roots.is_empty() {
         builder = builder.tls_certs_merge(roots);
     }
     if let Some((cert, key)) = &tls.client {
@@ -68,7 +93,7 @@ pub(super) fn client(tls: &Tls) -> Result<reqwest::Client, RegistryError> {
             })?;
         builder = builder.identity(identity);
     }
-    builder.build().map_err(RegistryError::ClientSetup)
+    Ok(builder)
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, RegistryError> {
@@ -92,6 +117,8 @@ pub enum Problem {
     Invalid,
     /// The registry refused the handshake: it wants a (different) client certificate.
     ClientCertificate,
+    /// Not trusted, and the node has no CA certificates to trust it with.
+    NoSystemRoots,
 }
 
 impl Problem {
@@ -106,6 +133,10 @@ impl Problem {
             Problem::Invalid => "its certificate is invalid",
             Problem::ClientCertificate => {
                 "it refused peapod's client certificate (none, or not one it accepts)"
+            }
+            Problem::NoSystemRoots => {
+                "No CA certificates were loaded from the system, so its certificate cannot be \
+                 verified"
             }
         }
     }
@@ -140,6 +171,11 @@ impl Problem {
             Problem::ClientCertificate => {
                 format!("set `client_cert` and `client_key` under [registries.\"{host}\"]")
             }
+            Problem::NoSystemRoots => format!(
+                "install the node's CA certificates (the ca-certificates package, or point \
+                 SSL_CERT_FILE or SSL_CERT_DIR at them) and restart peapod, or set \
+                 `ca = \"/path/to/ca.pem\"` under [registries.\"{host}\"], or {insecure}"
+            ),
         }
     }
 }
@@ -236,6 +272,8 @@ mod tests {
             h.contains("insecure = true` under [registries.\"mirror.test\"]"),
             "{h}"
         );
+        let h = Problem::NoSystemRoots.hint("example.test", "example.test", "example.test", &none);
+        assert!(h.contains("ca-certificates") && h.contains("[registries.\"example.test\"]"));
         let with_ca = Tls {
             ca: vec!["/etc/peapod/ca.pem".into()],
             ..Tls::default()
