@@ -16,6 +16,7 @@ use peapod::container::launch::{
 use peapod::container::model::{Propagation, Resources, StdioMode};
 use peapod::container::procmount;
 use peapod::container::user::User;
+use peapod::sandbox::cgroup::systemd_path;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OciError {
@@ -344,8 +345,10 @@ fn mounts(spec: &Spec) -> Result<(Vec<Bind>, Vec<Tmpfs>), OciError> {
 }
 
 /// The bundle's cgroup (`linux.cgroupsPath`), relative to each hierarchy's root: a cgroupfs
-/// path (`/a/b`). systemd's `slice:prefix:name` form needs systemd, which peapod does not
-/// drive.
+/// path (`/a/b`), or systemd's `slice:prefix:name`, which containerd 1.6 writes for every pod
+/// whose parent is a `.slice` (with `SystemdCgroup = true` or not). That one is the scope's
+/// place as systemd names it (`kubepods.slice/…/<prefix>-<name>.scope`), made through
+/// cgroupfs like any other path.
 pub fn cgroup_path(spec: &Spec) -> Result<Option<PathBuf>, OciError> {
     let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
         return Ok(None);
@@ -355,9 +358,9 @@ pub fn cgroup_path(spec: &Spec) -> Result<Option<PathBuf>, OciError> {
         return Ok(None);
     }
     if text.contains(':') {
-        return Err(unsupported(format!(
-            "the systemd cgroup path {text:?} (use cgroupfs: SystemdCgroup = false)"
-        )));
+        return systemd_path::from_oci(&text)
+            .map(Some)
+            .map_err(|why| invalid("linux.cgroupsPath", why));
     }
     if text.split('/').any(|c| c == "..") {
         return Err(invalid(
@@ -389,11 +392,26 @@ pub fn limits(res: &oci_spec::runtime::LinuxResources) -> Resources {
         r.cpu_quota = cpu.quota().unwrap_or(0).max(0);
         r.cpu_period = cpu.period().unwrap_or(0) as i64;
     }
+    if let Some(cpu) = res.cpu() {
+        for (file, set) in [("cpuset.cpus", cpu.cpus()), ("cpuset.mems", cpu.mems())] {
+            if let Some(set) = set.as_ref().filter(|s| !s.is_empty()) {
+                r.unified.insert(file.into(), set.clone());
+            }
+        }
+    }
+    for h in res.hugepage_limits().iter().flatten() {
+        r.hugepage_limits
+            .insert(h.page_size().clone(), h.limit().max(0) as u64);
+    }
     if let Some(pids) = res.pids()
         && pids.limit() > 0
     {
         r.unified
             .insert("pids.max".into(), pids.limit().to_string());
+    }
+    // The CRI's `unified` map, as containerd passes it through; it wins over the fields.
+    for (k, v) in res.unified().iter().flatten() {
+        r.unified.insert(k.clone(), v.clone());
     }
     r
 }

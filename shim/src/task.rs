@@ -207,6 +207,7 @@ impl Service {
         };
         let rel = oci::cgroup_path(&spec).map_err(oci_error)?;
         let resources = oci::resources(&spec);
+        cgroup::validate(&resources).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let dir = task_dir(&self.namespace, &req.id);
         let rootfs: Vec<RootMount> = req
             .rootfs

@@ -87,6 +87,12 @@ pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
     cgroup::existing(cgroup)
 }
 
+/// Removes `cgroup` (e.g. `/peapod-test-1234`) with everything below it from every cgroup
+/// hierarchy of this machine; returns the directories it could not remove.
+pub fn remove_cgroup(cgroup: &str) -> Vec<PathBuf> {
+    cgroup::remove(cgroup)
+}
+
 /// A random lowercase hex string of `bytes * 2` characters.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{
     ContainerState, ContainerStatsRequest, Int64Value, LinuxContainerResources, Mount,
     PodSandboxStatusRequest, Protocol, SecurityProfile, UpdateContainerResourcesRequest,
@@ -354,5 +354,52 @@ async fn the_security_context_holds_through_containerd() -> Result<()> {
         .await?;
     ensure!(write.exit_code != 0, "the read-only mount is writable");
     node.stop_and_remove(&pod).await?;
+    nothing_left(&c).await
+}
+
+/// Removes a cgroup tree the test named outside the node's parent, also when the test fails
+/// (dropped after the node, whose processes are gone by then).
+struct CgroupTree(String);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        let left = peapod_tests::remove_cgroup(&self.0);
+        assert!(left.is_empty(), "cgroups left: {left:?}");
+    }
+}
+
+/// containerd 1.6 names a pod's cgroups in systemd's form (`slice:cri-containerd:id`) as
+/// soon as its parent is a `.slice`, whatever `SystemdCgroup` says. The shim runs them: on
+/// this node without systemd at the cgroupfs paths systemd would give them, with the CRI's
+/// `unified` limits in force; and the slices it had to make go with the pod.
+#[tokio::test]
+async fn a_slice_parent_and_unified_limits_through_containerd() -> Result<()> {
+    let top = format!("peapodtest{}", peapod_tests::random_hex(4));
+    let _tree = CgroupTree(format!("{top}.slice"));
+    let c = Containerd::start_cri().await?;
+    let node = c.node();
+    let slice = format!("{top}-pod1.slice");
+    let cfg = node.pod_config("sliced").cgroup_parent(&slice);
+    let pod = node.run_pod(&cfg).await?;
+    let mut limited = container_config("limited", BUSYBOX, &["sleep", "1000"]);
+    limited.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        unified: [("pids.max".to_owned(), "64".to_owned())].into(),
+        ..Default::default()
+    });
+    let ctr = node.run_container(&pod, &cfg, limited).await?;
+    let scope = format!("{top}.slice/{slice}/cri-containerd-{ctr}.scope");
+    let pids = peapod_tests::cgroup_v1_hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with("pids"))
+        .context("no pids hierarchy")?
+        .join(&scope);
+    let max = std::fs::read_to_string(pids.join("pids.max"))
+        .with_context(|| format!("the task's cgroup {}", pids.display()))?;
+    ensure!(max.trim() == "64", "pids.max is {max:?}");
+    let procs = std::fs::read_to_string(pids.join("cgroup.procs"))?;
+    ensure!(!procs.trim().is_empty(), "no process in {}", pids.display());
+    node.stop_and_remove(&pod).await?;
+    let left = peapod_tests::cgroup_dirs(&format!("{top}.slice"));
+    ensure!(left.is_empty(), "the pod's slices are left: {left:?}");
     nothing_left(&c).await
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::error::SandboxError;
 use crate::store;
 
+pub mod systemd_path;
 mod v2;
 
 pub use v2::controllers;

@@ -264,11 +264,44 @@ fn cgroup_paths_and_resources() {
     );
     assert_eq!(r.unified.get("pids.max").map(String::as_str), Some("64"));
 
+    // cpusets, huge pages and the CRI's `unified` map (which wins over the fields).
     let mut v = config();
-    v["linux"]["cgroupsPath"] = json!("kubepods.slice:cri-containerd:c1");
+    let res = &mut v["linux"]["resources"];
+    res["cpu"]["cpus"] = json!("0-1");
+    res["cpu"]["mems"] = json!("0");
+    res["hugepageLimits"] = json!([{ "pageSize": "2MB", "limit": 4194304 }]);
+    res["unified"] = json!({ "pids.max": "32", "memory.high": "1000000" });
+    let r = resources(&spec(&v));
+    let unified: Vec<(&str, &str)> = r
+        .unified
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        unified,
+        [
+            ("cpuset.cpus", "0-1"),
+            ("cpuset.mems", "0"),
+            ("memory.high", "1000000"),
+            ("pids.max", "32")
+        ]
+    );
+    assert_eq!(r.hugepage_limits.get("2MB"), Some(&(4 << 20)));
+
+    let mut v = config();
+    // containerd 1.6's form for a pod under a .slice parent: a plain path all the same.
+    v["linux"]["cgroupsPath"] = json!("kubepods-besteffort-pod1.slice:cri-containerd:c1");
+    assert_eq!(
+        cgroup_path(&spec(&v)).unwrap(),
+        Some(PathBuf::from(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/\
+             cri-containerd-c1.scope"
+        ))
+    );
+    v["linux"]["cgroupsPath"] = json!("kubepods.slice:cri-containerd:../x");
     assert!(matches!(
         cgroup_path(&spec(&v)),
-        Err(OciError::Unsupported { .. })
+        Err(OciError::Invalid { .. })
     ));
     v["linux"]["cgroupsPath"] = json!("/a/../../etc");
     assert!(matches!(
