@@ -175,3 +175,85 @@ async fn restart_rolls_back_what_a_crash_left_half_made() -> Result<()> {
     node.stop_and_remove(&keep).await?;
     node.assert_empty().await
 }
+
+/// Every process left in the cgroup `dir` killed, as systemd stops a unit with its default
+/// `KillMode=control-group`; returns how many there were.
+async fn kill_cgroup(dir: &std::path::Path) -> Result<usize> {
+    let mut killed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            return Ok(killed);
+        }
+        for pid in pids {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        ensure!(std::time::Instant::now() < deadline, "{} stays busy", dir.display());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The daemon runs in a cgroup of its own, as in a systemd unit, and everything in that
+/// cgroup is killed, as `systemctl stop` does by default: the containers' monitors live in
+/// their pods' cgroups, so the container keeps running and logging, the restarted daemon
+/// finds it running, and its exit code and last words still arrive.
+#[tokio::test]
+async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
+    use peapod_tests::containers::{BUSYBOX, container_config};
+    let mut node = common::node().await?;
+    node.import_busybox().await?;
+    let pids = peapod_tests::cgroup_v1_hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with("pids"))
+        .context("no pids hierarchy")?;
+    let unit = pids.join(node.cgroup_parent().trim_start_matches('/')).join("unit");
+    std::fs::create_dir_all(&unit)?;
+    let daemon = node.daemon_pid().context("no daemon")?;
+    std::fs::write(unit.join("cgroup.procs"), daemon.to_string())?;
+
+    let cfg = node.pod_config("unit");
+    let pod = node.run_pod(&cfg).await?;
+    let script = "trap 'echo bye; exit 3' TERM; i=0; \
+                  while :; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+    let ticker = container_config("ticker", BUSYBOX, &["sh", "-c", script]);
+    let ctr = node.run_container(&pod, &cfg, ticker).await?;
+    let log = |node: &Node| node.container_log(&cfg, "ticker.log");
+    let ticks = |text: &str| text.matches(" stdout F tick ").count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ticks(&log(&node)) < 3 {
+        ensure!(std::time::Instant::now() < deadline, "no ticks: {}", log(&node));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let killed = kill_cgroup(&unit).await?;
+    ensure!(killed >= 1, "nothing was in the daemon's cgroup");
+    node.wait_daemon_gone().await?;
+    let monitors = node.monitors().await?;
+    ensure!(
+        monitors.iter().any(|(id, _)| *id == ctr),
+        "the container's monitor went with the daemon's cgroup: {monitors:?}"
+    );
+    let before = ticks(&log(&node));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ensure!(ticks(&log(&node)) > before, "the log stopped with the daemon");
+
+    node.start_daemon().await?;
+    let status = node.container_status(&ctr).await?;
+    ensure!(
+        status.state == k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "after the restart: {status:?}"
+    );
+    node.stop_container(&ctr, 10).await?;
+    let status = node.container_status(&ctr).await?;
+    ensure!(status.exit_code == 3, "{status:?}");
+    ensure!(log(&node).contains(" stdout F bye"), "{}", log(&node));
+
+    node.stop_and_remove(&pod).await?;
+    std::fs::remove_dir(&unit)?;
+    node.assert_empty().await
+}

@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
 use crate::monitor::{MONITOR_FILE, Reply};
 use crate::sandbox::SandboxState;
+use crate::sandbox::cgroup::MONITORS_LEAF;
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
 
@@ -72,7 +74,8 @@ impl Containers {
             fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
             fault::point("start:limits");
-            self.spawn_monitor(&id, lock)
+            let monitors = cgroups.create(&pod_rel, MONITORS_LEAF)?;
+            self.spawn_monitor(&id, lock, &cgroups.join_files(&monitors.rel))
         })();
         let reply = match spawned {
             Ok(reply) => reply,
@@ -191,10 +194,11 @@ impl Containers {
         }
     }
 
-    /// Runs `peapod monitor <dir>` with the locked monitor lock as its stdin: its first
-    /// process exits at once (the monitor is no child of ours); the monitor says on the pipe
-    /// whether the container runs, then closes it.
-    fn spawn_monitor(&self, id: &str, lock: std::fs::File) -> Result<Answer> {
+    /// Runs `peapod monitor <dir> <join>...` with the locked monitor lock as its stdin: it
+    /// joins its cgroup (writes 0 into each `join` file), its first process exits at once
+    /// (the monitor is no child of ours); the monitor says on the pipe whether the container
+    /// runs, then closes it.
+    fn spawn_monitor(&self, id: &str, lock: std::fs::File, join: &[PathBuf]) -> Result<Answer> {
         let dir = self.dir(id);
         // Its stderr is ours until it answers (what goes wrong in a start shows in the
         // daemon's log); then it moves to its own `monitor.log`.
@@ -202,6 +206,7 @@ impl Containers {
             .arg0(self.exe.path())
             .arg("monitor")
             .arg(&dir)
+            .args(join)
             .stdin(lock)
             .stdout(Stdio::piped())
             .spawn()

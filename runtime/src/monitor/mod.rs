@@ -69,7 +69,10 @@ pub fn internal(args: &[std::ffi::OsString]) -> Option<ExitCode> {
         name_after_argv0(args);
     }
     match (sub, args.get(2)) {
-        ("monitor", Some(dir)) => Some(main(Path::new(dir))),
+        ("monitor", Some(dir)) => {
+            let join: Vec<PathBuf> = args[3..].iter().map(PathBuf::from).collect();
+            Some(main(Path::new(dir), &join))
+        }
         ("enter", Some(_)) => {
             let tty = args[2] == "--tty";
             let at = if tty { 3 } else { 2 };
@@ -197,9 +200,18 @@ pub fn cloexec_above_stderr() {
     }
 }
 
-/// Entry point of `peapod monitor`.
-pub fn main(dir: &Path) -> ExitCode {
+/// Entry point of `peapod monitor DIR [JOIN...]`: JOIN are cgroup files (`tasks`,
+/// `cgroup.procs`) to write 0 into first, to leave the daemon's cgroup for the pod's.
+pub fn main(dir: &Path, join: &[PathBuf]) -> ExitCode {
     close_inherited_fds();
+    for file in join {
+        if let Err(e) = std::fs::write(file, "0") {
+            reply(&Reply::Failed {
+                message: format!("cannot join the monitors' cgroup ({}): {e}", file.display()),
+            });
+            return ExitCode::FAILURE;
+        }
+    }
     let spec: LaunchSpec = match store::read_json(&dir.join(LAUNCH_FILE)) {
         Ok(s) => s,
         Err(e) => {

@@ -33,6 +33,11 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_PARENT: &str = "peapod";
 /// v2: the pause's cgroup below its pod's.
 pub const PAUSE_LEAF: &str = "pause";
+/// The cgroup below a pod's where its containers' monitors live: out of the daemon's own
+/// cgroup, so that stopping the daemon's systemd unit (`KillMode=control-group`, the
+/// default, kills the unit's whole cgroup) takes no monitor along, as CRI-O's conmon lives
+/// in the pod's cgroup. A monitor counts toward its pod's limits, as conmon does.
+pub const MONITORS_LEAF: &str = "monitors";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hierarchy {
@@ -241,6 +246,21 @@ impl Cgroups {
         }
     }
 
+    /// The files a process writes 0 into to join the cgroup `rel` in every hierarchy: v1
+    /// `tasks` (the writing thread alone: for a single-threaded process the same, without
+    /// the cost of a `cgroup.procs` write, see [`Cgroups::pause_tasks_files`]), v2
+    /// `cgroup.procs`.
+    pub fn join_files(&self, rel: &Path) -> Vec<PathBuf> {
+        let file = match self.hierarchy {
+            Hierarchy::V1 { .. } => "tasks",
+            Hierarchy::V2 { .. } => "cgroup.procs",
+        };
+        self.roots()
+            .into_iter()
+            .map(|root| root.join(rel).join(file))
+            .collect()
+    }
+
     /// Moves the pause `pid` into its cgroup (see [`Cgroups::pause_rel`]) in every hierarchy.
     pub fn place(&self, rec: &CgroupRecord, pid: i32) -> Result<(), SandboxError> {
         let rel = self.pause_rel(rec);
@@ -260,7 +280,7 @@ impl Cgroups {
         for root in self.roots() {
             let leaf = root.join(&rec.rel);
             kill_all(&leaf)?;
-            for dir in [leaf.join(PAUSE_LEAF), leaf] {
+            for dir in [leaf.join(PAUSE_LEAF), leaf.join(MONITORS_LEAF), leaf] {
                 match rmdir_retrying(&dir) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(&dir)(e)),
                     _ => {}
