@@ -125,6 +125,12 @@ fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// After SIGTERM, how long calls in flight have to finish before the daemon stops anyway:
+/// its clients keep their connections (the kubelet always does, with an event stream under
+/// Evented PLEG), so waiting for them all to hang up would never end (systemd SIGKILLs after
+/// 90 s). What a call leaves half done is what a crash leaves, which start-up rolls back.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -230,7 +236,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         images,
         streaming,
     };
-    tonic::transport::Server::builder()
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()))
         .add_service(ImageServiceServer::new(svc))
         .add_service(NetworkServer::new(NetworkApi {
@@ -251,9 +258,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             })
             .max_decoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await
-        .context("CRI server failed")?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            shutdown_signal().await;
+            signalled.notify_one();
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("CRI server failed")?,
+        () = async {
+            signalled.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => info!("clients still connected after {SHUTDOWN_GRACE:?}: stopping anyway"),
+    }
     let _ = fs::remove_file(&cfg.socket);
     tokio::task::spawn_blocking(move || sandboxes.settle())
         .await
