@@ -175,6 +175,34 @@ impl Node {
     }
 
     /// ExecSync that must exit 0; returns stdout.
+    /// Whether the container sees a cgroup v2 hierarchy (its own cgroup, through its cgroup
+    /// namespace) at `/sys/fs/cgroup`, rather than v1's one directory per hierarchy.
+    pub async fn sees_cgroup_v2(&self, id: &str) -> Result<bool> {
+        let r = self
+            .exec_sync(id, &["test", "-e", "/sys/fs/cgroup/cgroup.controllers"], 10)
+            .await?;
+        Ok(r.exit_code == 0)
+    }
+
+    /// The whitespace-separated words of files of the container's own cgroup, as it sees
+    /// them under `/sys/fs/cgroup`: `v1` (e.g. `memory/memory.limit_in_bytes`) where the node
+    /// runs cgroup v1, `v2` (e.g. `memory.max`) where it runs v2.
+    pub async fn own_cgroup(&self, id: &str, v1: &[&str], v2: &[&str]) -> Result<Vec<String>> {
+        let files = if self.sees_cgroup_v2(id).await? {
+            v2
+        } else {
+            v1
+        };
+        let mut cmd = vec!["cat"];
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| format!("/sys/fs/cgroup/{f}"))
+            .collect();
+        cmd.extend(paths.iter().map(String::as_str));
+        let out = self.exec_ok(id, &cmd).await?;
+        Ok(out.split_whitespace().map(str::to_owned).collect())
+    }
+
     pub async fn exec_ok(&self, id: &str, cmd: &[&str]) -> Result<String> {
         let r = self.exec_sync(id, cmd, 10).await?;
         if r.exit_code != 0 {

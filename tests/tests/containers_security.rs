@@ -132,51 +132,50 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
         "the variant's upper layer is in the rootfs: {variant:?}"
     );
     ensure!(etc == "sec\n", "{etc}");
+    // Its limits, in the files of the node's cgroup version.
+    let v2 = node.sees_cgroup_v2(&main).await?;
     let mem = node
-        .exec_ok(
-            &main,
-            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
-        )
+        .own_cgroup(&main, &["memory/memory.limit_in_bytes"], &["memory.max"])
         .await?;
-    ensure!(mem.trim() == (48u64 << 20).to_string(), "{mem}");
+    ensure!(mem == [(48u64 << 20).to_string()], "{mem:?}");
     // Its process sits in <pod cgroup>/<container id> in every v1 hierarchy (the node's
-    // cgroup2 line, `0::`, holds no controller peapod uses here).
+    // cgroup2 line, `0::`, holds no controller peapod uses there), or in the v2 hierarchy.
     let cgroup = node.container_info(&main).await?["cgroupPath"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let pid = node.container_pid(&main).await?;
     let proc_cgroup = node.exec(&["cat", &format!("/proc/{pid}/cgroup")]).await?;
-    let v1: Vec<&str> = proc_cgroup
+    let lines: Vec<&str> = proc_cgroup
         .lines()
-        .filter(|l| !l.starts_with("0::"))
+        .filter(|l| v2 == l.starts_with("0::"))
         .collect();
     ensure!(
         !cgroup.is_empty()
-            && !v1.is_empty()
-            && v1.iter().all(|l| l
+            && !lines.is_empty()
+            && lines.iter().all(|l| l
                 .trim_end_matches('/')
                 .ends_with(cgroup.trim_start_matches('/'))),
         "the container's process is not in {cgroup} in every hierarchy:\n{proc_cgroup}"
     );
-    let quota = node
-        .exec_ok(
+    // cpu shares 512 is v2's weight 20 (runc's conversion).
+    let cpu = node
+        .own_cgroup(
             &main,
-            &[
-                "cat",
-                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
-                "/sys/fs/cgroup/cpu/cpu.shares",
-            ],
+            &["cpu/cpu.cfs_quota_us", "cpu/cpu.shares"],
+            &["cpu.max", "cpu.weight"],
         )
         .await?;
-    ensure!(
-        quota.split_whitespace().collect::<Vec<_>>() == ["50000", "512"],
-        "{quota}"
-    );
+    let want: &[&str] = if v2 {
+        &["50000", "100000", "20"]
+    } else {
+        &["50000", "512"]
+    };
+    ensure!(cpu == want, "{cpu:?}");
     let pids = node
-        .exec_ok(&main, &["cat", "/sys/fs/cgroup/pids/pids.max"])
+        .own_cgroup(&main, &["pids/pids.max"], &["pids.max"])
         .await?;
-    ensure!(pids.trim() == "64", "{pids}");
+    ensure!(pids == ["64"], "{pids:?}");
     let ps = node.exec_ok(&main, &["ps", "-o", "pid,comm"]).await?;
     ensure!(
         ps.lines().any(|l| l.trim() == "1 sleep"),

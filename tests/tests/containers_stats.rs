@@ -373,21 +373,22 @@ async fn update(
         .map(|_| ())
 }
 
-/// (memory.limit_in_bytes, cpu.cfs_quota_us, cpu.cfs_period_us) as the container sees them.
+/// (memory limit, cpu quota, cpu period) as the container sees them: v1's
+/// `memory.limit_in_bytes`, `cpu.cfs_quota_us`, `cpu.cfs_period_us`, or v2's `memory.max` and
+/// `cpu.max`.
 async fn limits(node: &Node, id: &str) -> Result<(u64, i64, i64)> {
-    let out = node
-        .exec_ok(
+    let v = node
+        .own_cgroup(
             id,
             &[
-                "cat",
-                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
-                "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+                "memory/memory.limit_in_bytes",
+                "cpu/cpu.cfs_quota_us",
+                "cpu/cpu.cfs_period_us",
             ],
+            &["memory.max", "cpu.max"],
         )
         .await?;
-    let v: Vec<&str> = out.split_whitespace().collect();
-    ensure!(v.len() == 3, "{out}");
+    ensure!(v.len() == 3, "{v:?}");
     Ok((v[0].parse()?, v[1].parse()?, v[2].parse()?))
 }
 
@@ -402,9 +403,9 @@ async fn reported(node: &Node, id: &str) -> Result<LinuxContainerResources> {
 /// The CPUs the container's cpuset cgroup allows, as the container sees them.
 async fn cpuset(node: &Node, id: &str) -> Result<String> {
     let cpus = node
-        .exec_ok(id, &["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
+        .own_cgroup(id, &["cpuset/cpuset.cpus"], &["cpuset.cpus"])
         .await?;
-    Ok(cpus.trim().to_owned())
+    Ok(cpus.join(" "))
 }
 
 #[tokio::test]
@@ -539,6 +540,74 @@ async fn update_container_resources_changes_the_cgroup_and_the_status() -> Resul
     ensure!(r.memory_limit_in_bytes == (64 * MIB) as i64, "exited {r:?}");
     let unknown = update(&node, &"0".repeat(64), Default::default()).await;
     common::expect_code(unknown, Code::NotFound, "an unknown container")?;
+
+    node.stop_and_remove(&pod).await?;
+    node.assert_empty().await
+}
+
+/// The value after `key` among the words of a `cpu.stat`.
+fn stat(words: &[String], key: &str) -> Result<u64> {
+    let i = words
+        .iter()
+        .position(|w| w == key)
+        .with_context(|| format!("no {key} in {words:?}"))?;
+    Ok(words.get(i + 1).context("no value")?.parse()?)
+}
+
+/// The limits hold, not only their files: a fork beyond `pids.max` (from the CRI's `unified`
+/// map) fails, and a busy loop under a CPU quota is throttled. On this machine's cgroup v1,
+/// and on cgroup v2 in the VM node (`vm_node.rs`).
+#[tokio::test]
+async fn limits_are_enforced() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("enforced");
+    let pod = node.run_pod(&cfg).await?;
+    let with = |name: &str, r: LinuxContainerResources| {
+        let mut c = container_config(name, IMAGE, &["sleep", "1000"]);
+        c.linux.as_mut().unwrap().resources = Some(r);
+        c
+    };
+    let few = with(
+        "few",
+        LinuxContainerResources {
+            unified: [("pids.max".to_owned(), "8".to_owned())].into(),
+            ..Default::default()
+        },
+    );
+    let few = node.run_container(&pod, &cfg, few).await?;
+    let forks = "i=0; while [ $i -lt 20 ]; do sleep 60 </dev/null >/dev/null 2>&1 & \
+                 i=$((i+1)); done; echo forked $i";
+    let r = node.exec_sync(&few, &["sh", "-c", forks], 30).await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    ensure!(
+        said.contains("can't fork") && !said.contains("forked 20"),
+        "20 forks under pids.max 8: exit {}: {said}",
+        r.exit_code
+    );
+
+    let slow = with(
+        "slow",
+        LinuxContainerResources {
+            cpu_quota: 10_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        },
+    );
+    let slow = node.run_container(&pod, &cfg, slow).await?;
+    let cpu_stat = || node.own_cgroup(&slow, &["cpu/cpu.stat"], &["cpu.stat"]);
+    let before = stat(&cpu_stat().await?, "nr_throttled")?;
+    let busy = "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done";
+    node.exec_sync(&slow, &["sh", "-c", busy], 120).await?;
+    let after = stat(&cpu_stat().await?, "nr_throttled")?;
+    ensure!(
+        after > before,
+        "a busy loop under 10% of a CPU was not throttled ({before} → {after})"
+    );
 
     node.stop_and_remove(&pod).await?;
     node.assert_empty().await

@@ -183,7 +183,10 @@ async fn kill_cgroup(dir: &std::path::Path) -> Result<usize> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         if pids.is_empty() {
             return Ok(killed);
         }
@@ -193,7 +196,11 @@ async fn kill_cgroup(dir: &std::path::Path) -> Result<usize> {
                 killed += 1;
             }
         }
-        ensure!(std::time::Instant::now() < deadline, "{} stays busy", dir.display());
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} stays busy",
+            dir.display()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -211,7 +218,9 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
         .into_iter()
         .find(|h| h.ends_with("pids"))
         .context("no pids hierarchy")?;
-    let unit = pids.join(node.cgroup_parent().trim_start_matches('/')).join("unit");
+    let unit = pids
+        .join(node.cgroup_parent().trim_start_matches('/'))
+        .join("unit");
     std::fs::create_dir_all(&unit)?;
     let daemon = node.daemon_pid().context("no daemon")?;
     std::fs::write(unit.join("cgroup.procs"), daemon.to_string())?;
@@ -226,7 +235,11 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
     let ticks = |text: &str| text.matches(" stdout F tick ").count();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while ticks(&log(&node)) < 3 {
-        ensure!(std::time::Instant::now() < deadline, "no ticks: {}", log(&node));
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no ticks: {}",
+            log(&node)
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
@@ -240,7 +253,10 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
     );
     let before = ticks(&log(&node));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    ensure!(ticks(&log(&node)) > before, "the log stopped with the daemon");
+    ensure!(
+        ticks(&log(&node)) > before,
+        "the log stopped with the daemon"
+    );
 
     node.start_daemon().await?;
     let status = node.container_status(&ctr).await?;
@@ -255,5 +271,26 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
 
     node.stop_and_remove(&pod).await?;
     std::fs::remove_dir(&unit)?;
+    node.assert_empty().await
+}
+
+/// SIGTERM (`systemctl stop`) stops the daemon promptly although its clients stay connected,
+/// as the kubelet always is (and with an open GetContainerEvents stream under Evented PLEG):
+/// in-flight calls get a short grace, then the daemon exits instead of waiting for every
+/// client to hang up (systemd would SIGKILL it after 90 s).
+#[tokio::test]
+async fn sigterm_stops_the_daemon_promptly_with_clients_connected() -> Result<()> {
+    let mut node = common::node().await?;
+    let mut idle = node.client().await?;
+    idle.version(k8s_cri::v1::VersionRequest::default()).await?;
+    let _events = node.container_events().await?;
+    let started = std::time::Instant::now();
+    node.stop_daemon().await?;
+    let took = started.elapsed();
+    ensure!(
+        took < std::time::Duration::from_secs(5),
+        "SIGTERM took {took:?} with clients connected"
+    );
+    node.start_daemon().await?;
     node.assert_empty().await
 }
