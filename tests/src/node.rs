@@ -16,8 +16,12 @@ use crate::{cgroup, spawn};
 
 /// How long the daemon may take to answer `Version` after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the daemon may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to exit after SIGTERM or SIGKILL: it is gone in well under a
+/// second on an idle machine, but a loaded one (load 5-8 on 2 cores, a VM beside) can keep a
+/// dying process in the kernel for seconds.
+const STOP_TIMEOUT: Duration = Duration::from_secs(45);
+/// After this long, what the dying daemon's threads wait on in the kernel is printed.
+const SLOW_EXIT: Duration = Duration::from_secs(10);
 
 /// PID 1 of the node: mounts its private `/run` (tmpfs) and its own sysfs (keeping the cgroup
 /// hierarchies reachable under it, or with `$1` = `v2` mounting the cgroup2 hierarchy alone
@@ -429,13 +433,24 @@ impl Node {
         if daemon.nsenter.try_wait()?.is_none() {
             spawn::signal(daemon.pid, signal);
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let started = Instant::now();
+        let mut waits = None;
         while daemon.nsenter.try_wait()?.is_none() {
-            if Instant::now() > deadline {
+            if waits.is_none() && started.elapsed() > SLOW_EXIT {
+                let w = kernel_waits(daemon.pid);
+                eprintln!(
+                    "=== peapod-tests: the daemon is still there {SLOW_EXIT:?} after {signal}; \
+                     its threads:\n{w}"
+                );
+                waits = Some(w);
+            }
+            if started.elapsed() > STOP_TIMEOUT {
                 spawn::signal(daemon.pid, Signal::SIGKILL);
                 let _ = daemon.nsenter.wait();
                 bail!(self.log_context(&format!(
-                    "the daemon did not exit within {STOP_TIMEOUT:?} of {signal}"
+                    "the daemon did not exit within {STOP_TIMEOUT:?} of {signal}; after \
+                     {SLOW_EXIT:?} its threads were:\n{}",
+                    waits.unwrap_or_default()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -499,5 +514,43 @@ impl Drop for Node {
             self.dir.disable_cleanup(true);
             eprintln!("peapod-tests: keeping {}", self.dir().display());
         }
+    }
+}
+
+/// What each thread of `pid` waits on in the kernel: its state, `wchan` and kernel stack.
+fn kernel_waits(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(/proc/{pid}/task is gone)");
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // The state is the field after the parenthesised command name.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        out.push_str(&format!(
+            "thread {} ({}) state {state} wchan {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_waits_names_each_thread_and_its_state() {
+        let w = super::kernel_waits(std::process::id());
+        let main = format!("thread {} (", std::process::id());
+        assert!(w.contains(&main) && w.contains(" state "), "{w}");
+        assert!(super::kernel_waits(u32::MAX).contains("is gone"));
     }
 }
