@@ -303,10 +303,12 @@ fn mounts(spec: &Spec) -> Result<(Vec<Bind>, Vec<Tmpfs>), OciError> {
             } else {
                 Propagation::Private
             };
+            // runc's `rro`: read-only, the mounts below included.
             binds.push(Bind {
                 source,
                 destination,
-                readonly: has("ro"),
+                readonly: has("ro") || has("rro"),
+                recursive_readonly: has("rro"),
                 propagation,
             });
         } else if standard {

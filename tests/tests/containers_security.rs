@@ -482,3 +482,91 @@ async fn bidirectional_mounts_reach_the_node_and_host_to_container_ones_do_not()
     ensure!(!node_mounts(&node).await?.contains("/bidi"));
     node.assert_empty().await
 }
+
+/// `recursive_read_only` (Kubernetes' recursiveReadOnly): the mounts below a read-only bind are
+/// read-only too, where a plain read-only bind leaves them writable. Refused without
+/// `readonly` or with a propagation other than private; advertised in Status.
+#[tokio::test]
+async fn recursive_read_only_mounts_reach_the_mounts_below() -> Result<()> {
+    let node = common::node().await?;
+    let status = node
+        .client()
+        .await?
+        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let features = status.runtime_handlers.first().and_then(|h| h.features);
+    ensure!(
+        features.is_some_and(|f| f.recursive_read_only_mounts),
+        "not advertised: {:?}",
+        status.runtime_handlers
+    );
+    node.import_busybox().await?;
+    let cfg = node.pod_config("rro");
+    let pod = node.run_pod(&cfg).await?;
+    let data = node.dir().join("rro-data");
+    std::fs::create_dir_all(data.join("sub"))?;
+    let data = data.display().to_string();
+    let sub = format!("{data}/sub");
+    node.exec(&["mount", "-t", "tmpfs", "tmpfs", &sub]).await?;
+
+    let mount = |recursive: bool, readonly: bool, propagation: MountPropagation| Mount {
+        container_path: "/data".into(),
+        host_path: data.clone(),
+        readonly,
+        recursive_read_only: recursive,
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let with = |name: &str, m: Mount| {
+        let mut c = container_config(name, BUSYBOX, &["sleep", "1000"]);
+        c.mounts = vec![m];
+        c
+    };
+    let private = MountPropagation::PropagationPrivate;
+    let plain = with("plain", mount(false, true, private));
+    let plain = node.run_container(&pod, &cfg, plain).await?;
+    let rro = with("rro", mount(true, true, private));
+    let rro = node.run_container(&pod, &cfg, rro).await?;
+    let touch = |id: String, file: &'static str| {
+        let node = &node;
+        async move { node.exec_sync(&id, &["touch", file], 10).await }
+    };
+    // Both tops are read-only; below, only the recursive one is.
+    for id in [&plain, &rro] {
+        let r = touch(id.clone(), "/data/top").await?;
+        ensure!(r.exit_code != 0, "/data is writable in {id}");
+    }
+    let r = touch(plain.clone(), "/data/sub/plain").await?;
+    ensure!(r.exit_code == 0, "a plain read-only bind: {r:?}");
+    let r = touch(rro.clone(), "/data/sub/rro").await?;
+    ensure!(
+        r.exit_code != 0 && String::from_utf8_lossy(&r.stderr).contains("Read-only"),
+        "the mount below a recursive read-only bind is writable: {r:?}"
+    );
+    let status = node.container_status(&rro).await?;
+    ensure!(
+        status.mounts.iter().any(|m| m.recursive_read_only),
+        "{:?}",
+        status.mounts
+    );
+
+    for (m, why) in [
+        (mount(true, false, private), "needs readonly"),
+        (
+            mount(true, true, MountPropagation::PropagationHostToContainer),
+            "PROPAGATION_PRIVATE",
+        ),
+    ] {
+        let err = node
+            .create_container(&pod, &cfg, with("bad", m))
+            .await
+            .expect_err("refused");
+        let err = format!("{err:#}");
+        ensure!(err.contains(why) && err.contains("invalid argument"), "{err}");
+    }
+
+    node.stop_and_remove(&pod).await?;
+    node.exec(&["umount", &sub]).await?;
+    node.assert_empty().await
+}

@@ -79,6 +79,9 @@ pub struct Bind {
     pub source: PathBuf,
     pub destination: String,
     pub readonly: bool,
+    /// Every mount below the destination read-only too (`readonly` is set as well).
+    #[serde(default)]
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
 }
 
@@ -255,6 +258,7 @@ fn bind(req: &MountReq) -> Result<Bind, ContainerError> {
         source: PathBuf::from(&req.host_path),
         destination: req.container_path.clone(),
         readonly: req.readonly,
+        recursive_readonly: req.recursive_read_only,
         propagation: req.propagation,
     })
 }
@@ -438,6 +442,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
                 source,
                 destination: dest.to_owned(),
                 readonly: sec.readonly_rootfs,
+                recursive_readonly: false,
                 propagation: Propagation::Private,
             });
         }

@@ -23,6 +23,9 @@ pub struct MountReq {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Read-only all the way down: the mounts below the source too (`mount_setattr`).
+    #[serde(default)]
+    pub recursive_read_only: bool,
     pub propagation: Propagation,
 }
 

@@ -349,6 +349,7 @@ mod tests {
                     container_path: "/data".into(),
                     host_path: "relative".into(),
                     readonly: false,
+                    recursive_read_only: false,
                     propagation: Propagation::Private,
                 })
             }),
@@ -357,6 +358,7 @@ mod tests {
                     container_path: "//proc/../proc/sys/".into(),
                     host_path: "/proc/sys".into(),
                     readonly: false,
+                    recursive_read_only: false,
                     propagation: Propagation::Private,
                 })
             }),
@@ -446,6 +448,7 @@ mod tests {
                     name, image, working_dir, log_path, command, envs,
                     mounts: mounts.into_iter().map(|(c, h)| MountReq {
                         container_path: c, host_path: h, readonly: false,
+                        recursive_read_only: false,
                         propagation: Propagation::Private,
                     }).collect(),
                     security: SecurityReq {

@@ -51,6 +51,7 @@ pub(super) fn status(r: &ContainerRecord) -> cri::ContainerStatus {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: convert::propagation(m.propagation) as i32,
                 ..Default::default()
             })

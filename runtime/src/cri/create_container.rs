@@ -93,10 +93,25 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
                 Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
                 Err(_) => return Err(invalid("mounts.propagation", "unknown propagation")),
             };
+            // As the CRI says: recursive read-only only with readonly and private
+            // propagation (the kernel cannot keep a shared or slave tree read-only).
+            if mnt.recursive_read_only && !mnt.readonly {
+                return Err(invalid(
+                    "mounts.recursive_read_only",
+                    "needs readonly: true as well",
+                ));
+            }
+            if mnt.recursive_read_only && propagation != Propagation::Private {
+                return Err(invalid(
+                    "mounts.recursive_read_only",
+                    "needs propagation PROPAGATION_PRIVATE",
+                ));
+            }
             Ok(MountReq {
                 container_path: mnt.container_path,
                 host_path: mnt.host_path,
                 readonly: mnt.readonly,
+                recursive_read_only: mnt.recursive_read_only,
                 propagation,
             })
         })

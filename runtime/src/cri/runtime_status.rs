@@ -44,7 +44,7 @@ pub fn handle(svc: &CriService, req: cri::StatusRequest) -> cri::StatusResponse 
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: recursive_read_only_mounts(),
                 user_namespaces: false,
             }),
         }],
@@ -52,4 +52,10 @@ pub fn handle(svc: &CriService, req: cri::StatusRequest) -> cri::StatusResponse 
             supplemental_groups_policy: false,
         }),
     }
+}
+
+/// Whether this kernel can make a mount read-only with the mounts below it (probed once).
+fn recursive_read_only_mounts() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(crate::monitor::rootfs::kernel_fs::recursive_readonly_supported)
 }

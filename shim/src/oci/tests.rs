@@ -160,6 +160,18 @@ fn a_bundle_becomes_a_launch_spec() {
             ("/etc/hosts/deeper", true, Propagation::Private),
         ]
     );
+    assert!(l.mounts.iter().all(|b| !b.recursive_readonly));
+}
+
+#[test]
+fn an_rro_bind_is_read_only_with_the_mounts_below() {
+    let mut v = config();
+    v["mounts"] = json!([
+        { "destination": "/data", "type": "bind", "source": "/tmp/d",
+          "options": ["rbind", "rprivate", "rro"] }
+    ]);
+    let (binds, _) = mounts(&spec(&v)).unwrap();
+    assert!(binds[0].readonly && binds[0].recursive_readonly);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! shm, mqueue) and /sys with the container's cgroups. Their mount points are resolved in the
 //! rootfs like any other path; what goes inside the new /dev is made under its fd.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::AtFlags;
@@ -206,4 +206,49 @@ pub(super) fn sys(spec: &LaunchSpec, root: &Root) -> Result {
         mount_on(tmpfs, &at, cg, Some("tmpfs"), f, Some("mode=755"))?;
     }
     Ok(())
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | flags, {attr_set})`.
+fn mount_setattr(fd: BorrowedFd<'_>, flags: libc::c_uint, attr_set: u64) -> std::io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a NUL-terminated empty string, `attr` lives across the call and the
+    // size passed is its own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the mount `fd` holds and every mount below it read-only.
+pub fn set_readonly_recursively(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    mount_setattr(fd, AT_RECURSIVE, MOUNT_ATTR_RDONLY)
+}
+
+/// Whether the kernel has `mount_setattr` (Linux 5.12), which recursive read-only mounts
+/// need: a call on an fd that is no mount fails with anything but ENOSYS.
+pub fn recursive_readonly_supported() -> bool {
+    let Ok(f) = std::fs::File::open("/") else {
+        return false;
+    };
+    // No flag and no attribute: nothing to change, only whether the call exists.
+    let e = mount_setattr(f.as_fd(), 0, 0).err();
+    e.and_then(|e| e.raw_os_error()) != Some(libc::ENOSYS)
 }

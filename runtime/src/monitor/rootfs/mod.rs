@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use crate::container::model::Propagation;
 use crate::container::procmount;
 use crate::inroot::{InRootError, Root, fd_path};
 
-mod kernel_fs;
+pub mod kernel_fs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -219,6 +219,15 @@ fn clone_tree(source: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Makes the mount at `at` and every mount below it read-only (`mount_setattr` with
+/// `AT_RECURSIVE`, Linux 5.12): a plain read-only bind leaves the mounts below writable.
+fn readonly_tree(at: &OwnedFd, dest: &Path) -> Result {
+    if let Err(e) = kernel_fs::set_readonly_recursively(at.as_fd()) {
+        return Err(ioerr("make read-only with the mounts below", dest)(e));
+    }
+    Ok(())
+}
+
 /// Attaches the detached tree `tree` onto what `at` holds (`move_mount` from fd to fd); the
 /// mounts keep their peers.
 fn attach_tree(tree: OwnedFd, at: &OwnedFd, dest: &Path) -> Result {
@@ -278,6 +287,10 @@ fn bind(root: &Root, b: &Bind, peer: Option<OwnedFd>) -> Result {
     }
     if b.readonly {
         remount_ro(root, dest)?;
+    }
+    if b.recursive_readonly {
+        let at = root.open_in(dest, OFlag::O_PATH)?;
+        readonly_tree(&at, dest)?;
     }
     let prop = match b.propagation {
         Propagation::Private => MsFlags::MS_PRIVATE,
