@@ -81,6 +81,23 @@ pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
     all
 }
 
+/// Where this machine keeps `controller` (`pids`, `memory`, …): its v1 hierarchy, else the
+/// cgroup2 hierarchy if that offers it.
+pub fn cgroup_hierarchy_of(controller: &str) -> Option<PathBuf> {
+    if let Some(v1) = cgroup_v1_hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with(controller))
+    {
+        return Some(v1);
+    }
+    let v2 = cgroup::v2_root()?;
+    let offered = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+    offered
+        .split_whitespace()
+        .any(|c| c == controller)
+        .then_some(v2)
+}
+
 /// The directories of `cgroup` (e.g. `/peapod-test-1234/<id>`) that exist in any cgroup
 /// hierarchy of this machine (v1 controllers and v2).
 pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {

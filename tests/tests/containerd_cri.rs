@@ -278,14 +278,11 @@ async fn stats_updates_and_oom_kills_come_through_containerd() -> Result<()> {
         })
         .await?;
     let limit = node
-        .exec_ok(
-            &worker,
-            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
-        )
+        .own_cgroup(&worker, &["memory/memory.limit_in_bytes"], &["memory.max"])
         .await?;
     ensure!(
-        limit.trim() == (256u64 << 20).to_string(),
-        "memory limit {limit}"
+        limit == [(256u64 << 20).to_string()],
+        "memory limit {limit:?}"
     );
 
     // An OOM kill is reported as such (the shim's TaskOOM event).
@@ -388,10 +385,8 @@ async fn a_slice_parent_and_unified_limits_through_containerd() -> Result<()> {
     });
     let ctr = node.run_container(&pod, &cfg, limited).await?;
     let scope = format!("{top}.slice/{slice}/cri-containerd-{ctr}.scope");
-    let pids = peapod_tests::cgroup_v1_hierarchies()
-        .into_iter()
-        .find(|h| h.ends_with("pids"))
-        .context("no pids hierarchy")?
+    let pids = peapod_tests::cgroup_hierarchy_of("pids")
+        .context("no pids controller")?
         .join(&scope);
     let max = std::fs::read_to_string(pids.join("pids.max"))
         .with_context(|| format!("the task's cgroup {}", pids.display()))?;

@@ -49,6 +49,16 @@ const IN_VM: &[(&str, &[&str])] = &[
         ],
     ),
     ("containers", &["--exact", "logs_exit_codes_stop_and_exec"]),
+    // The shim under Debian's containerd: limits, updates, stats and OOM events on v2, and
+    // containerd 1.6's systemd-form cgroups paths.
+    (
+        "containerd_cri",
+        &[
+            "--exact",
+            "stats_updates_and_oom_kills_come_through_containerd",
+            "a_slice_parent_and_unified_limits_through_containerd",
+        ],
+    ),
     // Only here: it needs systemd as PID 1 (ignored on the host).
     (
         "systemd_unit",
