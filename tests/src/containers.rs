@@ -315,8 +315,11 @@ impl Node {
                 .flatten()
                 .flatten()
             {
-                if ctr.path().is_dir() {
-                    out.insert((pod.clone(), ctr.file_name().to_string_lossy().into_owned()));
+                // Container cgroups are named by their ids; `pause` (v2) and `monitors`
+                // are the pod's own.
+                let name = ctr.file_name().to_string_lossy().into_owned();
+                if ctr.path().is_dir() && crate::is_sandbox_id(&name) {
+                    out.insert((pod.clone(), name));
                 }
             }
         }

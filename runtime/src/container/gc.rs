@@ -99,10 +99,13 @@ fn monitors(containers: &Path) -> Vec<(String, ProcRef)> {
         .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            // argv[0], "monitor", the dir, and the empty string after the final NUL.
-            let ([_, b"monitor", dir, b""] | [_, b"monitor", dir]) = args.as_slice() else {
+            // argv[0], "monitor", the dir, the cgroup files it joined (see `spawn_monitor`),
+            // and the empty string after the final NUL.
+            let [_, b"monitor", dir, rest @ ..] = args.as_slice() else {
                 return None;
             };
+            let joined = rest.strip_suffix(&[b"".as_slice()]).unwrap_or(rest);
+            joined.iter().all(|f| is_join_file(f)).then_some(())?;
             let dir = Path::new(std::str::from_utf8(dir).ok()?);
             let id = dir.file_name()?.to_str()?.to_owned();
             let parent = dir.parent()?;
@@ -113,6 +116,14 @@ fn monitors(containers: &Path) -> Vec<(String, ProcRef)> {
             p.is_alive().then_some((id, p))
         })
         .collect()
+}
+
+/// A cgroup file a monitor writes itself into: `tasks` or `cgroup.procs` under
+/// `/sys/fs/cgroup`.
+fn is_join_file(f: &[u8]) -> bool {
+    f.starts_with(b"/sys/fs/cgroup/")
+        && (f.ends_with(b"/tasks") || f.ends_with(b"/cgroup.procs"))
+        && !f.windows(3).any(|w| w == b"/..")
 }
 
 /// Mount points below `dir` (from our mount namespace's mountinfo), deepest first.
@@ -323,4 +334,18 @@ pub fn recorded(cfg: &Config, pods: &HashSet<String>) -> HashSet<String> {
                 .is_some_and(|r| r.id == *id && pods.contains(&r.sandbox_id))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_join_file;
+
+    #[test]
+    fn only_cgroup_membership_files_follow_a_monitors_dir() {
+        assert!(is_join_file(b"/sys/fs/cgroup/pids/peapod/p1/monitors/tasks"));
+        assert!(is_join_file(b"/sys/fs/cgroup/peapod/p1/monitors/cgroup.procs"));
+        assert!(!is_join_file(b"/tmp/tasks"));
+        assert!(!is_join_file(b"/sys/fs/cgroup/x/memory.max"));
+        assert!(!is_join_file(b"/sys/fs/cgroup/../../tmp/tasks"));
+    }
 }
