@@ -1,4 +1,4 @@
-//! peapod's own gRPC APIs. The CRI is not here: it comes from the `k8s-cri` crate.
+//! peapod's own gRPC APIs. The CRI is not here: it is the `cri-api` crate (proto/cri-api).
 
 /// `peapod.net.v1`: Kubernetes Services (virtual IPs) programmed by the daemon.
 pub mod net {

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 use crate::client::connect;
 

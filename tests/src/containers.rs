@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus,
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
     KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, ListContainersRequest,
@@ -273,7 +273,7 @@ pub fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityCont
 pub fn env(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
-        value: value.to_owned(),
+        value: value.as_bytes().to_vec(),
     }
 }
 
@@ -631,7 +631,7 @@ impl Traced {
             BUSYBOX,
             &["sh", "-c", "echo ran >> /trace/runs; exec sleep 1000"],
         );
-        config.mounts = vec![k8s_cri::v1::Mount {
+        config.mounts = vec![cri_api::v1::Mount {
             container_path: "/trace".into(),
             host_path: dir.display().to_string(),
             ..Default::default()

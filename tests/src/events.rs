@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1::{ContainerEventResponse, ContainerEventType, GetEventsRequest};
+use cri_api::v1::{ContainerEventResponse, ContainerEventType, GetEventsRequest};
 use tonic::Streaming;
 
 use crate::node::Node;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{
+use cri_api::v1::image_service_client::ImageServiceClient;
+use cri_api::v1::{
     AuthConfig, Image, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
     RemoveImageRequest,
 };

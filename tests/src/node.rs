@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_cri::v1::VersionRequest;
+use cri_api::v1::VersionRequest;
 use nix::sys::signal::Signal;
 
 use crate::cri::{self, Client, PodConfig};

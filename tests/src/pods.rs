@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ListPodSandboxRequest, PodSandbox, PodSandboxStatusRequest, PodSandboxStatusResponse,
     RemovePodSandboxRequest, StopPodSandboxRequest,
 };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
+use cri_api::v1::{ExecRequest, PortForwardRequest};
 use futures_util::{SinkExt, StreamExt};
-use k8s_cri::v1::{ExecRequest, PortForwardRequest};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -147,7 +147,7 @@ pub async fn attach_url(
     stdin: bool,
     tty: bool,
 ) -> Result<StreamUrl> {
-    let req = k8s_cri::v1::AttachRequest {
+    let req = cri_api::v1::AttachRequest {
         container_id: container.to_owned(),
         stdin,
         tty,

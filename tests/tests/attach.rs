@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{AttachRequest, ContainerConfig};
+use cri_api::v1::{AttachRequest, ContainerConfig};
 use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
 use peapod_tests::stream::{SpdySession, WsSession, attach_url};
 use tokio::io::AsyncReadExt;
@@ -66,7 +66,7 @@ async fn attachers_share_the_containers_stdio_across_a_daemon_restart() -> Resul
     ensure!(log.contains(" stdout F hello\n"), "{log}");
     ensure!(
         node.container_status(&ctr).await?.state
-            == k8s_cri::v1::ContainerState::ContainerRunning as i32,
+            == cri_api::v1::ContainerState::ContainerRunning as i32,
         "cat ended"
     );
     node.stop_and_remove(&pod).await?;

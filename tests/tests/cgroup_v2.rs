@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     CreateContainerRequest, HugepageLimit, LinuxContainerResources, PodSandboxState,
 };
 use peapod_tests::containers::{BUSYBOX, container_config};
@@ -44,7 +44,7 @@ fn host_cgroup_mounts() -> Result<Vec<String>> {
         .collect())
 }
 
-fn sleeper(name: &str, hugepages: Option<u64>) -> k8s_cri::v1::ContainerConfig {
+fn sleeper(name: &str, hugepages: Option<u64>) -> cri_api::v1::ContainerConfig {
     let mut c = container_config(name, BUSYBOX, &["sleep", "1000"]);
     if let Some(limit) = hugepages {
         c.linux.as_mut().expect("linux").resources = Some(LinuxContainerResources {
@@ -138,6 +138,40 @@ async fn pods_and_containers_get_their_own_v2_cgroups_and_leave_none() -> Result
         .run_container(&pod, &cfg, sleeper("huge", Some(HUGE_2MB)))
         .await?;
     let init = node.container_pid(&huge).await?;
+    // PSI from the container's and the pod's v2 cgroups (cpu, memory and io pressure).
+    let stats = node
+        .client()
+        .await?
+        .container_stats(cri_api::v1::ContainerStatsRequest {
+            container_id: huge.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    let psi = |p: Option<&cri_api::v1::PsiStats>| p.and_then(|p| p.some).is_some();
+    // (No memory stats at all where the node lacks the memory controller, as here.)
+    ensure!(
+        psi(stats.cpu.as_ref().and_then(|c| c.psi.as_ref()))
+            && stats.memory.as_ref().is_none_or(|m| psi(m.psi.as_ref()))
+            && psi(stats.io.as_ref().and_then(|i| i.psi.as_ref())),
+        "no PSI in {stats:?}"
+    );
+    let pod_stats = node
+        .client()
+        .await?
+        .pod_sandbox_stats(cri_api::v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .context("no pod stats")?;
+    ensure!(
+        psi(pod_stats.io.as_ref().and_then(|i| i.psi.as_ref())),
+        "no PSI in {pod_stats:?}"
+    );
     let ctr_cg = format!("{pod_cg}/{huge}");
     let got = v2_cgroup_of(&node, init).await?;
     ensure!(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerState, ContainerStatsRequest, Int64Value, LinuxContainerResources, Mount,
     PodSandboxStatusRequest, Protocol, SecurityProfile, UpdateContainerResourcesRequest,
 };

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::ContainerState;
+use cri_api::v1::ContainerState;
 use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
 
 #[tokio::test]
@@ -165,7 +165,7 @@ async fn logs_exit_codes_stop_and_exec() -> Result<()> {
         IMAGE,
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
-    hog.linux.as_mut().unwrap().resources = Some(k8s_cri::v1::LinuxContainerResources {
+    hog.linux.as_mut().unwrap().resources = Some(cri_api::v1::LinuxContainerResources {
         memory_limit_in_bytes: 16 << 20,
         ..Default::default()
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use common::expect_code;
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
     CreateContainerRequest, ListContainersRequest, RemoveContainerRequest,
     ReopenContainerLogRequest, StopContainerRequest,
@@ -144,7 +144,7 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     let cfg = node.pod_config("errs");
     let pod = node.run_pod(&cfg).await?;
     let mut client = node.client().await?;
-    let req = |pod: &str, c: k8s_cri::v1::ContainerConfig| CreateContainerRequest {
+    let req = |pod: &str, c: cri_api::v1::ContainerConfig| CreateContainerRequest {
         pod_sandbox_id: pod.to_owned(),
         config: Some(c),
         sandbox_config: Some(cfg.build()),
@@ -165,7 +165,7 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     let r = client.create_container(req(&pod, bad_log)).await;
     expect_code(r, Code::InvalidArgument, "log path with ..")?;
     // Hostile input is refused before any work: nothing is made for it.
-    type Spoil = fn(&mut k8s_cri::v1::ContainerConfig);
+    type Spoil = fn(&mut cri_api::v1::ContainerConfig);
     let hostile: [(&str, Spoil); 5] = [
         ("an env name with '='", |c| {
             c.envs.push(peapod_tests::containers::env("A=B", "c"))
@@ -174,10 +174,10 @@ async fn errors_have_the_cri_codes() -> Result<()> {
         ("a relative working dir", |c| c.working_dir = "tmp".into()),
         ("a negative user id", |c| {
             peapod_tests::containers::security(c).run_as_user =
-                Some(k8s_cri::v1::Int64Value { value: -1 })
+                Some(cri_api::v1::Int64Value { value: -1 })
         }),
         ("a relative mount host path", |c| {
-            c.mounts.push(k8s_cri::v1::Mount {
+            c.mounts.push(cri_api::v1::Mount {
                 container_path: "/data".into(),
                 host_path: "etc".into(),
                 ..Default::default()
@@ -194,7 +194,7 @@ async fn errors_have_the_cri_codes() -> Result<()> {
     // refuse; the error names the field.
     let mut group_only = container_config("hostile", IMAGE, &["true"]);
     peapod_tests::containers::security(&mut group_only).run_as_group =
-        Some(k8s_cri::v1::Int64Value { value: 1000 });
+        Some(cri_api::v1::Int64Value { value: 1000 });
     let r = client.create_container(req(&pod, group_only)).await;
     if let Err(s) = &r {
         ensure!(
@@ -215,7 +215,7 @@ async fn errors_have_the_cri_codes() -> Result<()> {
         .await?;
     // ExecSync's command is checked before the container's state.
     let r = client
-        .exec_sync(k8s_cri::v1::ExecSyncRequest {
+        .exec_sync(cri_api::v1::ExecSyncRequest {
             container_id: first.clone(),
             cmd: vec!["echo".into(), "a\0b".into()],
             timeout: 0,
@@ -267,7 +267,7 @@ async fn errors_have_the_cri_codes() -> Result<()> {
         "{s:?}"
     );
     let again = client
-        .start_container(k8s_cri::v1::StartContainerRequest {
+        .start_container(cri_api::v1::StartContainerRequest {
             container_id: bad.clone(),
         })
         .await;
@@ -484,7 +484,7 @@ async fn a_full_or_read_only_state_dir_fails_container_calls_cleanly() -> Result
         config: Some(sleeper("new")),
         sandbox_config: Some(cfg.build()),
     };
-    let start = k8s_cri::v1::StartContainerRequest {
+    let start = cri_api::v1::StartContainerRequest {
         container_id: waiting.clone(),
     };
 

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     Capability, HugepageLimit, Int64Value, LinuxContainerResources, Mount, MountPropagation,
     SecurityProfile,
 };
@@ -288,7 +288,7 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     node.import_busybox().await?;
     let cfg = node
         .pod_config("shared")
-        .pid(k8s_cri::v1::NamespaceMode::Pod);
+        .pid(cri_api::v1::NamespaceMode::Pod);
     let pod = node.run_pod(&cfg).await?;
 
     let profile = node.dir().join("deny-mkdir.json");
@@ -303,8 +303,8 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
         profile_type: 2, // Localhost
         localhost_ref: profile.display().to_string(),
     });
-    sc.namespace_options = Some(k8s_cri::v1::NamespaceOption {
-        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+    sc.namespace_options = Some(cri_api::v1::NamespaceOption {
+        pid: cri_api::v1::NamespaceMode::Pod as i32,
         ..Default::default()
     });
     let a = node.run_container(&pod, &cfg, c).await?;
@@ -323,8 +323,8 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     // In a shared PID namespace a container's children outlive it: stopping it kills them
     // too (they are in its cgroup), and it can be removed.
     let mut bg = container_config("bg", BUSYBOX, &["sh", "-c", "sleep 1234 & sleep 999"]);
-    security(&mut bg).namespace_options = Some(k8s_cri::v1::NamespaceOption {
-        pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+    security(&mut bg).namespace_options = Some(cri_api::v1::NamespaceOption {
+        pid: cri_api::v1::NamespaceMode::Pod as i32,
         ..Default::default()
     });
     let bg = node.run_container(&pod, &cfg, bg).await?;
@@ -492,7 +492,7 @@ async fn recursive_read_only_mounts_reach_the_mounts_below() -> Result<()> {
     let status = node
         .client()
         .await?
-        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .status(cri_api::v1::StatusRequest { verbose: false })
         .await?
         .into_inner();
     let features = status.runtime_handlers.first().and_then(|h| h.features);
@@ -563,7 +563,10 @@ async fn recursive_read_only_mounts_reach_the_mounts_below() -> Result<()> {
             .await
             .expect_err("refused");
         let err = format!("{err:#}");
-        ensure!(err.contains(why) && err.contains("invalid argument"), "{err}");
+        ensure!(
+            err.contains(why) && err.contains("invalid argument"),
+            "{err}"
+        );
     }
 
     node.stop_and_remove(&pod).await?;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerStats, ContainerStatsFilter, ContainerStatsRequest, LinuxContainerResources,
     ListContainerStatsRequest, ListPodSandboxStatsRequest, NamespaceMode, PodSandboxStats,
     PodSandboxStatsFilter, PodSandboxStatsRequest, UpdateContainerResourcesRequest,
@@ -89,7 +89,7 @@ fn cpu_ns(s: &ContainerStats) -> Result<u64> {
         .with_context(|| format!("no cpu usage in {s:?}"))
 }
 
-fn labelled(name: &str, command: &[&str], role: &str) -> k8s_cri::v1::ContainerConfig {
+fn labelled(name: &str, command: &[&str], role: &str) -> cri_api::v1::ContainerConfig {
     let mut c = container_config(name, IMAGE, command);
     c.labels = HashMap::from([("role".to_owned(), role.to_owned())]);
     c
@@ -132,6 +132,20 @@ async fn container_stats_show_cpu_memory_and_the_writable_layer() -> Result<()> 
         rate.as_ref().is_some_and(|r| r.value >= 50_000_000),
         "usage_nano_cores {rate:?}"
     );
+    // Pressure (PSI) where the node's cgroups have it (v2), with the stall time a busy loop
+    // on a shared CPU builds up; none on v1.
+    let v2 = node.sees_cgroup_v2(&burner).await?;
+    let cpu_psi = second.cpu.as_ref().and_then(|c| c.psi);
+    let mem_psi = second.memory.as_ref().and_then(|m| m.psi);
+    let io_psi = second.io.as_ref().and_then(|i| i.psi);
+    ensure!(
+        (cpu_psi.is_some(), mem_psi.is_some(), io_psi.is_some()) == (v2, v2, v2),
+        "cgroup v2: {v2}; psi {cpu_psi:?} {mem_psi:?} {io_psi:?}"
+    );
+    if let Some(psi) = cpu_psi {
+        let some = psi.some.as_ref().context("no `some` line")?;
+        ensure!(some.avg10 >= 0.0 && some.avg10 <= 100.0, "{psi:?}");
+    }
     let attrs = second.attributes.clone().context("no attributes")?;
     ensure!(
         attrs.id == burner

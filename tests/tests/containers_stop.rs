@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::ContainerState;
+use cri_api::v1::ContainerState;
 use peapod_tests::containers::{BUSYBOX, container_config};
 
 /// Long enough that a stop which waits it out cannot pass (the test client gives up after

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerState, CreateContainerRequest, PodSandboxState, PodSandboxStatusRequest, Protocol,
     RemoveContainerRequest, RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::{ContainerConfig, Device};
+use cri_api::v1::{ContainerConfig, Device};
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 use peapod_tests::{Node, PodConfig};
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{ContainerConfig, NamespaceMode, NamespaceOption};
+use cri_api::v1::{ContainerConfig, NamespaceMode, NamespaceOption};
 use peapod_tests::containerd::Containerd;
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{NamespaceMode, NamespaceOption};
+use cri_api::v1::{NamespaceMode, NamespaceOption};
 use peapod_tests::Node;
 use peapod_tests::containerd::{self, Containerd};
 use peapod_tests::containers::{BUSYBOX, container_config, security};

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{Mount, ReopenContainerLogRequest};
+use cri_api::v1::{Mount, ReopenContainerLogRequest};
 use peapod_tests::containers::{BUSYBOX, container_config};
 
 const TICKER: &str = "while true; do echo tick; sleep 0.1; done";

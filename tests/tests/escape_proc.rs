@@ -9,7 +9,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::{CreateContainerRequest, Mount};
+use cri_api::v1::{CreateContainerRequest, Mount};
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 use tonic::Code;
 

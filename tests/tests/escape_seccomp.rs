@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{Capability, Int64Value, Mount, SecurityProfile};
+use cri_api::v1::{Capability, Int64Value, Mount, SecurityProfile};
 use peapod_tests::Node;
 use peapod_tests::containers::{BUSYBOX, container_config, security};
 

@@ -103,7 +103,7 @@ async fn an_invalid_stop_signal_still_stops_the_container() -> Result<()> {
             .success();
         let status = node.container_status(&id).await?;
         ensure!(
-            stopped.is_ok() && status.state == k8s_cri::v1::ContainerState::ContainerExited as i32,
+            stopped.is_ok() && status.state == cri_api::v1::ContainerState::ContainerExited as i32,
             "StopSignal {signal}: StopContainer gave {stopped:?}, the container is {status:?}"
         );
         ensure!(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerEventResponse, ContainerEventType as Ev, ContainerState, PodSandboxState,
 };
 use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};

@@ -17,7 +17,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerConfig, ContainerState, NamespaceMode, NamespaceOption, PodSandboxState, Protocol,
 };
 use peapod_tests::containers::{BUSYBOX, Traced, container_config, security};
@@ -247,7 +247,7 @@ async fn assert_runs(node: &Node, cfg: &PodConfig, id: &str, name: &str, what: &
 }
 
 /// The containers of `pod` named `name`.
-async fn named(node: &Node, pod: &str, name: &str) -> Result<Vec<k8s_cri::v1::Container>> {
+async fn named(node: &Node, pod: &str, name: &str) -> Result<Vec<cri_api::v1::Container>> {
     Ok(node
         .list_containers()
         .await?
@@ -458,7 +458,7 @@ async fn a_command_runs_only_once_recorded() -> Result<()> {
     let mut client = node.client().await?;
     let start = tokio::spawn(async move {
         client
-            .start_container(k8s_cri::v1::StartContainerRequest { container_id: id })
+            .start_container(cri_api::v1::StartContainerRequest { container_id: id })
             .await
     });
     let record = node.state_dir().join("containers");

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use cri_api::v1::{ContainerState, PodSandboxState};
 use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Node, host_veth, random_hex};
 

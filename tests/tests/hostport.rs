@@ -7,7 +7,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::Protocol;
+use cri_api::v1::Protocol;
 use tonic::Code;
 
 fn says(answer: &str, pod: &str, what: &str) -> Result<()> {

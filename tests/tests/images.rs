@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{ImageFilter, ImageFsInfoRequest, ImageStatusRequest, ListImagesRequest};
+use cri_api::v1::{ImageFilter, ImageFsInfoRequest, ImageStatusRequest, ListImagesRequest};
 use peapod_tests::TestImages;
 use peapod_tests::images::spec;
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     CheckpointContainerRequest, ListPodSandboxRequest, PodSandboxFilter, PodSandboxState,
     PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, StatusRequest,
     StopPodSandboxRequest, VersionRequest,

@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::{NamespaceMode, NetworkConfig, RuntimeConfig, UpdateRuntimeConfigRequest};
+use cri_api::v1::{NamespaceMode, NetworkConfig, RuntimeConfig, UpdateRuntimeConfigRequest};
 use peapod_tests::{host_veth, in_cidr};
 use tonic::Code;
 
@@ -250,7 +250,7 @@ async fn network_not_ready_is_reported_and_recovers() -> Result<()> {
         .start()
         .await?;
     let mut client = node.client().await?;
-    let network_ready = |r: &k8s_cri::v1::StatusResponse| {
+    let network_ready = |r: &cri_api::v1::StatusResponse| {
         r.status
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.r#type == "NetworkReady"))
@@ -258,7 +258,7 @@ async fn network_not_ready_is_reported_and_recovers() -> Result<()> {
             .context("no NetworkReady condition")
     };
     let status = client
-        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .status(cri_api::v1::StatusRequest { verbose: false })
         .await?
         .into_inner();
     let cond = network_ready(&status)?;
@@ -288,7 +288,7 @@ async fn network_not_ready_is_reported_and_recovers() -> Result<()> {
     let info = node.pod_info(&id).await?;
     ensure!(info.ip.starts_with("10.88."), "pod IP {:?}", info.ip);
     let status = client
-        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .status(cri_api::v1::StatusRequest { verbose: false })
         .await?
         .into_inner();
     ensure!(

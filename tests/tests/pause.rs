@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::NamespaceMode;
+use cri_api::v1::NamespaceMode;
 
 #[tokio::test]
 async fn pause_is_pid1_of_a_shared_pid_namespace_and_reaps_orphans() -> Result<()> {

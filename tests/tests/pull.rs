@@ -7,7 +7,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::AuthConfig;
+use cri_api::v1::AuthConfig;
 use peapod_tests::{Node, Registry, RegistryTls, TestCa, TestImages};
 use tonic::Code;
 

@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::PodSandboxState;
+use cri_api::v1::PodSandboxState;
 use peapod_tests::{Node, PodInfo};
 
 /// What must survive a restart: per pod its info and state, and the node's leases and pins.
@@ -261,7 +261,7 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
     node.start_daemon().await?;
     let status = node.container_status(&ctr).await?;
     ensure!(
-        status.state == k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        status.state == cri_api::v1::ContainerState::ContainerRunning as i32,
         "after the restart: {status:?}"
     );
     node.stop_container(&ctr, 10).await?;
@@ -282,7 +282,7 @@ async fn killing_the_daemons_whole_cgroup_loses_no_container() -> Result<()> {
 async fn sigterm_stops_the_daemon_promptly_with_clients_connected() -> Result<()> {
     let mut node = common::node().await?;
     let mut idle = node.client().await?;
-    idle.version(k8s_cri::v1::VersionRequest::default()).await?;
+    idle.version(cri_api::v1::VersionRequest::default()).await?;
     let _events = node.container_events().await?;
     let started = std::time::Instant::now();
     node.stop_daemon().await?;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_cri::v1::ExecRequest;
+use cri_api::v1::ExecRequest;
 use peapod_tests::containers::{BUSYBOX as IMAGE, container_config};
 use peapod_tests::stream::{WsSession, connect, exec_request, handshake_status, ws_exec};
 use peapod_tests::{Node, PodConfig};
@@ -195,7 +195,7 @@ async fn tokens_are_single_use_and_requests_are_checked() -> Result<()> {
     // Status (verbose) names the streaming server the URLs point at.
     let status = client
         .clone()
-        .status(k8s_cri::v1::StatusRequest { verbose: true })
+        .status(cri_api::v1::StatusRequest { verbose: true })
         .await?
         .into_inner();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"])?;
@@ -231,7 +231,7 @@ async fn tokens_are_single_use_and_requests_are_checked() -> Result<()> {
     common::expect_code(
         client
             .clone()
-            .port_forward(k8s_cri::v1::PortForwardRequest {
+            .port_forward(cri_api::v1::PortForwardRequest {
                 pod_sandbox_id: pod.clone(),
                 port: vec![70000],
             })
@@ -249,7 +249,7 @@ async fn tokens_are_single_use_and_requests_are_checked() -> Result<()> {
     common::expect_code(
         client
             .clone()
-            .port_forward(k8s_cri::v1::PortForwardRequest {
+            .port_forward(cri_api::v1::PortForwardRequest {
                 pod_sandbox_id: pod.clone(),
                 port: vec![80],
             })

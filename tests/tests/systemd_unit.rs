@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_cri::v1::{
+use cri_api::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
@@ -45,7 +45,7 @@ async fn wait_ready() -> Result<(u32, Client)> {
             .parse()?;
         if pid != 0
             && let Ok(mut c) = peapod_tests::connect(Path::new(SOCKET)).await
-            && c.version(k8s_cri::v1::VersionRequest::default())
+            && c.version(cri_api::v1::VersionRequest::default())
                 .await
                 .is_ok()
         {

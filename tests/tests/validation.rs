@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use k8s_cri::v1::RunPodSandboxRequest;
+use cri_api::v1::RunPodSandboxRequest;
 use tonic::Code;
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use crate::store;
 
 /// A signal's number from its name (`TERM`, `SIGUSR1`, `RTMIN+2`) or number: only the
 /// signals that exist.
-fn signal_number(name: &str) -> Option<i32> {
+pub(crate) fn signal_number(name: &str) -> Option<i32> {
     let n = name.trim().to_ascii_uppercase();
     let n = n.strip_prefix("SIG").unwrap_or(&n);
     let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
@@ -156,7 +156,11 @@ impl Containers {
         })?;
         store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
         fault::point("create:launch");
-        let stop_signal = stop_signal(image.config.stop_signal.as_deref());
+        let stop_signal = stop_signal(
+            spec.stop_signal
+                .as_deref()
+                .or(image.config.stop_signal.as_deref()),
+        );
         let rec = ContainerRecord {
             id: id.to_owned(),
             sandbox_id: sandbox.id.clone(),

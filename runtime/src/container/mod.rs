@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod cgroup;
 mod create;
+pub(crate) use create::signal_number;
 pub mod devices;
 pub mod error;
 pub mod events;
@@ -22,6 +23,7 @@ mod lifecycle;
 pub mod model;
 pub mod pod_stats;
 pub mod procmount;
+pub mod psi;
 pub mod seccomp;
 pub mod security;
 pub mod stats;

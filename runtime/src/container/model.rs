@@ -132,6 +132,9 @@ pub struct ContainerSpec {
     pub security: SecurityReq,
     #[serde(default)]
     pub stdio: StdioMode,
+    /// The request's stop signal (`SIGTERM`, `SIGRTMIN+1`, …): it wins over the image's.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! running containers.
 
 use super::model::ContainerState;
-use super::stats::{CgroupReader, ContainerStats, CpuUsage, MemoryUsage};
+use super::stats::{CgroupReader, ContainerStats, CpuUsage, IoUsage, MemoryUsage};
 use super::{Containers, Filter, Result, now_nanos};
 use crate::sandbox::{self, SandboxRecord, SandboxState};
 
@@ -33,6 +33,7 @@ pub struct PodStats {
     pub rec: SandboxRecord,
     pub cpu: Option<CpuUsage>,
     pub memory: Option<MemoryUsage>,
+    pub io: Option<IoUsage>,
     /// None for NODE-network pods and pods whose pause is gone.
     pub network: Option<NetworkUsage>,
     /// (timestamp, count)
@@ -116,6 +117,7 @@ impl Containers {
         PodStats {
             cpu: reader.cpu(),
             memory: reader.memory(),
+            io: reader.io(),
             network: network(&rec),
             processes: reader.process_count().map(|n| (now_nanos(), n)),
             containers,

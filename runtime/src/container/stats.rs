@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use tracing::debug;
 
 use super::model::{ContainerRecord, ContainerState};
+use super::psi::{self, Psi};
 use super::{Containers, Filter, Result, now_nanos};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct CpuUsage {
     pub usage_core_ns: u64,
     /// Averaged since the previous sample of the same cgroup, when there is one.
     pub usage_nano_cores: Option<u64>,
+    /// cgroup v2 only.
+    pub psi: Option<Psi>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +40,15 @@ pub struct MemoryUsage {
     pub rss: Option<u64>,
     pub page_faults: Option<u64>,
     pub major_page_faults: Option<u64>,
+    /// cgroup v2 only.
+    pub psi: Option<Psi>,
+}
+
+/// I/O: only its pressure (cgroup v2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoUsage {
+    pub timestamp: i64,
+    pub psi: Psi,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +65,7 @@ pub struct ContainerStats {
     pub rec: ContainerRecord,
     pub cpu: Option<CpuUsage>,
     pub memory: Option<MemoryUsage>,
+    pub io: Option<IoUsage>,
     pub writable_layer: Option<FsUsage>,
 }
 
@@ -109,6 +122,7 @@ impl CgroupReader<'_> {
             timestamp,
             usage_core_ns: usage,
             usage_nano_cores: prev.and_then(|p| nano_cores(p, (timestamp, usage))),
+            psi: self.psi("cpu"),
         })
     }
 
@@ -143,6 +157,22 @@ impl CgroupReader<'_> {
             rss: key("total_rss", "anon"),
             page_faults: key("total_pgfault", "pgfault"),
             major_page_faults: key("total_pgmajfault", "pgmajfault"),
+            psi: self.psi("memory"),
+        })
+    }
+
+    /// The pressure of `resource` (`cpu`, `memory`, `io`): cgroup v2 only.
+    fn psi(&self, resource: &str) -> Option<Psi> {
+        if !self.v2 {
+            return None;
+        }
+        psi::read(self.dirs.first()?, resource)
+    }
+
+    pub fn io(&self) -> Option<IoUsage> {
+        Some(IoUsage {
+            timestamp: now_nanos(),
+            psi: self.psi("io")?,
         })
     }
 
@@ -230,6 +260,7 @@ impl Containers {
         ContainerStats {
             cpu: reader.cpu(),
             memory: reader.memory(),
+            io: reader.io(),
             writable_layer: self.writable_layer(&rec.id),
             rec,
         }

@@ -1,7 +1,7 @@
 //! Attach: checks the container and the streams, then answers a one-time URL of the
 //! streaming server where the client joins the container's stdio.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;

@@ -1,9 +1,10 @@
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;
 use super::convert;
-use crate::container::stats::{ContainerStats, CpuUsage, FsUsage, MemoryUsage};
+use crate::container::psi::{Psi, PsiData};
+use crate::container::stats::{ContainerStats, CpuUsage, FsUsage, IoUsage, MemoryUsage};
 
 #[tracing::instrument(name = "ContainerStats", skip_all, fields(container = %req.container_id))]
 pub async fn handle(
@@ -28,6 +29,7 @@ pub fn cpu(c: &CpuUsage) -> cri::CpuUsage {
         timestamp: c.timestamp,
         usage_core_nano_seconds: value(c.usage_core_ns),
         usage_nano_cores: c.usage_nano_cores.and_then(value),
+        psi: c.psi.map(psi),
     }
 }
 
@@ -40,6 +42,27 @@ pub fn memory(m: &MemoryUsage) -> cri::MemoryUsage {
         rss_bytes: m.rss.and_then(value),
         page_faults: m.page_faults.and_then(value),
         major_page_faults: m.major_page_faults.and_then(value),
+        psi: m.psi.map(psi),
+    }
+}
+
+pub fn io(i: &IoUsage) -> cri::IoUsage {
+    cri::IoUsage {
+        timestamp: i.timestamp,
+        psi: Some(psi(i.psi)),
+    }
+}
+
+fn psi(p: Psi) -> cri::PsiStats {
+    let data = |d: PsiData| cri::PsiData {
+        total: d.total,
+        avg10: f64::from(d.avg10) / 100.0,
+        avg60: f64::from(d.avg60) / 100.0,
+        avg300: f64::from(d.avg300) / 100.0,
+    };
+    cri::PsiStats {
+        some: Some(data(p.some)),
+        full: p.full.map(data),
     }
 }
 
@@ -67,5 +90,6 @@ pub fn container_stats(s: &ContainerStats) -> cri::ContainerStats {
         memory: s.memory.as_ref().map(memory),
         writable_layer: s.writable_layer.as_ref().map(fs),
         swap: None,
+        io: s.io.as_ref().map(io),
     }
 }

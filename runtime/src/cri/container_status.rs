@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;
@@ -27,6 +27,7 @@ pub fn handle(
 pub(super) fn status(r: &ContainerRecord) -> cri::ContainerStatus {
     let exit = r.exit.as_ref();
     cri::ContainerStatus {
+        stop_signal: super::signal::of(r.stop_signal) as i32,
         id: r.id.clone(),
         metadata: Some(convert::container_metadata(r)),
         state: convert::container_state(r.state) as i32,

@@ -1,6 +1,6 @@
 //! Conversions shared by the RPC adapters: domain record → CRI messages.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 use crate::container::model::Propagation;
 use crate::container::{ContainerRecord, ContainerState};

@@ -1,6 +1,6 @@
 //! CreateContainer: proto → `ContainerSpec`, create, id back.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 use tracing::Instrument;
 
@@ -116,6 +116,17 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Env values are bytes on the wire; a process's environment is text here.
+    let envs = config
+        .envs
+        .into_iter()
+        .map(|kv| match String::from_utf8(kv.value) {
+            Ok(v) => Ok((kv.key, v)),
+            Err(_) => Err(invalid("envs.value", "is not UTF-8")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop_signal = super::signal::name(config.stop_signal)
+        .map_err(|_| invalid("stop_signal", "is no signal the CRI names"))?;
     Ok(ContainerSpec {
         name: m.name,
         attempt: m.attempt,
@@ -123,11 +134,8 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
         command: config.command,
         args: config.args,
         working_dir: config.working_dir,
-        envs: config
-            .envs
-            .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect(),
+        envs,
+        stop_signal,
         mounts,
         devices: config
             .devices

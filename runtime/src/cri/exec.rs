@@ -1,7 +1,7 @@
 //! Exec: checks the request, then answers a one-time URL of the streaming server where the
 //! command runs when the client connects.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;

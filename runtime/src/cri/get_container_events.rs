@@ -2,7 +2,7 @@
 //! `container::events`), each with its pod's status and its pod's containers' statuses as
 //! they were when it happened, made by the same code as PodSandboxStatus and ContainerStatus.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;

@@ -1,6 +1,6 @@
 //! Conversions shared by the image RPC adapters: image store → CRI messages.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 use crate::image::ImageInfo;
 

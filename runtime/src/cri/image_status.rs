@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::{CriService, image};

@@ -29,20 +29,23 @@ mod resources;
 mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_status;
+mod signal;
 mod start_container;
 pub mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod streams;
 mod update_container_resources;
+mod update_pod_sandbox_resources;
 mod update_runtime_config;
 pub mod version;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
+use cri_api::v1 as cri;
+use cri_api::v1::image_service_server::ImageService;
+use cri_api::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::container::Containers;
@@ -296,10 +299,74 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
+    type StreamPodSandboxesStream = streams::Items<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = streams::Items<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = streams::Items<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = streams::Items<cri::StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = streams::Items<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Res<Self::StreamPodSandboxesStream> {
+        let filter = req.into_inner().filter;
+        let list = list_pod_sandbox::handle(self, cri::ListPodSandboxRequest { filter })?;
+        Ok(Response::new(streams::chunked(
+            list.items,
+            |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+        )))
+    }
+
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Res<Self::StreamContainersStream> {
+        let filter = req.into_inner().filter;
+        let list = list_containers::handle(self, cri::ListContainersRequest { filter })?;
+        Ok(Response::new(streams::chunked(
+            list.containers,
+            |containers| cri::StreamContainersResponse { containers },
+        )))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Res<Self::StreamContainerStatsStream> {
+        let filter = req.into_inner().filter;
+        let list =
+            list_container_stats::handle(self, cri::ListContainerStatsRequest { filter }).await?;
+        Ok(Response::new(streams::chunked(
+            list.stats,
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Res<Self::StreamPodSandboxStatsStream> {
+        let filter = req.into_inner().filter;
+        let list = list_pod_sandbox_stats::handle(self, cri::ListPodSandboxStatsRequest { filter })
+            .await?;
+        Ok(Response::new(streams::chunked(
+            list.stats,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Res<cri::UpdatePodSandboxResourcesResponse> {
+        update_pod_sandbox_resources::handle(self, req.into_inner()).map(Response::new)
+    }
+
     not_yet! {
         checkpoint_container: cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors: cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics: cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;
+        stream_pod_sandbox_metrics: cri::StreamPodSandboxMetricsRequest => Self::StreamPodSandboxMetricsStream;
     }
 }
 
@@ -310,6 +377,19 @@ impl ImageService for CriService {
         req: Request<cri::ListImagesRequest>,
     ) -> Res<cri::ListImagesResponse> {
         list_images::handle(self, req.into_inner()).map(Response::new)
+    }
+
+    type StreamImagesStream = streams::Items<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        req: Request<cri::StreamImagesRequest>,
+    ) -> Res<Self::StreamImagesStream> {
+        let filter = req.into_inner().filter;
+        let list = list_images::handle(self, cri::ListImagesRequest { filter })?;
+        Ok(Response::new(streams::chunked(list.images, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(

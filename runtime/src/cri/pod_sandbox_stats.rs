@@ -1,4 +1,4 @@
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;
@@ -53,6 +53,7 @@ pub fn pod_stats(s: &PodStats) -> cri::PodSandboxStats {
                 process_count: Some(cri::UInt64Value { value: count }),
             }),
             containers: s.containers.iter().map(container_stats).collect(),
+            io: s.io.as_ref().map(super::container_stats::io),
         }),
         windows: None,
     }

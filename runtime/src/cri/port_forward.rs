@@ -2,7 +2,7 @@
 //! server; the client names the ports it forwards on the connection (each must be one of the
 //! request's, if the request named any).
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;

@@ -1,4 +1,4 @@
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 
 use super::CriService;

@@ -1,7 +1,7 @@
 //! Container resources between the CRI messages and the record: CreateContainer and
 //! UpdateContainerResources read them, ContainerStatus reports them.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 use crate::container::ContainerError;
 use crate::container::model::Resources;

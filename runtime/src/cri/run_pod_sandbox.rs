@@ -1,6 +1,6 @@
 //! RunPodSandbox: proto → `PodSpec`, run, id back.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Status;
 use tracing::Instrument;
 

@@ -1,6 +1,6 @@
 //! Status: RuntimeReady and NetworkReady, truthfully.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 use super::CriService;
 
@@ -50,6 +50,7 @@ pub fn handle(svc: &CriService, req: cri::StatusRequest) -> cri::StatusResponse 
         }],
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
         }),
     }
 }

@@ -1,8 +1,8 @@
 //! UpdateRuntimeConfig: the kubelet hands over the node's pod CIDR. New pods use it;
 //! running pods keep their IPs.
 
+use cri_api::v1 as cri;
 use ipnet::IpNet;
-use k8s_cri::v1 as cri;
 use tonic::Status;
 
 use super::CriService;

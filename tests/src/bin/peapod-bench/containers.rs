@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{
+use cri_api::v1::image_service_client::ImageServiceClient;
+use cri_api::v1::{
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest,
     RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
 };

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use k8s_cri::v1::{
+use cri_api::v1::{
     ListPodSandboxRequest, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use peapod_tests::cri::{channel, endpoint_path};

@@ -131,7 +131,7 @@ pub async fn measure(
 
 async fn pod_ip(client: &mut Client, pod: &str) -> Result<String> {
     let status = client
-        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+        .pod_sandbox_status(cri_api::v1::PodSandboxStatusRequest {
             pod_sandbox_id: pod.into(),
             verbose: false,
         })
