@@ -342,8 +342,12 @@ mod tests {
 
     #[test]
     fn only_cgroup_membership_files_follow_a_monitors_dir() {
-        assert!(is_join_file(b"/sys/fs/cgroup/pids/peapod/p1/monitors/tasks"));
-        assert!(is_join_file(b"/sys/fs/cgroup/peapod/p1/monitors/cgroup.procs"));
+        assert!(is_join_file(
+            b"/sys/fs/cgroup/pids/peapod/p1/monitors/tasks"
+        ));
+        assert!(is_join_file(
+            b"/sys/fs/cgroup/peapod/p1/monitors/cgroup.procs"
+        ));
         assert!(!is_join_file(b"/tmp/tasks"));
         assert!(!is_join_file(b"/sys/fs/cgroup/x/memory.max"));
         assert!(!is_join_file(b"/sys/fs/cgroup/../../tmp/tasks"));
