@@ -74,7 +74,11 @@ impl Containers {
             fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
             fault::point("start:limits");
-            let monitors = cgroups.create(&pod_rel, MONITORS_LEAF)?;
+            // Made by the pod's first start; later starts only check it is there.
+            let monitors = cgroups.record_for(&pod_rel, MONITORS_LEAF);
+            if !cgroups.paths(&monitors.rel).iter().all(|d| d.is_dir()) {
+                cgroups.create(&pod_rel, MONITORS_LEAF)?;
+            }
             self.spawn_monitor(&id, lock, &cgroups.join_files(&monitors.rel))
         })();
         let reply = match spawned {

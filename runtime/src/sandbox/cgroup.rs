@@ -101,25 +101,23 @@ impl Cgroups {
     ) -> Result<Cgroups, SandboxError> {
         let owned_file = state_dir.join("cgroup-parents.json");
         let recorded: BTreeSet<PathBuf> = store::read_json_opt(&owned_file)?.unwrap_or_default();
-        // Earlier versions recorded relative paths, each claimed in every hierarchy.
-        let roots = match &hierarchy {
-            Hierarchy::V1 { roots } => roots.clone(),
-            Hierarchy::V2 { root } => vec![root.clone()],
+        let mut cgroups = Cgroups {
+            hierarchy,
+            owned: Mutex::default(),
+            owned_file,
+            default_parent: PathBuf::from(default_parent.trim_start_matches('/')),
+            tree: Mutex::new(()),
         };
+        // Earlier versions recorded relative paths, each claimed in every hierarchy.
         let owned = recorded
             .into_iter()
             .flat_map(|p| match p.is_absolute() {
                 true => vec![p],
-                false => roots.iter().map(|r| r.join(&p)).collect(),
+                false => cgroups.paths(&p),
             })
             .collect();
-        Ok(Cgroups {
-            hierarchy,
-            owned: Mutex::new(owned),
-            owned_file,
-            default_parent: PathBuf::from(default_parent.trim_start_matches('/')),
-            tree: Mutex::new(()),
-        })
+        *cgroups.owned.get_mut().expect("lock") = owned;
+        Ok(cgroups)
     }
 
     pub fn version(&self) -> u8 {
