@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub pause_path: Option<PathBuf>,
     /// cgroup parent of pods whose request names none.
     pub cgroup_parent: Option<String>,
+    /// `systemd` or `cgroupfs`; unset: `systemd` where systemd is PID 1 and answers on the
+    /// system bus.
+    pub cgroup_driver: Option<CgroupDriver>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     /// Per registry host: mirrors, insecure, ca, client_cert, client_key (file only, no
@@ -63,6 +66,15 @@ pub enum OverlayMode {
     Vxlan,
 }
 
+/// Who makes pods' cgroups: peapod itself in the cgroup filesystem, or systemd (transient
+/// scope units in the slices the kubelet names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -84,6 +96,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     pub pause_path: PathBuf,
     pub cgroup_parent: String,
+    /// `None`: chosen at start (see [`FileConfig::cgroup_driver`]).
+    pub cgroup_driver: Option<CgroupDriver>,
     pub log_level: String,
     pub log_format: LogFormat,
     pub registries: RegistryConfig,
@@ -287,6 +301,7 @@ impl FileConfig {
                 .or(self.pause_path)
                 .unwrap_or_else(|| exe_dir.join("peapod-pause")),
             cgroup_parent,
+            cgroup_driver: over.cgroup_driver.or(self.cgroup_driver),
             log_level: over
                 .log_level
                 .or(self.log_level)

@@ -22,7 +22,7 @@ use crate::image::ImageStore;
 use crate::network::NodeNetwork;
 use crate::nodes::NodeTable;
 use crate::nodes::api::NodesApi;
-use crate::sandbox::cgroup::{Cgroups, Hierarchy};
+use crate::sandbox::cgroup::Cgroups;
 use crate::sandbox::{NETNS_DIR, Sandboxes, pins};
 use crate::services::ServiceTable;
 use crate::services::api::ServicesApi;
@@ -160,7 +160,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot prepare {}", ns_dir.display()))?;
 
     let net = Arc::new(NodeNetwork::new(&cfg)?);
-    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir, &cfg.cgroup_parent)?;
+    let cgroups = Cgroups::for_node(&cfg)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         socket = %cfg.socket.display(),
@@ -169,6 +169,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         bridge = %cfg.bridge,
         mtu = net.mtu(),
         cgroup = cgroups.version(),
+        cgroup_driver = ?cgroups.driver(),
         "peapod starting"
     );
     let images = Arc::new(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use config::{DEFAULT_CONFIG, FileConfig, LogFormat};
+use config::{CgroupDriver, DEFAULT_CONFIG, FileConfig, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -138,9 +138,14 @@ struct ServeArgs {
     /// The peapod-pause binary [default: next to this binary]
     #[arg(long)]
     pause_path: Option<PathBuf>,
-    /// cgroup parent of pods whose request names none (cgroupfs path) [default: peapod]
+    /// cgroup parent of pods whose request names none: a cgroupfs path, or a slice with the
+    /// systemd driver [default: peapod, peapod.slice]
     #[arg(long)]
     cgroup_parent: Option<String>,
+    /// Who makes pods' cgroups [default: systemd where systemd is PID 1 and answers on the
+    /// system bus, else cgroupfs]
+    #[arg(long, value_enum)]
+    cgroup_driver: Option<CgroupDriver>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
     #[arg(long)]
     log_level: Option<String>,
@@ -174,6 +179,7 @@ impl ServeArgs {
             mtu: self.mtu,
             pause_path: self.pause_path.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
+            cgroup_driver: self.cgroup_driver,
             log_level: self.log_level.clone(),
             log_format: self.log_format,
             registries: None,

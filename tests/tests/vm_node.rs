@@ -68,6 +68,15 @@ const IN_VM: &[(&str, &[&str])] = &[
             "stopping_and_restarting_the_unit_loses_no_container",
         ],
     ),
+    // The systemd cgroup driver: pods as scopes, a crash, orphans, the kubelet's slices.
+    (
+        "systemd_driver",
+        &[
+            "--ignored",
+            "--exact",
+            "pods_are_delegated_scopes_in_the_kubelets_slices",
+        ],
+    ),
 ];
 
 /// Prints `key=value` lines of what makes the node a modern one.

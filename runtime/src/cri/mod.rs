@@ -148,7 +148,10 @@ impl RuntimeService for CriService {
         &self,
         req: Request<cri::RuntimeConfigRequest>,
     ) -> Res<cri::RuntimeConfigResponse> {
-        Ok(Response::new(runtime_config::handle(req.into_inner())))
+        Ok(Response::new(runtime_config::handle(
+            self,
+            req.into_inner(),
+        )))
     }
 
     async fn update_runtime_config(

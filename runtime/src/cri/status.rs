@@ -28,6 +28,7 @@ fn code(e: &SandboxError) -> Code {
         | SandboxError::Network(_)
         | SandboxError::Detach(_)
         | SandboxError::Store(_)
+        | SandboxError::Systemd(_)
         | SandboxError::Containers { .. }
         | SandboxError::Teardown { .. } => Code::Internal,
     }

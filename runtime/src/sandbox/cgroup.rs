@@ -21,8 +21,11 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::error::SandboxError;
+use crate::config::CgroupDriver;
 use crate::store;
 
+mod scopes;
+pub mod systemd;
 pub mod systemd_path;
 mod v2;
 
@@ -52,6 +55,10 @@ pub enum Hierarchy {
 
 pub struct Cgroups {
     hierarchy: Hierarchy,
+    driver: CgroupDriver,
+    /// The systemd driver: what ends the description of each scope this daemon makes (its
+    /// state dir), so that the start-up reconcile stops only its own orphans.
+    unit_marker: String,
     /// Parent cgroups peapod created, as directories of one hierarchy each (e.g.
     /// `/sys/fs/cgroup/devices/kubepods`), persisted in `owned_file`.
     owned: Mutex<BTreeSet<PathBuf>>,
@@ -103,6 +110,8 @@ impl Cgroups {
         let recorded: BTreeSet<PathBuf> = store::read_json_opt(&owned_file)?.unwrap_or_default();
         let mut cgroups = Cgroups {
             hierarchy,
+            driver: CgroupDriver::Cgroupfs,
+            unit_marker: String::new(),
             owned: Mutex::default(),
             owned_file,
             default_parent: PathBuf::from(default_parent.trim_start_matches('/')),
@@ -235,6 +244,10 @@ impl Cgroups {
     /// takes, whose first taking waits for an RCU grace period. v2 (no `tasks`): empty, and
     /// [`Cgroups::place`] does it.
     pub fn pause_tasks_files(&self, rec: &CgroupRecord) -> Vec<PathBuf> {
+        if self.driver == CgroupDriver::Systemd {
+            // The cgroup is made by systemd around the running pause (see `place`).
+            return Vec::new();
+        }
         match &self.hierarchy {
             Hierarchy::V1 { roots } => roots
                 .iter()
@@ -259,15 +272,37 @@ impl Cgroups {
             .collect()
     }
 
-    /// Moves the pause `pid` into its cgroup (see [`Cgroups::pause_rel`]) in every hierarchy.
+    /// Moves the pause `pid` into its cgroup (see [`Cgroups::pause_rel`]) in every hierarchy;
+    /// with the systemd driver, after systemd has made the pod's scope around it.
     pub fn place(&self, rec: &CgroupRecord, pid: i32) -> Result<(), SandboxError> {
+        if let Some(unit) = self.scope_unit(rec) {
+            self.start_scope(rec, &unit, pid)?;
+        }
         let rel = self.pause_rel(rec);
         if rel != rec.rel {
+            // v2: a plain leaf below a cgroup that exists. Controllers are handed down once
+            // the pause has left the pod's cgroup (with systemd it starts there, and a
+            // cgroup with processes cannot).
+            for root in self.roots() {
+                let leaf = root.join(&rel);
+                match fs::create_dir(&leaf) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(err(&leaf)(e));
+                    }
+                    _ => {}
+                }
+            }
+        } else if self.driver == CgroupDriver::Systemd {
+            // v1: the hierarchies whose controllers systemd does not manage.
             self.make_dirs(&rel)?;
         }
         for root in self.roots() {
             let procs = root.join(&rel).join("cgroup.procs");
             fs::write(&procs, pid.to_string()).map_err(err(&procs))?;
+            if rel != rec.rel {
+                // The pod's cgroup is empty now: it can hand its controllers down.
+                v2::enable_all(&root.join(&rec.rel));
+            }
         }
         Ok(())
     }
@@ -275,15 +310,20 @@ impl Cgroups {
     /// Removes the cgroup `rec` (a sandbox's, with its pause leaf, or a container's) after
     /// killing what is left in it, then every parent peapod created that is now empty.
     pub fn remove(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
+        let unit = self.scope_unit(rec);
         for root in self.roots() {
             let leaf = root.join(&rec.rel);
             kill_all(&leaf)?;
-            for dir in [leaf.join(PAUSE_LEAF), leaf.join(MONITORS_LEAF), leaf] {
-                match rmdir_retrying(&dir) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(&dir)(e)),
-                    _ => {}
-                }
+            rmdir_all(&[leaf.join(PAUSE_LEAF), leaf.join(MONITORS_LEAF)])?;
+            if unit.is_none() {
+                rmdir_all(&[leaf])?;
             }
+        }
+        if let Some(unit) = unit {
+            // The scope's own cgroup is systemd's to remove; what is left of it then (a
+            // hierarchy systemd does not manage) is ours.
+            systemd::stop_unit(&unit)?;
+            rmdir_all(&self.paths(&rec.rel))?;
         }
         let _tree = self.tree.lock().expect("lock");
         let mut owned = self.owned.lock().expect("lock");
@@ -319,7 +359,7 @@ impl Cgroups {
     /// clean.)
     pub fn orphans(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
         let owned = self.owned.lock().expect("lock").clone();
-        let mut found = Vec::new();
+        let mut found = self.orphan_scopes(known);
         for root in self.roots() {
             let mut parents: Vec<PathBuf> = owned
                 .iter()
@@ -394,6 +434,17 @@ fn kill_all(dir: &Path) -> Result<(), SandboxError> {
         }
         if let Ok(entries) = fs::read_dir(&d) {
             stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    Ok(())
+}
+
+/// Removes each of `dirs` that is there (see [`rmdir_retrying`]).
+fn rmdir_all(dirs: &[PathBuf]) -> Result<(), SandboxError> {
+    for dir in dirs {
+        match rmdir_retrying(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(dir)(e)),
+            _ => {}
         }
     }
     Ok(())

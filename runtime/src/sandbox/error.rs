@@ -87,6 +87,8 @@ pub enum SandboxError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the systemd cgroup driver")]
+    Systemd(#[from] super::cgroup::systemd::SystemdError),
     #[error("teardown of sandbox {id} left {} error(s): {}", .errors.len(), crate::errors::join_chains(.errors))]
     Teardown {
         id: String,

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::cgroup::CgroupRecord;
-use super::cgroup::{Cgroups, Hierarchy};
+use super::cgroup::Cgroups;
 use super::error::SandboxError;
 use super::model::{SandboxRecord, SandboxState};
 use super::ops::{NETNS_DIR, Ops, PAUSE_GRACE};
@@ -73,7 +73,7 @@ pub fn owners<'a>(
 /// one line per thing, and whether everything went.
 pub fn offline(cfg: Config, dry_run: bool) -> Result<(Vec<String>, bool), SandboxError> {
     let net = std::sync::Arc::new(NodeNetwork::new(&cfg)?);
-    let cgroups = Cgroups::new(Hierarchy::detect(), &cfg.state_dir, &cfg.cgroup_parent)?;
+    let cgroups = Cgroups::for_node(&cfg)?;
     let ops = Ops { cfg, net, cgroups };
     let (mut lines, mut ok) = (Vec::new(), true);
     let mut kept = Vec::new();

@@ -155,6 +155,7 @@ impl Sandboxes {
 
     pub async fn run(self: &Arc<Self>, spec: PodSpec) -> Result<String> {
         validate::validate(&spec)?;
+        self.ops.cgroups.check_parent(&spec.cgroup_parent)?;
         // A NODE-network pod's ports are the node's already: nothing to forward.
         let host_ports = if spec.host_network() {
             Vec::new()

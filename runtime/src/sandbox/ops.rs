@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sched::CloneFlags;
+use tracing::warn;
 
 use super::cgroup::Cgroups;
 use super::error::SandboxError;
@@ -80,7 +81,7 @@ impl Ops {
         let own_net = !spec.host_network();
 
         // 4. pause in its cgroup and namespaces.
-        let cg = self.cgroups.create(&spec.cgroup_parent, &id)?;
+        let cg = self.cgroups.create_sandbox(&spec.cgroup_parent, &id)?;
         rec.cgroup = Some(cg);
         fault::point("run:cgroup");
         let mut flags = CloneFlags::empty();
@@ -234,7 +235,16 @@ impl Ops {
             rec.pause = process::find_by_sandbox(&rec.id).into_iter().next();
         }
         if rec.cgroup.is_none() {
-            rec.cgroup = Some(self.cgroups.record_for(&rec.spec.cgroup_parent, &rec.id));
+            match self
+                .cgroups
+                .sandbox_record(&rec.spec.cgroup_parent, &rec.id)
+            {
+                Ok(cg) => rec.cgroup = Some(cg),
+                // A parent the driver in use cannot take: nothing was made from it.
+                Err(e) => {
+                    warn!(sandbox = %rec.id, error = %e.chain(), "no cgroup for an interrupted pod")
+                }
+            }
         }
     }
 
