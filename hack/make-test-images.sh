@@ -139,6 +139,7 @@ EOF
 cat >"$root/etc/group" <<'EOF'
 root:x:0:
 app:x:1000:
+extra:x:50000:app
 nobody:x:65534:
 EOF
 echo "peapod test image" >"$root/etc/motd"

@@ -6,7 +6,7 @@ mod common;
 use anyhow::{Result, ensure};
 use cri_api::v1::{
     Capability, HugepageLimit, Int64Value, LinuxContainerResources, Mount, MountPropagation,
-    SecurityProfile,
+    SecurityProfile, StatusRequest, SupplementalGroupsPolicy,
 };
 use peapod_tests::containers::{BUSYBOX, VARIANT, container_config, env, security};
 
@@ -25,6 +25,69 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(name))
         .map(str::trim)
         .unwrap_or("")
+}
+
+/// SupplementalGroupsPolicy, the API's example: runAsUser 1000, runAsGroup 3000,
+/// supplementalGroups 4000, and the image's `/etc/group` lists the user in `extra` (50000).
+/// Merge adds that group, Strict does not; `ContainerStatus.user` says what the process has
+/// (`id -G` inside), and Status advertises the feature.
+#[tokio::test]
+async fn supplemental_groups_merge_or_strict_and_the_status_says_which() -> Result<()> {
+    let node = common::node().await?;
+    node.import_busybox().await?;
+    let cfg = node.pod_config("groups");
+    let pod = node.run_pod(&cfg).await?;
+    let features = node
+        .client()
+        .await?
+        .status(StatusRequest { verbose: false })
+        .await?
+        .into_inner()
+        .features;
+    ensure!(
+        features.is_some_and(|f| f.supplemental_groups_policy),
+        "Status does not advertise SupplementalGroupsPolicy"
+    );
+    for (name, policy, want) in [
+        (
+            "merge",
+            SupplementalGroupsPolicy::Merge,
+            vec![3000, 4000, 50000],
+        ),
+        ("strict", SupplementalGroupsPolicy::Strict, vec![3000, 4000]),
+    ] {
+        let mut c = container_config(name, BUSYBOX, &["sleep", "1000"]);
+        let sc = security(&mut c);
+        sc.run_as_user = Some(Int64Value { value: 1000 });
+        sc.run_as_group = Some(Int64Value { value: 3000 });
+        sc.supplemental_groups = vec![4000];
+        sc.supplemental_groups_policy = policy as i32;
+        let id = node.run_container(&pod, &cfg, c).await?;
+        let inside = node.exec_ok(&id, &["id", "-G"]).await?;
+        let mut inside: Vec<i64> = inside
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        inside.sort_unstable();
+        inside.dedup();
+        ensure!(
+            inside == want,
+            "{name}: id -G says {inside:?}, not {want:?}"
+        );
+        let user = node
+            .container_status(&id)
+            .await?
+            .user
+            .and_then(|u| u.linux)
+            .ok_or_else(|| anyhow::anyhow!("{name}: no user in the status"))?;
+        let mut groups = user.supplemental_groups.clone();
+        groups.sort_unstable();
+        ensure!(
+            (user.uid, user.gid, groups) == (1000, 3000, want.clone()),
+            "{name}: the status says {user:?}, id -G {inside:?}"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test]
@@ -85,7 +148,9 @@ async fn the_container_gets_what_it_asked_for() -> Result<()> {
 
     let id = node.exec_ok(&main, &["id"]).await?;
     ensure!(
-        id.contains("uid=1000(app) gid=1000(app) groups=4242"),
+        // The primary group first (as containerd has it), the image's `extra` that lists
+        // `app` (SupplementalGroupsPolicy Merge, the default), the request's 4242.
+        id.contains("uid=1000(app) gid=1000(app) groups=1000(app),4242,50000(extra)"),
         "{id}"
     );
     let status = node.exec_ok(&main, &["cat", "/proc/self/status"]).await?;

@@ -180,6 +180,7 @@ impl Containers {
             started_at: 0,
             running: None,
             cgroup: Some(cg),
+            user: Some(launch.user.clone()),
             exit: None,
         };
         self.persist(&rec)?;

@@ -415,6 +415,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
             run_as_group: sec.run_as_group,
             run_as_username: &sec.run_as_username,
             supplemental_groups: &sec.supplemental_groups,
+            strict: sec.strict_groups,
             image_user: &cfg.user,
         },
         &passwd,

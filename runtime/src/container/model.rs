@@ -71,6 +71,10 @@ pub struct SecurityReq {
     pub run_as_group: Option<i64>,
     pub run_as_username: String,
     pub supplemental_groups: Vec<i64>,
+    /// SupplementalGroupsPolicy Strict: the image's `/etc/group` adds no groups (Merge, the
+    /// default, adds those that list the user).
+    #[serde(default)]
+    pub strict_groups: bool,
     pub readonly_rootfs: bool,
     pub no_new_privs: bool,
     pub masked_paths: Vec<String>,
@@ -91,6 +95,7 @@ impl Default for SecurityReq {
             run_as_group: None,
             run_as_username: String::new(),
             supplemental_groups: Vec::new(),
+            strict_groups: false,
             readonly_rootfs: false,
             no_new_privs: false,
             masked_paths: Vec::new(),
@@ -214,6 +219,10 @@ pub struct ContainerRecord {
     pub started_at: i64,
     pub running: Option<Running>,
     pub cgroup: Option<CgroupRecord>,
+    /// Who the container's first process is (uid, gid, groups), as resolved at create; none
+    /// in records from before it was kept.
+    #[serde(default)]
+    pub user: Option<super::user::User>,
     /// Filled in from `exit.json`; not persisted in `container.json`.
     #[serde(skip)]
     pub exit: Option<ExitRecord>,

@@ -1,6 +1,7 @@
 //! Who the container runs as: `run_as_user` / `run_as_username` / `run_as_group` or the
 //! image's `User`, names resolved against the image's `/etc/passwd` and `/etc/group`, plus the
-//! groups the user is a member of and the request's supplemental groups.
+//! groups the user is a member of (unless the policy is Strict) and the request's supplemental
+//! groups. The groups list starts with the primary group.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,8 @@ pub struct UserReq<'a> {
     pub run_as_group: Option<i64>,
     pub run_as_username: &'a str,
     pub supplemental_groups: &'a [i64],
+    /// SupplementalGroupsPolicy Strict: no groups from the image's `/etc/group`.
+    pub strict: bool,
     /// The image config's `User`: `name`, `uid`, `name:group`, `uid:gid`, or empty.
     pub image_user: &'a str,
 }
@@ -109,10 +112,12 @@ pub fn resolve(req: &UserReq<'_>, passwd: &str, group: &str) -> Result<User, Use
     if let Some(g) = req.run_as_group {
         gid = id(g)?;
     }
-    let mut groups: Vec<u32> = Vec::new();
-    if let Some(name) = &name {
+    // The primary group is a supplementary one too (as containerd and runc have it since
+    // CVE-2023-25173: otherwise a process could shed it with setgroups-free tricks).
+    let mut groups: Vec<u32> = vec![gid];
+    if let Some(name) = name.as_ref().filter(|_| !req.strict) {
         for (_, g, members) in group_entries(group) {
-            if members.contains(&name.as_str()) && g != gid && !groups.contains(&g) {
+            if members.contains(&name.as_str()) && !groups.contains(&g) {
                 groups.push(g);
             }
         }
@@ -210,7 +215,7 @@ mod tests {
     #[test]
     fn defaults_to_root_with_roots_groups() {
         let u = r(UserReq::default()).unwrap();
-        assert_eq!((u.uid, u.gid, u.groups), (0, 0, vec![10]));
+        assert_eq!((u.uid, u.gid, u.groups), (0, 0, vec![0, 10]));
     }
 
     #[test]
@@ -222,7 +227,25 @@ mod tests {
         })
         .unwrap();
         assert_eq!((u.uid, u.gid), (1000, 1000));
-        assert_eq!(u.groups, vec![10, 50, 2000]);
+        assert_eq!(u.groups, vec![1000, 10, 50, 2000]);
+    }
+
+    /// The API's example: runAsUser 1000, runAsGroup 3000, supplementalGroups 4000, and the
+    /// image's /etc/group lists the user in 50000.
+    #[test]
+    fn merge_adds_the_images_groups_and_strict_does_not() {
+        let group = "app:x:1000:\nextra:x:50000:app\n";
+        let req = |strict| UserReq {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
+            supplemental_groups: &[4000],
+            strict,
+            ..Default::default()
+        };
+        let merged = resolve(&req(false), PASSWD, group).unwrap();
+        assert_eq!((merged.gid, merged.groups), (3000, vec![3000, 50000, 4000]));
+        let strict = resolve(&req(true), PASSWD, group).unwrap();
+        assert_eq!((strict.gid, strict.groups), (3000, vec![3000, 4000]));
     }
 
     #[test]

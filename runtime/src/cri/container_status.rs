@@ -59,7 +59,13 @@ pub(super) fn status(r: &ContainerRecord) -> cri::ContainerStatus {
             .collect(),
         log_path: r.log_path.clone(),
         resources: Some(super::resources::to_cri(&r.spec.resources)),
-        user: None,
+        user: r.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.groups.iter().map(|&g| g.into()).collect(),
+            }),
+        }),
     }
 }
 

@@ -32,6 +32,18 @@ fn invalid(field: &str, reason: &str) -> ContainerError {
     ContainerError::invalid(field, reason)
 }
 
+/// Whether the policy is Strict (Merge, the default, is not).
+fn strict_groups(policy: i32) -> Result<bool, ContainerError> {
+    match cri::SupplementalGroupsPolicy::try_from(policy) {
+        Ok(cri::SupplementalGroupsPolicy::Merge) => Ok(false),
+        Ok(cri::SupplementalGroupsPolicy::Strict) => Ok(true),
+        Err(_) => Err(invalid(
+            "linux.security_context.supplemental_groups_policy",
+            "unknown policy",
+        )),
+    }
+}
+
 fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<SeccompReq, ContainerError> {
     use cri::security_profile::ProfileType;
     if let Some(p) = &sc.seccomp {
@@ -164,6 +176,7 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
             run_as_group: sc.run_as_group.map(|v| v.value),
             run_as_username: sc.run_as_username,
             supplemental_groups: sc.supplemental_groups,
+            strict_groups: strict_groups(sc.supplemental_groups_policy)?,
             readonly_rootfs: sc.readonly_rootfs,
             no_new_privs: sc.no_new_privs,
             masked_paths: sc.masked_paths,

@@ -49,7 +49,7 @@ pub fn handle(svc: &CriService, req: cri::StatusRequest) -> cri::StatusResponse 
             }),
         }],
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     }
