@@ -111,6 +111,8 @@ pub fn launch_spec(spec: &Spec, task: &Task<'_>) -> Result<LaunchSpec, OciError>
         namespaces,
         rootfs: rootfs(task, target, root.readonly().unwrap_or(false))?,
         mounts,
+        // containerd mounts an image volume as a bind of its own snapshot.
+        image_volumes: Vec::new(),
         tmpfs,
         // The init's own tmpfs; a bundle's /dev/shm bind (a pod's) goes over it.
         shm: None,

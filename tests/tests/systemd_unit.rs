@@ -103,6 +103,15 @@ async fn stopping_and_restarting_the_unit_loses_no_container() -> Result<()> {
     let unit = std::fs::read_to_string(shipped_unit())?;
     ensure!(unit.contains("KillMode=control-group"), "{unit}");
     let (first, mut c) = install_and_start().await?;
+    // No driver in the config: systemd as PID 1, answering on the bus, is detected.
+    let config = c
+        .runtime_config(cri_api::v1::RuntimeConfigRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        config.linux.map(|l| l.cgroup_driver) == Some(cri_api::v1::CgroupDriver::Systemd as i32),
+        "the unit's daemon did not pick the systemd driver"
+    );
 
     let images = TestImages::build()?;
     let out = Command::new(peapod_tests::bin_dir().join("peapod"))

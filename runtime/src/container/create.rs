@@ -104,6 +104,13 @@ impl Containers {
         spec: ContainerSpec,
     ) -> Result<()> {
         let image = self.images.resolve(&spec.image)?;
+        // Image volumes: their images are held (not removable) as the container's own is.
+        let volumes = spec
+            .mounts
+            .iter()
+            .filter(|m| !m.image.is_empty())
+            .map(|m| self.images.resolve(&m.image))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let dir = self.dir(id);
         for d in [dir.join("upper"), dir.join("work")] {
             store::create_dir_all(&d)?;
@@ -153,6 +160,7 @@ impl Containers {
             control_socket: self.socket(id),
             mount_point: self.cfg.run_dir.join(ROOTFS_MOUNT_POINT),
             mountpoints: Some(self.mountpoints_dir()).filter(|d| d.is_dir()),
+            volume_layers: volumes.iter().map(|v| v.layers.clone()).collect(),
         })?;
         store::write_json(&dir.join(LAUNCH_FILE), &launch)?;
         fault::point("create:launch");
@@ -181,6 +189,7 @@ impl Containers {
             running: None,
             cgroup: Some(cg),
             user: Some(launch.user.clone()),
+            volume_images: volumes.into_iter().map(|v| v.id).collect(),
             exit: None,
         };
         self.persist(&rec)?;

@@ -85,6 +85,16 @@ pub struct Bind {
     pub propagation: Propagation,
 }
 
+/// An image mounted at `destination` (an image volume): its layers as a read-only overlay,
+/// or `sub_path` of it, bound read-only, nosuid, nodev and noexec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVolume {
+    /// Bottom first.
+    pub layers: Vec<PathBuf>,
+    pub sub_path: String,
+    pub destination: String,
+}
+
 /// A tmpfs an OCI bundle asks for (e.g. `/run`), mounted before the bind mounts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tmpfs {
@@ -116,6 +126,9 @@ pub struct LaunchSpec {
     pub rootfs: Rootfs,
     /// Bind mounts, in mount order (parents before children).
     pub mounts: Vec<Bind>,
+    /// Image volumes, mounted after the binds, parents before children.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
     /// tmpfs mounts (OCI bundles only), parents before children.
     #[serde(default)]
     pub tmpfs: Vec<Tmpfs>,
@@ -210,6 +223,8 @@ pub struct Inputs<'a> {
     /// Where the rootfs is mounted, and the mount points layer.
     pub mount_point: PathBuf,
     pub mountpoints: Option<PathBuf>,
+    /// The layers of each image volume's image, in the order of `spec.mounts`.
+    pub volume_layers: Vec<Vec<PathBuf>>,
 }
 
 /// The kubelet's rule: `command` replaces the image's entrypoint, `args` its cmd.
@@ -451,8 +466,21 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
     let mut user_mounts = spec
         .mounts
         .iter()
+        .filter(|m| m.image.is_empty())
         .map(bind)
         .collect::<Result<Vec<_>, _>>()?;
+    let mut image_volumes: Vec<ImageVolume> = spec
+        .mounts
+        .iter()
+        .filter(|m| !m.image.is_empty())
+        .zip(&i.volume_layers)
+        .map(|(m, layers)| ImageVolume {
+            layers: layers.clone(),
+            sub_path: m.image_sub_path.clone(),
+            destination: m.container_path.clone(),
+        })
+        .collect();
+    image_volumes.sort_by_key(|v| Path::new(&v.destination).components().count());
     user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
     mounts.extend(user_mounts);
     let (device_nodes, device_rules) = container_devices(spec)?;
@@ -476,6 +504,7 @@ pub fn build(i: &Inputs<'_>) -> Result<LaunchSpec, ContainerError> {
             mountpoints: i.mountpoints.clone(),
         },
         mounts,
+        image_volumes,
         tmpfs: Vec::new(),
         shm: i.shm.clone(),
         masked_paths: defaults(&sec.masked_paths, DEFAULT_MASKED),

@@ -407,11 +407,10 @@ impl Containers {
 
     /// Whether any container (in any state) was made from image `id`.
     pub fn uses_image(&self, id: &str) -> bool {
-        self.ctrs
-            .read()
-            .expect("lock")
-            .values()
-            .any(|e| e.rec.lock().expect("lock").image_id == id)
+        self.ctrs.read().expect("lock").values().any(|e| {
+            let rec = e.rec.lock().expect("lock");
+            rec.image_id == id || rec.volume_images.iter().any(|v| v == id)
+        })
     }
 
     fn of_pod(&self, sandbox_id: &str) -> Vec<String> {

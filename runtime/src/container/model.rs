@@ -11,14 +11,15 @@ use crate::sandbox::cgroup::CgroupRecord;
 use crate::sandbox::model::NsMode;
 use crate::sandbox::process::ProcRef;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Propagation {
+    #[default]
     Private,
     HostToContainer,
     Bidirectional,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountReq {
     pub container_path: String,
     pub host_path: String,
@@ -27,6 +28,13 @@ pub struct MountReq {
     #[serde(default)]
     pub recursive_read_only: bool,
     pub propagation: Propagation,
+    /// An image volume: the image (a name or id) whose files are mounted, read-only and
+    /// noexec, at `container_path` (`host_path` is empty then).
+    #[serde(default)]
+    pub image: String,
+    /// A directory or file within the image to mount instead of its root.
+    #[serde(default)]
+    pub image_sub_path: String,
 }
 
 /// A node device the request grants: made at `container_path` with the node device's type
@@ -223,6 +231,9 @@ pub struct ContainerRecord {
     /// in records from before it was kept.
     #[serde(default)]
     pub user: Option<super::user::User>,
+    /// The ids of the images its image volumes mount.
+    #[serde(default)]
+    pub volume_images: Vec<String>,
     /// Filled in from `exit.json`; not persisted in `container.json`.
     #[serde(skip)]
     pub exit: Option<ExitRecord>,

@@ -50,7 +50,9 @@ pub fn validate(spec: &ContainerSpec) -> Result {
     }
     for m in &spec.mounts {
         absolute("mounts.container_path", &m.container_path)?;
-        absolute("mounts.host_path", &m.host_path)?;
+        if m.image.is_empty() {
+            absolute("mounts.host_path", &m.host_path)?;
+        }
         if !procmount::allowed(&m.container_path) {
             return Err(invalid(
                 "mounts.container_path",
@@ -351,6 +353,7 @@ mod tests {
                     readonly: false,
                     recursive_read_only: false,
                     propagation: Propagation::Private,
+                    ..Default::default()
                 })
             }),
             ("mounts.container_path", |s| {
@@ -360,6 +363,7 @@ mod tests {
                     readonly: false,
                     recursive_read_only: false,
                     propagation: Propagation::Private,
+                    ..Default::default()
                 })
             }),
             ("devices.permissions", |s| {
@@ -450,6 +454,7 @@ mod tests {
                         container_path: c, host_path: h, readonly: false,
                         recursive_read_only: false,
                         propagation: Propagation::Private,
+                    ..Default::default()
                     }).collect(),
                     security: SecurityReq {
                         add_caps: caps, masked_paths: masked, run_as_username: username,

@@ -54,6 +54,11 @@ pub(super) fn status(r: &ContainerRecord) -> cri::ContainerStatus {
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
                 propagation: convert::propagation(m.propagation) as i32,
+                image: (!m.image.is_empty()).then(|| cri::ImageSpec {
+                    image: m.image.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m.image_sub_path.clone(),
                 ..Default::default()
             })
             .collect(),

@@ -94,8 +94,31 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
             if !mnt.container_path.starts_with('/') {
                 return Err(invalid("mounts.container_path", "must be absolute"));
             }
-            if mnt.host_path.is_empty() {
-                return Err(invalid("mounts.host_path", "must not be empty"));
+            let image = mnt.image.map(|i| i.image).unwrap_or_default();
+            match (mnt.host_path.is_empty(), image.is_empty()) {
+                (true, true) => {
+                    return Err(invalid("mounts.host_path", "must not be empty"));
+                }
+                (false, false) => {
+                    return Err(invalid(
+                        "mounts.image",
+                        "a mount has a host_path or an image, not both",
+                    ));
+                }
+                _ => {}
+            }
+            let sub = std::path::Path::new(&mnt.image_sub_path);
+            if !mnt.image_sub_path.is_empty()
+                && (image.is_empty()
+                    || sub.is_absolute()
+                    || sub
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir))
+            {
+                return Err(invalid(
+                    "mounts.image_sub_path",
+                    "must be a relative path within the image, without '..', with an image",
+                ));
             }
             let propagation = match cri::MountPropagation::try_from(mnt.propagation) {
                 Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
@@ -125,6 +148,8 @@ pub fn to_spec(req: cri::CreateContainerRequest) -> Result<ContainerSpec, Contai
                 readonly: mnt.readonly,
                 recursive_read_only: mnt.recursive_read_only,
                 propagation,
+                image,
+                image_sub_path: mnt.image_sub_path,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -26,6 +26,7 @@ use crate::container::model::Propagation;
 use crate::container::procmount;
 use crate::inroot::{InRootError, Root, fd_path};
 
+mod image_volume;
 pub mod kernel_fs;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +161,11 @@ pub fn setup(spec: &LaunchSpec) -> Result {
     }
     for (b, peer) in spec.mounts.iter().zip(peers) {
         bind(&root, b, peer)?;
+    }
+    // Beside the rootfs' mount point, in this mount namespace only.
+    let staging = r.target.with_file_name("image-volumes");
+    for (n, v) in spec.image_volumes.iter().enumerate() {
+        image_volume::mount(&root, v, &staging.join(n.to_string()))?;
     }
     for p in &spec.masked_paths {
         mask(&root, Path::new(p))?;
