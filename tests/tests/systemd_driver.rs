@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use cri_api::v1::{
     CreateContainerRequest, ExecSyncRequest, LinuxContainerResources, ListPodSandboxRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfigRequest,
-    StartContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    RemoveContainerRequest, RunPodSandboxRequest, RuntimeConfigRequest, StartContainerRequest,
+    UpdateContainerResourcesRequest,
 };
 use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Client, PodConfig, TestImages};
@@ -268,6 +268,7 @@ async fn pods_are_delegated_scopes_in_the_kubelets_slices() -> Result<()> {
         show(&scope, "Slice")?
     );
     ensure!(show(&scope, "Delegate")? == "yes");
+    ensure!(show(&scope, "TasksMax")? == "infinity");
     ensure!(show(&scope, "ActiveState")? == "active");
     ensure!(show(&scope, "ControlGroup")? == scope_cgroup);
     ensure!(
@@ -399,14 +400,7 @@ async fn pods_are_delegated_scopes_in_the_kubelets_slices() -> Result<()> {
         container_id: ctr.clone(),
     })
     .await?;
-    c.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await?;
+    peapod_tests::stop_and_remove_pod(&mut c, &pod).await?;
     wait_unit(&scope, "gone").await?;
     ensure!(
         !Path::new("/sys/fs/cgroup")

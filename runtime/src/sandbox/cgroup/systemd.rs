@@ -88,6 +88,9 @@ pub fn start_scope(s: &Scope) -> Result<(), SystemdError> {
             ("PIDs", vec![s.pid].into()),
             // A scope that fails is collected too, not left listed as failed.
             ("CollectMode", "inactive-or-failed".into()),
+            // No systemd default (DefaultTasksMax, a share of pid_max) on a whole pod: its
+            // limits are the kubelet's slice's and its containers'.
+            ("TasksMax", u64::MAX.into()),
         ];
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
         let mut removed = manager.receive_signal("JobRemoved").await.map_err(bus)?;
