@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use cri_api::v1::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, RunPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +26,19 @@ pub async fn connect(socket: &Path) -> Result<Client> {
 }
 
 /// A gRPC channel to the unix socket `socket`, for any CRI service.
+/// StopPodSandbox, then RemovePodSandbox.
+pub async fn stop_and_remove_pod(c: &mut Client, id: &str) -> Result<()> {
+    c.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    })
+    .await?;
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    })
+    .await?;
+    Ok(())
+}
+
 pub async fn channel(socket: &Path) -> Result<Channel> {
     let path = socket.to_path_buf();
     let channel = Endpoint::try_from("http://[::]")?

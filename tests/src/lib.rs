@@ -39,7 +39,7 @@ pub mod ws_io;
 use std::path::PathBuf;
 
 pub use cni::CniOutput;
-pub use cri::{Client, PodConfig, connect};
+pub use cri::{Client, PodConfig, connect, stop_and_remove_pod};
 pub use exec::Background;
 pub use explain::{
     LEAVING_THE_NODE, Traced, kinds, named_rules, one_branch_traced, parse_trace, same_rules,

@@ -8,6 +8,7 @@ mod common;
 use anyhow::{Result, ensure};
 use cri_api::v1::{CreateContainerRequest, ImageSpec, Mount};
 use peapod_tests::containers::{BUSYBOX, VARIANT, container_config};
+use tonic::Code;
 
 fn image_mount(path: &str, image: &str, sub_path: &str) -> Mount {
     Mount {
@@ -101,13 +102,22 @@ async fn an_image_volume_is_the_images_files_read_only_and_noexec() -> Result<()
 
     // Refused, and nothing made: a missing image, a sub path out of the image.
     let mut client = node.client().await?;
-    for (mount, what) in [
+    for (mount, code, what) in [
         (
             image_mount("/x", "peapod.test/nothing:here", ""),
+            Code::NotFound,
             "missing image",
         ),
-        (image_mount("/x", BUSYBOX, "../.."), "sub path with .."),
-        (image_mount("/x", BUSYBOX, "/etc"), "absolute sub path"),
+        (
+            image_mount("/x", BUSYBOX, "../.."),
+            Code::InvalidArgument,
+            "sub path with ..",
+        ),
+        (
+            image_mount("/x", BUSYBOX, "/etc"),
+            Code::InvalidArgument,
+            "absolute sub path",
+        ),
     ] {
         let mut c = container_config("refused", BUSYBOX, &["true"]);
         c.mounts = vec![mount];
@@ -118,7 +128,7 @@ async fn an_image_volume_is_the_images_files_read_only_and_noexec() -> Result<()
                 sandbox_config: Some(cfg.build()),
             })
             .await;
-        ensure!(r.is_err(), "{what}: created");
+        common::expect_code(r.map(|_| ()), code, what)?;
     }
     ensure!(
         node.list_containers().await?.len() == 1,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use cri_api::v1::{
-    ContainerState, ContainerStatusRequest, CreateContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest,
 };
 use peapod_tests::containers::{BUSYBOX, container_config};
 use peapod_tests::{Client, PodConfig, TestImages};
@@ -200,14 +200,7 @@ async fn stopping_and_restarting_the_unit_loses_no_container() -> Result<()> {
     );
     ensure!(log().contains(" stdout F bye"), "{}", log());
 
-    c.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await?;
+    peapod_tests::stop_and_remove_pod(&mut c, &pod).await?;
     systemctl(&["stop", UNIT])?;
     Ok(())
 }
