@@ -31,10 +31,12 @@ use super::exec::{self, ExecProc};
 use super::oci::{self, RootMount};
 use peapod::container::cgroup;
 use peapod::container::launch::{CgroupDir, Fifos};
+use peapod::container::model::Resources;
 use peapod::container::model::{ExitRecord, Running};
+use peapod::container::unit_limits::unit_limits;
 use peapod::monitor::sealed::Binary;
 use peapod::monitor::{EXIT_FILE, LAUNCH_FILE, MONITOR_FILE, Reply};
-use peapod::sandbox::cgroup::{Cgroups, Hierarchy};
+use peapod::sandbox::cgroup::{CgroupRecord, Cgroups, Hierarchy, systemd};
 use peapod::sandbox::process::{self, ProcRef};
 use peapod::store;
 
@@ -73,6 +75,8 @@ struct Task {
     dir: PathBuf,
     io: (String, String, String),
     cgroup: Option<PathBuf>,
+    /// Its limits as they now are (for its systemd scope, made at start).
+    resources: Mutex<Resources>,
     phase: Mutex<Phase>,
     changed: Condvar,
     execs: Mutex<HashMap<String, Arc<ExecProc>>>,
@@ -133,9 +137,17 @@ pub fn timestamp(nanos: i64) -> Timestamp {
 }
 
 /// The cgroup hierarchies of this node, and a place for the record of parents made.
+/// Where systemd runs the node (PID 1, answering on the bus), a task whose cgroups path has
+/// systemd's form is a scope unit of its own, as with runc's systemd driver; the path's form
+/// and the node decide, since containerd 1.6 passes a non-runc shim no `SystemdCgroup`.
 pub fn cgroups() -> std::io::Result<Cgroups> {
     fs::create_dir_all(TASK_ROOT)?;
-    Cgroups::new(Hierarchy::detect(), Path::new(TASK_ROOT), "").map_err(std::io::Error::other)
+    let cgroups = Cgroups::new(Hierarchy::detect(), Path::new(TASK_ROOT), "")
+        .map_err(std::io::Error::other)?;
+    Ok(match systemd::available() {
+        true => cgroups.with_systemd_scopes(),
+        false => cgroups,
+    })
 }
 
 /// `path` run from a sealed in-memory copy, so that no task reaches the node's file through
@@ -299,12 +311,38 @@ impl Service {
             dir,
             io: (req.stdin.clone(), req.stdout.clone(), req.stderr.clone()),
             cgroup: rel,
+            resources: Mutex::new(resources),
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
             execs: Mutex::new(HashMap::new()),
             console,
             slave: Mutex::new(slave),
         }))
+    }
+
+    /// Where the task's cgroup is a scope (systemd's form, systemd on the node): makes the
+    /// running task's cgroup that scope unit, with its limits as the properties, and writes
+    /// the limits again. A failure is logged: the task runs on, limited, in its cgroup.
+    fn adopt_cgroup(&self, task: &Task, pid: i32) {
+        let Some(rel) = &task.cgroup else { return };
+        let rec = CgroupRecord { rel: rel.clone() };
+        if self.cgroups.scope_unit(&rec).is_none() {
+            return;
+        }
+        let v2 = self.cgroups.version() == 2;
+        let limits = task.resources.lock().expect("lock").clone();
+        let what = format!("containerd task {} (peapod shim)", task.id);
+        let adopted = self
+            .cgroups
+            .adopt(&rec, pid, &what, &unit_limits(&limits, v2))
+            .map_err(|e| peapod::errors::chain(&e))
+            .and_then(|()| {
+                cgroup::apply(&self.cgroups.paths(rel), &limits, v2)
+                    .map_err(|e| peapod::errors::chain(&e))
+            });
+        if let Err(e) = adopted {
+            containerd_shim::warn!("task {} runs without a systemd scope: {e}", task.id);
+        }
     }
 
     /// Runs `peapod monitor` for the task, its dir locked as its stdin (as the daemon does).
@@ -641,6 +679,7 @@ impl containerd_shim::Task for Service {
         // The monitor holds the terminal now; the task's end is its last slave's.
         task.slave.lock().expect("lock").take();
         let pid = running.init.pid as u32;
+        self.adopt_cgroup(&task, running.init.pid);
         *task.phase.lock().expect("lock") = Phase::Running(running);
         task.changed.notify_all();
         self.watch(task.clone(), running);
@@ -820,12 +859,18 @@ impl containerd_shim::Task for Service {
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
         let limits = oci::limits(&res);
         cgroup::validate(&limits).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        cgroup::apply(
-            &self.cgroups.paths(rel),
-            &limits,
-            self.cgroups.version() == 2,
-        )
-        .map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+        let v2 = self.cgroups.version() == 2;
+        let dirs = self.cgroups.paths(rel);
+        cgroup::apply(&dirs, &limits, v2).map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+        let rec = CgroupRecord { rel: rel.clone() };
+        if self.cgroups.scope_unit(&rec).is_some() {
+            // The scope's properties follow; systemd rewrites the files from them, rounded.
+            self.cgroups
+                .set_unit_limits(&rec, &unit_limits(&limits, v2))
+                .map_err(|e| internal("set the limits of the task's scope", e))?;
+            cgroup::apply(&dirs, &limits, v2).map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+        }
+        *task.resources.lock().expect("lock") = limits;
         Ok(api::Empty::new())
     }
 

@@ -386,8 +386,17 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     ensure!(ps.lines().any(|l| l.trim() == "1 peapod-pause"), "{ps}");
 
     // In a shared PID namespace a container's children outlive it: stopping it kills them
-    // too (they are in its cgroup), and it can be removed.
-    let mut bg = container_config("bg", BUSYBOX, &["sh", "-c", "sleep 1234 & sleep 999"]);
+    // too (they are in its cgroup; on v2 with `cgroup.kill`, which nothing forking escapes:
+    // here a loop that keeps forking), and it can be removed.
+    let mut bg = container_config(
+        "bg",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "(while :; do sleep 1234 & sleep 0.01; done) & sleep 999",
+        ],
+    );
     security(&mut bg).namespace_options = Some(cri_api::v1::NamespaceOption {
         pid: cri_api::v1::NamespaceMode::Pod as i32,
         ..Default::default()
@@ -404,11 +413,14 @@ async fn localhost_seccomp_profiles_and_a_shared_pid_namespace() -> Result<()> {
     ensure!(seen.contains("sleep 1234"), "{seen}");
     node.stop_container(&bg, 0).await?;
     node.remove_container(&bg).await?;
-    let ps = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
-    ensure!(
-        !ps.contains("sleep 1234") && !ps.contains("sleep 999"),
-        "{ps}"
-    );
+    for _ in 0..2 {
+        let ps = node.exec_ok(&a, &["ps", "-o", "args"]).await?;
+        ensure!(
+            !ps.contains("sleep 1234") && !ps.contains("sleep 999") && !ps.contains("while"),
+            "{ps}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     let mut missing = container_config("b", BUSYBOX, &["true"]);
     security(&mut missing).seccomp = Some(SecurityProfile {

@@ -68,13 +68,15 @@ const IN_VM: &[(&str, &[&str])] = &[
             "stopping_and_restarting_the_unit_loses_no_container",
         ],
     ),
-    // The systemd cgroup driver: pods as scopes, a crash, orphans, the kubelet's slices.
+    // The systemd cgroup driver: pods and containers as scopes, a crash, orphans, the
+    // kubelet's slices; containerd's tasks as scopes.
     (
         "systemd_driver",
         &[
             "--ignored",
             "--exact",
             "pods_are_delegated_scopes_in_the_kubelets_slices",
+            "containerd_tasks_are_scopes_in_their_slices",
         ],
     ),
 ];

@@ -128,11 +128,7 @@ impl Containers {
         let cg = sandbox
             .cgroup
             .as_ref()
-            .map(|c| {
-                self.sandboxes
-                    .cgroups()
-                    .record_for(&c.rel.to_string_lossy(), id)
-            })
+            .map(|c| self.sandboxes.cgroups().container_record(c, id))
             .ok_or_else(|| ContainerError::SandboxNotReady {
                 id: sandbox.id.clone(),
             })?;

@@ -173,6 +173,12 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
             }
         }
     }
+    // The systemd driver: containers' scopes are beside their pods', in the pods' slices.
+    for rec in cgroups.orphan_container_scopes(&is_known) {
+        if !cgs.iter().any(|(r, _)| *r == rec) {
+            cgs.push((rec, true));
+        }
+    }
     found.extend(
         cgs.into_iter()
             .map(|(rec, kill)| Garbage::Cgroup { rec, kill }),
@@ -217,13 +223,12 @@ pub fn find(cfg: &Config, cgroups: &Cgroups, known: &Known<'_>) -> Vec<Garbage> 
     found
 }
 
-/// SIGKILL to every process in the cgroup dirs: only a container's processes live there.
+/// Kills every process in the cgroup dirs (`cgroup.kill` on v2): only a container's processes
+/// live there.
 pub fn kill_all_in(dirs: &[PathBuf]) {
     for dir in dirs {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Err(e) = crate::sandbox::cgroup::kill_all(dir) {
+            tracing::warn!(cgroup = %dir.display(), error = %e.chain(), "cannot kill what is left in a cgroup");
         }
     }
 }

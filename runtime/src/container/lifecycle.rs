@@ -10,12 +10,13 @@ use tracing::{info, warn};
 
 use super::error::ContainerError;
 use super::events::EventKind;
-use super::model::{ContainerRecord, ContainerState, ExitRecord, Running};
+use super::model::{ContainerRecord, ContainerState, ExitRecord, Resources, Running};
+use super::unit_limits::unit_limits;
 use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
 use crate::monitor::{MONITOR_FILE, Reply};
 use crate::sandbox::SandboxState;
-use crate::sandbox::cgroup::MONITORS_LEAF;
+use crate::sandbox::cgroup::{CgroupRecord, MONITORS_LEAF};
 use crate::sandbox::process::{ProcRef, pidfd_signal, wait_exit_blocking};
 use crate::store;
 
@@ -61,7 +62,7 @@ impl Containers {
             .ok_or_else(|| ContainerError::SandboxNotReady { id: pod.id.clone() })?;
         let cgroups = self.sandboxes.cgroups();
         let pod_rel = pod_cg.rel.to_string_lossy();
-        let cg = cgroups.record_for(&pod_rel, &id);
+        let cg = cgroups.container_record(pod_cg, &id);
         if rec.cgroup.as_ref() != Some(&cg) {
             // Recorded by CreateContainer; not in records from before it was.
             rec.cgroup = Some(cg.clone());
@@ -70,7 +71,7 @@ impl Containers {
         }
         let dirs = cgroups.paths(&cg.rel);
         let spawned = (|| {
-            cgroups.create(&pod_rel, &id)?;
+            cgroups.make(&cg)?;
             fault::point("start:cgroup");
             cgroup::apply(&dirs, &rec.spec.resources, cgroups.version() == 2)?;
             fault::point("start:limits");
@@ -97,6 +98,7 @@ impl Containers {
         match reply {
             Answer::Running(r) => {
                 fault::point("start:monitor");
+                self.adopt_cgroup(&id, &cg, r.init.pid, &rec.spec.resources);
                 rec.running = Some(r);
                 rec.state = ContainerState::Running;
                 rec.started_at = r.started_at;
@@ -135,6 +137,27 @@ impl Containers {
                 Err(ContainerError::Start { id, message })
             }
         }
+    }
+
+    /// With the systemd driver, makes the running container's cgroup `cg` its scope, with
+    /// its limits as the scope's properties, then writes the limits again (systemd writes
+    /// its own values, rounded, into a cgroup it takes over). A failure leaves the container
+    /// running in its cgroup, limited, as with cgroupfs: it is logged, not fatal, and the
+    /// scope's removal later finds no unit, which is no error.
+    fn adopt_cgroup(&self, id: &str, cg: &CgroupRecord, pid: i32, r: &Resources) {
+        let cgroups = self.sandboxes.cgroups();
+        if cgroups.scope_unit(cg).is_none() {
+            return;
+        }
+        let v2 = cgroups.version() == 2;
+        let adopted = cgroups
+            .adopt(cg, pid, id, &unit_limits(r, v2))
+            .map_err(ContainerError::from)
+            .and_then(|()| cgroup::apply(&cgroups.paths(&cg.rel), r, v2));
+        if let Err(e) = adopted {
+            warn!(container = %id, error = %e.chain(), "the container runs without a systemd scope");
+        }
+        fault::point("start:scope");
     }
 
     /// The monitor lock: the container's dir, opened and locked (flock) by us; `None` when a

@@ -28,6 +28,7 @@ pub mod seccomp;
 pub mod security;
 pub mod stats;
 mod stop_signal;
+pub mod unit_limits;
 mod update;
 pub mod user;
 pub mod validate;

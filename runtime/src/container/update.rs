@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use super::error::ContainerError;
 use super::model::{ContainerState, Resources};
+use super::unit_limits::unit_limits;
 use super::{Containers, Result, cgroup};
 
 /// The v1 swap+memory limit file: it must never be below `memory.limit_in_bytes`.
@@ -111,9 +112,19 @@ impl Containers {
             let cgroups = self.sandboxes.cgroups();
             let v2 = cgroups.version() == 2;
             let dirs = cgroups.paths(&cg.rel);
-            if let Err(e) = write(&dirs, &merged, v2) {
+            // With the systemd driver the scope's properties follow (systemd writes them,
+            // rounded, into the files, hence the files once more).
+            let set = |r: &Resources| -> Result<()> {
+                write(&dirs, r, v2)?;
+                if cgroups.scope_unit(cg).is_some() {
+                    cgroups.set_unit_limits(cg, &unit_limits(r, v2))?;
+                    write(&dirs, r, v2)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = set(&merged) {
                 // All or nothing: put back what was there.
-                if let Err(back) = write(&dirs, &old, v2) {
+                if let Err(back) = set(&old) {
                     tracing::warn!(container = %id, error = %back.chain(), "cannot restore the old limits");
                 }
                 return Err(e);

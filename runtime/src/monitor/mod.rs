@@ -18,6 +18,7 @@ pub mod enter;
 pub mod fifo;
 pub mod init;
 pub mod log;
+mod oom;
 pub mod process;
 pub mod rootfs;
 pub mod sealed;
@@ -264,6 +265,7 @@ struct Monitor {
     listener: UnixListener,
     hub: attach::Hub,
     log: LogFile,
+    oom: oom::OomWatch,
 }
 
 /// The container's stdio: its ends for the init, ours for the monitor.
@@ -574,6 +576,7 @@ impl Monitor {
             listener,
             hub,
             log,
+            oom: oom::OomWatch::new(spec),
         })
     }
 
@@ -592,7 +595,7 @@ impl Monitor {
                 Some(d) => PollTimeout::try_from(d - Instant::now()).unwrap_or(PollTimeout::ZERO),
                 None => PollTimeout::NONE,
             };
-            let (ready_out, ready_err, ready_sig, ready_ctl, ready_hub) = {
+            let (ready_out, ready_err, ready_sig, ready_ctl, ready_hub, ready_oom) = {
                 let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
@@ -604,6 +607,10 @@ impl Monitor {
                 let hub_at = fds.len();
                 for (fd, flags) in self.hub.poll_fds() {
                     fds.push(PollFd::new(fd, flags));
+                }
+                let oom_at = fds.len();
+                if let Some(fd) = self.oom.fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
                 match poll(&mut fds, timeout) {
                     Err(nix::errno::Errno::EINTR) | Ok(0) => continue,
@@ -623,12 +630,16 @@ impl Monitor {
                         next += 1;
                     }
                 }
-                let hub: Vec<PollFlags> = fds[hub_at..]
+                let hub: Vec<PollFlags> = fds[hub_at..oom_at]
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
-                (pipe_hit[0], pipe_hit[1], hit(0), hit(1), hub)
+                let oom = fds.len() > oom_at && hit(oom_at);
+                (pipe_hit[0], pipe_hit[1], hit(0), hit(1), hub, oom)
             };
+            if ready_oom {
+                self.oom.changed(spec);
+            }
             let now = rfc3339_nano(now_nanos());
             for (slot, ready) in [(0, ready_out), (1, ready_err)] {
                 if !ready {
@@ -673,7 +684,7 @@ impl Monitor {
             f.finish(&now, &mut records);
         }
         self.log.write(&records);
-        let oom = oom_killed(spec);
+        let oom = self.oom.killed(spec);
         let _ = record_exit(dir, exit, oom, None);
         let _ = std::fs::remove_file(&spec.control_socket);
         self.hub.finish(exit.map_or(255, |e| e.0));
@@ -758,19 +769,6 @@ fn reap(init: Pid) -> Option<(i32, Option<i32>)> {
 
 fn reap_all() {
     while waitpid(None, None).is_ok() {}
-}
-
-/// Whether the kernel OOM-killed a process in the container's memory cgroup.
-fn oom_killed(spec: &LaunchSpec) -> bool {
-    spec.cgroups.iter().any(|c| {
-        ["memory.oom_control", "memory.events"].iter().any(|f| {
-            std::fs::read_to_string(c.path.join(f))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.strip_prefix("oom_kill "))
-                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
-        })
-    })
 }
 
 fn record_exit(

@@ -167,11 +167,16 @@ impl Cgroups {
     /// Creates `<parent>/<id>` in every hierarchy. On error, what it made is removed again.
     pub fn create(&self, parent: &str, id: &str) -> Result<CgroupRecord, SandboxError> {
         let rec = self.record_for(parent, id);
+        self.make(&rec).map(|()| rec)
+    }
+
+    /// Makes the cgroup `rec` (and the parents it lacks); on failure, nothing of it is left.
+    pub fn make(&self, rec: &CgroupRecord) -> Result<(), SandboxError> {
         let r = self.make_dirs(&rec.rel);
         if r.is_err() {
-            let _ = self.remove(&rec);
+            let _ = self.remove(rec);
         }
-        r.map(|()| rec)
+        r
     }
 
     /// Makes `rel` and the parents it lacks; on v2, every cgroup above `rel`, from the root
@@ -414,9 +419,10 @@ impl Cgroups {
     }
 }
 
-/// Kills every process in `dir` and below: `cgroup.kill` where the kernel has it, else a
-/// SIGKILL to each pid listed (v1). A cgroup that is gone is no error.
-fn kill_all(dir: &Path) -> Result<(), SandboxError> {
+/// Kills every process in `dir` and below: `cgroup.kill` where the kernel has it (v2, Linux
+/// 5.14: atomic, so that nothing forked meanwhile escapes, and waited for until the cgroup is
+/// empty), else a SIGKILL to each pid listed (v1). A cgroup that is gone is no error.
+pub fn kill_all(dir: &Path) -> Result<(), SandboxError> {
     match v2::kill(dir) {
         Ok(true) => return Ok(()),
         Ok(false) => {}

@@ -1,14 +1,16 @@
 //! The systemd driver's side of [`Cgroups`]: a pod's cgroup is the scope `peapod-<id>.scope`
 //! in the slice its request names (`kubepods-burstable-pod<uid>.slice`, at
 //! `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`), made by
-//! systemd around the pause with `Delegate=yes`. Below it everything is as with cgroupfs: the
-//! pause's leaf, the monitors' leaf, the containers' cgroups with their limits, all
-//! peapod's under systemd's delegation rules, so that a container start costs no D-Bus call.
+//! systemd around the pause with `Delegate=yes`; below it the pause's leaf and the monitors'
+//! leaf, peapod's under systemd's delegation rules. Each container is a scope of its own
+//! beside it, `peapod-<container id>.scope` in the same slice, with its limits as the
+//! scope's properties (as runc makes `cri-containerd-<id>.scope`): its cgroup is made and
+//! limited first, its process joins it, and systemd then takes the running process's
+//! cgroup as the scope (see [`Cgroups::adopt`]).
 //!
-//! The record of a pod exists before its scope (it is written as `Creating`), so a crash
-//! leaves no scope that the start-up reconcile does not find; it also lists peapod's scopes
-//! and stops those of this daemon (their description ends with its marker) that no record
-//! claims.
+//! The record of a pod or a container exists before its scope, so a crash leaves no scope
+//! that the start-up reconcile does not find; it also lists peapod's scopes and stops those
+//! of this daemon (their description ends with its marker) that no record claims.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,8 @@ use crate::sandbox::error::SandboxError;
 pub const DEFAULT_SLICE: &str = "peapod.slice";
 const UNIT_PREFIX: &str = "peapod-";
 const UNIT_SUFFIX: &str = ".scope";
+const POD_DESCRIPTION: &str = "peapod pod sandbox";
+const CONTAINER_DESCRIPTION: &str = "peapod container";
 
 /// The scope unit of the pod `id`.
 pub fn unit_name(id: &str) -> String {
@@ -76,6 +80,14 @@ impl Cgroups {
         }
     }
 
+    /// For the containerd shim on a node that runs systemd: cgroups named as scopes in
+    /// slices (containerd's `slice:prefix:name`) become systemd's scope units (see
+    /// [`Cgroups::adopt`]); plain paths stay plain cgroupfs directories.
+    pub fn with_systemd_scopes(mut self) -> Cgroups {
+        self.driver = CgroupDriver::Systemd;
+        self
+    }
+
     pub fn driver(&self) -> CgroupDriver {
         self.driver
     }
@@ -116,39 +128,114 @@ impl Cgroups {
         }
     }
 
-    /// The scope unit whose cgroup `rec` is, with the systemd driver.
-    pub(super) fn scope_unit(&self, rec: &CgroupRecord) -> Option<String> {
-        let name = rec.rel.file_name()?.to_str()?;
-        (self.driver == CgroupDriver::Systemd && unit_id(name).is_some()).then(|| name.to_owned())
+    /// Where the container `id` of the pod whose cgroup is `pod` lives: `<pod>/<id>` with
+    /// cgroupfs, its scope beside the pod's in the pod's slice with systemd.
+    pub fn container_record(&self, pod: &CgroupRecord, id: &str) -> CgroupRecord {
+        match (self.driver, self.scope_unit(pod)) {
+            (CgroupDriver::Systemd, Some(_)) => CgroupRecord {
+                rel: pod.rel.with_file_name(unit_name(id)),
+            },
+            _ => self.record_for(&pod.rel.to_string_lossy(), id),
+        }
     }
 
-    /// Asks systemd for the scope `unit` around `pid`, in the slice that `rec` lies in.
+    /// The scope unit whose cgroup `rec` is, with the systemd driver: a `.scope` directly
+    /// in a `.slice` (peapod's own, or a containerd task's `cri-containerd-<id>.scope`).
+    pub fn scope_unit(&self, rec: &CgroupRecord) -> Option<String> {
+        let name = rec.rel.file_name()?.to_str()?;
+        let slice = rec.rel.parent().and_then(Path::file_name);
+        let in_slice = slice.is_none_or(|s| s.to_string_lossy().ends_with(".slice"));
+        (self.driver == CgroupDriver::Systemd
+            && name.ends_with(UNIT_SUFFIX)
+            && name.len() > UNIT_SUFFIX.len()
+            && in_slice)
+            .then(|| name.to_owned())
+    }
+
+    /// The slice unit that `rec`'s cgroup lies in.
+    fn slice_of(rec: &CgroupRecord) -> String {
+        rec.rel.parent().and_then(Path::file_name).map_or_else(
+            || "-.slice".to_owned(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// Asks systemd for the pod scope `unit` around the pause `pid`, in the slice that `rec`
+    /// lies in.
     pub(super) fn start_scope(
         &self,
         rec: &CgroupRecord,
         unit: &str,
         pid: i32,
     ) -> Result<(), SandboxError> {
-        let slice = rec.rel.parent().and_then(Path::file_name).map_or_else(
-            || "-.slice".to_owned(),
-            |s| s.to_string_lossy().into_owned(),
-        );
         let id = unit_id(unit).unwrap_or(unit);
-        let description = format!("peapod pod sandbox {id} {}", self.unit_marker);
+        let description = format!("{POD_DESCRIPTION} {id} {}", self.unit_marker);
         systemd::start_scope(&systemd::Scope {
             unit,
-            slice: &slice,
+            slice: &Self::slice_of(rec),
             pid: pid as u32,
             description: &description,
+            limits: &[],
         })?;
         crate::fault::point("run:scope");
         Ok(())
     }
 
-    /// This daemon's scopes (by the marker in their description) of pods `known` does not
-    /// claim, as records to remove. A scope without a cgroup (not running) is left to
+    /// With the systemd driver, makes the cgroup `rec` (made and limited through cgroupfs,
+    /// with `pid` running in it) a scope unit of systemd's with `limits` as its properties;
+    /// systemd takes the existing cgroup as the scope's. `what` names it in the unit's
+    /// description: a container's id, or for another client (the shim) a whole
+    /// description. Nothing to do with cgroupfs.
+    pub fn adopt(
+        &self,
+        rec: &CgroupRecord,
+        pid: i32,
+        what: &str,
+        limits: &[systemd::Property],
+    ) -> Result<(), SandboxError> {
+        let Some(unit) = self.scope_unit(rec) else {
+            return Ok(());
+        };
+        let description = match unit_id(&unit) {
+            Some(id) => format!("{CONTAINER_DESCRIPTION} {id} {}", self.unit_marker),
+            None => what.to_owned(),
+        };
+        systemd::start_scope(&systemd::Scope {
+            unit: &unit,
+            slice: &Self::slice_of(rec),
+            pid: pid as u32,
+            description: &description,
+            limits,
+        })?;
+        Ok(())
+    }
+
+    /// With the systemd driver, sets new `limits` on the scope `rec` (gone or never made: no
+    /// error; the cgroup files are what counts until then).
+    pub fn set_unit_limits(
+        &self,
+        rec: &CgroupRecord,
+        limits: &[systemd::Property],
+    ) -> Result<(), SandboxError> {
+        match self.scope_unit(rec) {
+            Some(unit) => Ok(systemd::set_properties(&unit, limits)?),
+            None => Ok(()),
+        }
+    }
+
+    /// This daemon's pod scopes (by the marker in their description) of pods `known` does
+    /// not claim, as records to remove. A scope without a cgroup (not running) is left to
     /// systemd, which collects it.
     pub(super) fn orphan_scopes(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
+        self.orphans_described(POD_DESCRIPTION, known)
+    }
+
+    /// This daemon's container scopes of containers `known` does not claim.
+    pub fn orphan_container_scopes(&self, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
+        self.orphans_described(CONTAINER_DESCRIPTION, known)
+    }
+
+    fn orphans_described(&self, what: &str, known: &dyn Fn(&str) -> bool) -> Vec<CgroupRecord> {
         if self.driver != CgroupDriver::Systemd {
             return Vec::new();
         }
@@ -162,6 +249,7 @@ impl Cgroups {
         units
             .into_iter()
             .filter(|u| u.description.ends_with(&self.unit_marker))
+            .filter(|u| u.description.starts_with(&format!("{what} ")))
             .filter(|u| unit_id(&u.name).is_some_and(|id| !known(id)))
             .filter(|u| Path::new(&u.cgroup).file_name() == Some(u.name.as_ref()))
             .map(|u| CgroupRecord {
@@ -174,6 +262,7 @@ impl Cgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::cgroup::MONITORS_LEAF;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -199,9 +288,19 @@ mod tests {
             ))
         );
         assert_eq!(cg.scope_unit(&rec), Some(format!("peapod-{ID}.scope")));
-        // Containers are cgroups below it, not units.
-        let ctr = cg.record_for(&rec.rel.to_string_lossy(), "c1");
-        assert_eq!(cg.scope_unit(&ctr), None);
+        // A container is a scope beside it; the leaves below it are not units.
+        let ctr = cg.container_record(&rec, &ID.replace('0', "f"));
+        assert_eq!(
+            ctr.rel,
+            rec.rel
+                .with_file_name(format!("peapod-{}.scope", ID.replace('0', "f")))
+        );
+        assert!(cg.scope_unit(&ctr).is_some());
+        let leaf = cg.record_for(&rec.rel.to_string_lossy(), MONITORS_LEAF);
+        assert_eq!(cg.scope_unit(&leaf), None);
+        // A containerd task's scope in its slice is one too.
+        let task = cg.record_for("kubepods.slice", "cri-containerd-c1.scope");
+        assert_eq!(cg.scope_unit(&task), Some("cri-containerd-c1.scope".into()));
         assert_eq!(
             cg.sandbox_record("", ID).unwrap().rel,
             PathBuf::from(format!("peapod.slice/peapod-{ID}.scope"))
@@ -239,6 +338,11 @@ mod tests {
             PathBuf::from(format!("kubepods.slice/{ID}"))
         );
         assert_eq!(fs.scope_unit(&fs.record_for("", &unit_name(ID))), None);
+        let pod = fs.sandbox_record("kubepods.slice", ID).unwrap();
+        assert_eq!(
+            fs.container_record(&pod, "c1").rel,
+            PathBuf::from(format!("kubepods.slice/{ID}/c1"))
+        );
     }
 
     #[test]

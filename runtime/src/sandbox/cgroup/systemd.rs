@@ -49,6 +49,33 @@ pub struct Scope<'a> {
     pub slice: &'a str,
     pub pid: u32,
     pub description: &'a str,
+    /// Its resource limits, which systemd writes into its cgroup (and again at each
+    /// `daemon-reload`): a limit written by hand and not named here would be undone.
+    pub limits: &'a [Property],
+}
+
+/// A unit's resource property, as systemd's D-Bus API types it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Property {
+    /// `MemoryMax`, `TasksMax`, `CPUWeight`, `CPUQuotaPerSecUSec`, … (`u64::MAX`: infinity).
+    U64(&'static str, u64),
+    /// `AllowedCPUs`, `AllowedMemoryNodes`: a bit mask, bit n of byte n/8 for CPU n.
+    Bits(&'static str, Vec<u8>),
+}
+
+impl Property {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Property::U64(name, _) | Property::Bits(name, _) => name,
+        }
+    }
+
+    fn value(&self) -> Value<'_> {
+        match self {
+            Property::U64(_, v) => (*v).into(),
+            Property::Bits(_, v) => v.clone().into(),
+        }
+    }
 }
 
 /// A unit as `ListUnitsByPatterns` lists it.
@@ -81,17 +108,20 @@ pub fn start_scope(s: &Scope) -> Result<(), SystemdError> {
     block_on(async move {
         let conn = zbus::Connection::system().await.map_err(bus)?;
         let manager = proxy(&conn, MANAGER).await.map_err(bus)?;
-        let properties: Vec<(&str, Value)> = vec![
+        let mut properties: Vec<(&str, Value)> = vec![
             ("Description", s.description.into()),
             ("Slice", s.slice.into()),
             ("Delegate", true.into()),
             ("PIDs", vec![s.pid].into()),
             // A scope that fails is collected too, not left listed as failed.
             ("CollectMode", "inactive-or-failed".into()),
-            // No systemd default (DefaultTasksMax, a share of pid_max) on a whole pod: its
-            // limits are the kubelet's slice's and its containers'.
-            ("TasksMax", u64::MAX.into()),
         ];
+        // No systemd default (DefaultTasksMax, a share of pid_max) where the request names
+        // no limit: a pod's limits are the kubelet's slice's and its containers'.
+        if !s.limits.iter().any(|p| p.name() == "TasksMax") {
+            properties.push(("TasksMax", u64::MAX.into()));
+        }
+        properties.extend(s.limits.iter().map(|p| (p.name(), p.value())));
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
         let mut removed = manager.receive_signal("JobRemoved").await.map_err(bus)?;
         let job: OwnedObjectPath = manager
@@ -99,6 +129,26 @@ pub fn start_scope(s: &Scope) -> Result<(), SystemdError> {
             .await
             .map_err(refused("start", s.unit))?;
         wait_job(&mut removed, &job, "start", s.unit).await
+    })
+}
+
+/// Changes the resource properties of the running `unit` (for its lifetime, not in a unit
+/// file); a unit systemd does not know is no error.
+pub fn set_properties(unit: &str, limits: &[Property]) -> Result<(), SystemdError> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    block_on(async move {
+        let conn = zbus::Connection::system().await.map_err(bus)?;
+        let manager = proxy(&conn, MANAGER).await.map_err(bus)?;
+        let properties: Vec<(&str, Value)> = limits.iter().map(|p| (p.name(), p.value())).collect();
+        match manager
+            .call::<_, _, ()>("SetUnitProperties", &(unit, true, properties))
+            .await
+        {
+            Err(e) if not_loaded(&e) => Ok(()),
+            r => r.map_err(refused("set the limits of", unit)),
+        }
     })
 }
 
