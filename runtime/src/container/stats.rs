@@ -67,6 +67,8 @@ pub struct ContainerStats {
     pub memory: Option<MemoryUsage>,
     pub io: Option<IoUsage>,
     pub writable_layer: Option<FsUsage>,
+    /// Tasks in its cgroup (`pids.current`).
+    pub processes: Option<u64>,
 }
 
 /// Reads usage from one cgroup's directories (one per v1 hierarchy, one for v2).
@@ -262,6 +264,7 @@ impl Containers {
             memory: reader.memory(),
             io: reader.io(),
             writable_layer: self.writable_layer(&rec.id),
+            processes: reader.process_count(),
             rec,
         }
     }

@@ -17,6 +17,7 @@ mod list_containers;
 mod list_images;
 mod list_pod_sandbox;
 mod list_pod_sandbox_stats;
+mod pod_sandbox_metrics;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod port_forward;
@@ -365,11 +366,40 @@ impl RuntimeService for CriService {
         update_pod_sandbox_resources::handle(self, req.into_inner()).map(Response::new)
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Res<cri::ListMetricDescriptorsResponse> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: pod_sandbox_metrics::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Res<cri::ListPodSandboxMetricsResponse> {
+        let pod_metrics = pod_sandbox_metrics::handle(self).await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Res<Self::StreamPodSandboxMetricsStream> {
+        let all = pod_sandbox_metrics::handle(self).await?;
+        Ok(Response::new(streams::chunked(
+            all,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
+    }
+
     not_yet! {
         checkpoint_container: cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
-        list_metric_descriptors: cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics: cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;
-        stream_pod_sandbox_metrics: cri::StreamPodSandboxMetricsRequest => Self::StreamPodSandboxMetricsStream;
     }
 }
 
