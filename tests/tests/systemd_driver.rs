@@ -599,6 +599,32 @@ impl Containerd {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
+
+    /// containerd's task Update with a new memory limit, sent to the task's shim as containerd
+    /// sends it (Debian's `ctr` 1.6 has no `task update`).
+    fn update_task(&self, id: &str, memory: i64) -> Result<()> {
+        use containerd_shim::protos::protobuf::well_known_types::any::Any;
+        use containerd_shim::protos::{Client, TaskClient, api, ttrpc};
+        let address = self
+            .dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task/test")
+            .join(id)
+            .join("address");
+        let address =
+            std::fs::read_to_string(&address).with_context(|| format!("{}", address.display()))?;
+        let shim = TaskClient::new(Client::connect(address.trim())?);
+        let mut resources = Any::new();
+        resources.type_url =
+            "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        resources.value =
+            serde_json::to_vec(&serde_json::json!({ "memory": { "limit": memory } }))?;
+        let mut req = api::UpdateTaskRequest::new();
+        req.id = id.to_owned();
+        req.resources = Some(resources).into();
+        shim.update(ttrpc::context::with_timeout(10_000_000_000), &req)?;
+        Ok(())
+    }
 }
 
 impl Drop for Containerd {
@@ -610,8 +636,8 @@ impl Drop for Containerd {
 
 /// containerd 1.6 gives a task under a `.slice` parent the cgroups path `slice:prefix:name`;
 /// with systemd on the node the shim makes it the scope `prefix-name.scope` in that slice,
-/// with the task's limits as the scope's properties (kept through a `daemon-reload`), gone
-/// with it. (Debian's `ctr` 1.6 has no `task update`.)
+/// with the task's limits as the scope's properties (kept through a `daemon-reload`, changed
+/// by an Update), gone with it.
 #[tokio::test]
 #[ignore = "needs systemd as PID 1: runs inside the VM node (vm_node.rs)"]
 async fn containerd_tasks_are_scopes_in_their_slices() -> Result<()> {
@@ -661,6 +687,10 @@ async fn containerd_tasks_are_scopes_in_their_slices() -> Result<()> {
         ensure!(!cgroup_file(&cgroup, "cgroup.procs")?.is_empty());
         run("systemctl", &["daemon-reload"])?;
         ensure!(cgroup_file(&cgroup, "memory.max")? == limit);
+        let more = (128 * MIB).to_string();
+        c.update_task(&id, 128 * MIB)?;
+        ensure!(show(&scope, "MemoryMax")? == more);
+        ensure!(cgroup_file(&cgroup, "memory.max")? == more);
         c.ctr(&["task", "kill", "-s", "KILL", &id])?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while c.ctr(&["task", "rm", &id]).is_err() {
