@@ -44,9 +44,9 @@ pub struct Services {
 }
 
 /// `services` with the endpoints of their `slices` (matched by namespace and the
-/// `kubernetes.io/service-name` label). Where two Services claim one address and port or
-/// node port, the older one (then the first by namespace and name) keeps it and the other is
-/// skipped.
+/// `kubernetes.io/service-name` label). Where two Services claim one external IP and port or
+/// one node port, the older one (then the first by namespace and name) keeps it and the other
+/// runs without it; one whose cluster IP and port is taken is skipped.
 pub fn services<'a>(
     services: impl IntoIterator<Item = &'a KService>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
@@ -74,9 +74,9 @@ pub fn services<'a>(
         let object = format!("service {ns}/{name}");
         let mut notes = Vec::new();
         match service(ns, name, k, &mut notes) {
-            Ok(Some((mut s, named))) => {
+            Ok(Some(mut s)) => {
                 let slices = by_service.get(&s.key()).map(Vec::as_slice).unwrap_or(&[]);
-                s.endpoints = endpoints(&s, &named, slices, &mut out.skipped);
+                s.endpoints = endpoints(&s, slices, &mut out.skipped);
                 candidates.push((k.metadata.creation_timestamp.clone(), s));
             }
             Ok(None) => {}
@@ -89,7 +89,8 @@ pub fn services<'a>(
     }
     candidates.sort_by(|(ta, a), (tb, b)| (ta, a.key()).cmp(&(tb, b.key())));
     let mut claimed: BTreeMap<Claim, Key> = BTreeMap::new();
-    for (_, s) in candidates {
+    for (_, mut s) in candidates {
+        out.skipped.extend(leave_out_claimed(&mut s, &claimed));
         let claims = s.claims();
         if let Some((c, owner)) = claims
             .iter()
@@ -110,15 +111,52 @@ pub fn services<'a>(
     out
 }
 
-/// One Service without its endpoints, with the names of its ports whose target port is named
-/// (they resolve per EndpointSlice). `None`: not one to program. Problems with a part that can
-/// be left out (an external IP) are pushed to `notes`.
+/// Takes out of `s` the external IPs and node ports an older Service has `claimed`, as
+/// kube-proxy leaves out only the conflicting part; what is left out, with the reason.
+fn leave_out_claimed(s: &mut Service, claimed: &BTreeMap<Claim, Key>) -> Vec<Skipped> {
+    let object = format!("service {}/{}", s.namespace, s.name);
+    let owner = |c: &Claim| {
+        claimed
+            .get(c)
+            .map(|o| format!("{c} belongs to service {}/{}", o.0, o.1))
+    };
+    let mut left_out = Vec::new();
+    let ports = s.ports.clone();
+    s.external_ips.retain(|ip| {
+        let taken = ports
+            .iter()
+            .find_map(|p| owner(&Claim::Address(*ip, p.protocol, p.port)));
+        if let Some(why) = &taken {
+            left_out.push(format!("external IP {ip} left out: {why}"));
+        }
+        taken.is_none()
+    });
+    for p in &mut s.ports {
+        if let Some(why) = p
+            .node_port
+            .and_then(|n| owner(&Claim::NodePort(p.protocol, n)))
+        {
+            left_out.push(format!("node port of port {:?} left out: {why}", p.name));
+            p.node_port = None;
+        }
+    }
+    left_out
+        .into_iter()
+        .map(|reason| Skipped {
+            object: object.clone(),
+            reason,
+        })
+        .collect()
+}
+
+/// One Service without its endpoints. `None`: not one to program. Problems with a part that
+/// can be left out (an external IP) are pushed to `notes`.
 fn service(
     ns: &str,
     name: &str,
     k: &KService,
     notes: &mut Vec<String>,
-) -> Result<Option<(Service, BTreeSet<String>)>, String> {
+) -> Result<Option<Service>, String> {
     let Some(spec) = &k.spec else {
         return Ok(None);
     };
@@ -144,10 +182,9 @@ fn service(
             )
         })?;
     let mut ports = Vec::new();
-    let mut named = BTreeSet::new();
     let (mut keys, mut node_ports) = (BTreeSet::new(), BTreeSet::new());
     for p in spec.ports.iter().flatten() {
-        let (port, is_named) = service_port(p)?;
+        let port = service_port(p)?;
         if !keys.insert((port.protocol, port.port)) {
             return Err(format!(
                 "port {}/{} is given twice",
@@ -158,9 +195,6 @@ fn service(
             && !node_ports.insert((port.protocol, n))
         {
             return Err(format!("node port {n}/{} is given twice", port.protocol));
-        }
-        if is_named {
-            named.insert(port.name.clone());
         }
         ports.push(port);
     }
@@ -198,12 +232,12 @@ fn service(
         affinity,
         endpoints: Vec::new(),
     };
-    Ok(Some((s, named)))
+    Ok(Some(s))
 }
 
-/// A Service port, and whether its target port is a name. A named target port's
-/// `target_port` is the port itself: endpoints only get it with their slice's number.
-fn service_port(p: &ServicePort) -> Result<(Port, bool), String> {
+/// A Service port. A named target port's `target_port` is the port itself: endpoints only get
+/// it with their slice's number.
+fn service_port(p: &ServicePort) -> Result<Port, String> {
     let name = p.name.clone().unwrap_or_default();
     let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
@@ -212,16 +246,12 @@ fn service_port(p: &ServicePort) -> Result<(Port, bool), String> {
         other => return Err(format!("port {name:?}: unknown protocol {other:?}")),
     };
     let port = port16(p.port).ok_or_else(|| format!("port {name:?}: {} is not a port", p.port))?;
-    let (target_port, named) = match &p.target_port {
-        None | Some(IntOrString::Int(0)) => (port, false),
-        Some(IntOrString::Int(t)) => (
-            port16(*t).ok_or_else(|| format!("port {name:?}: target port {t} is not a port"))?,
-            false,
-        ),
-        Some(IntOrString::String(s)) => match s.parse::<u16>() {
-            Ok(t) if t > 0 => (t, false),
-            _ => (port, true),
-        },
+    let target_port = match &p.target_port {
+        None | Some(IntOrString::Int(0)) => port,
+        Some(IntOrString::Int(t)) => {
+            port16(*t).ok_or_else(|| format!("port {name:?}: target port {t} is not a port"))?
+        }
+        Some(IntOrString::String(s)) => s.parse::<u16>().ok().filter(|t| *t > 0).unwrap_or(port),
     };
     let node_port = match p.node_port {
         None | Some(0) => None,
@@ -229,61 +259,53 @@ fn service_port(p: &ServicePort) -> Result<(Port, bool), String> {
             Some(port16(n).ok_or_else(|| format!("port {name:?}: node port {n} is not a port"))?)
         }
     };
-    let port = Port {
+    Ok(Port {
         name,
         protocol,
         port,
         target_port,
         node_port,
-    };
-    Ok((port, named))
+    })
 }
 
-/// The endpoints of `s` from its IPv4 `slices`, one per address (where two slices have the
-/// same one, the readier wins), by address. An endpoint's port for a service port is its
-/// slice's port of that name; a slice without a port of a named target port leaves its
-/// endpoints out (there is no number to send them).
-fn endpoints(
-    s: &Service,
-    named: &BTreeSet<String>,
-    slices: &[&EndpointSlice],
-    skipped: &mut Vec<Skipped>,
-) -> Vec<Endpoint> {
-    let mut by_ip: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
+/// The endpoints of `s` from its IPv4 `slices`, as kube-proxy builds them: per Service port,
+/// an address serves it only through a slice port of the same name and protocol, at that
+/// port's number (a slice without one, with `ports: []`, or with another protocol serves
+/// that Service port nothing). One endpoint per address and set of ports it serves (where two
+/// slices list the same, the readier wins); the same address with other port numbers in
+/// another slice is another endpoint.
+fn endpoints(s: &Service, slices: &[&EndpointSlice], skipped: &mut Vec<Skipped>) -> Vec<Endpoint> {
+    let mut by_key: BTreeMap<(IpAddr, BTreeMap<String, u16>), Endpoint> = BTreeMap::new();
     for slice in slices.iter().filter(|sl| sl.address_type == "IPv4") {
         let object = format!(
             "endpointslice {}/{}",
             s.namespace,
             slice.metadata.name.as_deref().unwrap_or("")
         );
-        let numbers: BTreeMap<&str, u16> = slice
+        // Service port name → the number this slice gives it.
+        let served: BTreeMap<String, u16> = s
             .ports
             .iter()
-            .flatten()
-            .filter_map(|p| Some((p.name.as_deref().unwrap_or(""), port16(p.port?)?)))
+            .filter_map(|p| {
+                let n = slice.ports.iter().flatten().find_map(|sp| {
+                    let same_name = sp.name.as_deref().unwrap_or("") == p.name;
+                    let protocol = sp.protocol.as_deref().unwrap_or("TCP");
+                    let same_protocol = protocol.eq_ignore_ascii_case(&p.protocol.to_string());
+                    (same_name && same_protocol)
+                        .then(|| port16(sp.port?))
+                        .flatten()
+                })?;
+                Some((p.name.clone(), n))
+            })
             .collect();
-        let missing: Vec<&str> = named
-            .iter()
-            .map(String::as_str)
-            .filter(|n| !numbers.contains_key(n))
-            .collect();
-        if !missing.is_empty() {
-            if !slice.endpoints.is_empty() {
-                skipped.push(Skipped {
-                    object,
-                    reason: format!(
-                        "no port named {} for the named target port: its endpoints are left out",
-                        missing.join(", ")
-                    ),
-                });
-            }
+        if served.is_empty() {
             continue;
         }
         let ports: BTreeMap<String, u16> = s
             .ports
             .iter()
             .filter_map(|p| {
-                let n = *numbers.get(p.name.as_str())?;
+                let n = *served.get(&p.name)?;
                 (n != p.target_port).then(|| (p.name.clone(), n))
             })
             .collect();
@@ -308,14 +330,16 @@ fn endpoints(
                 serving: c.serving.unwrap_or(true),
                 terminating: c.terminating.unwrap_or(false),
                 ports: ports.clone(),
+                serves: Some(served.keys().cloned().collect()),
             };
             let rank = |e: &Endpoint| (e.ready, e.serving);
-            if by_ip.get(&ip).is_none_or(|old| rank(old) < rank(&ep)) {
-                by_ip.insert(ip, ep);
+            let key = (ip, served.clone());
+            if by_key.get(&key).is_none_or(|old| rank(old) < rank(&ep)) {
+                by_key.insert(key, ep);
             }
         }
     }
-    by_ip.into_values().collect()
+    by_key.into_values().collect()
 }
 
 /// The cluster's other nodes as peers.

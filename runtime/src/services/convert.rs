@@ -258,6 +258,7 @@ pub fn endpoints_from(
             serving: e.serving || e.ready,
             terminating: e.terminating,
             ports,
+            serves: None,
         });
     }
     Ok(out)

@@ -1,6 +1,6 @@
 //! A Service as peapod keeps it: what the API says, checked, and what the kernel gets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use netsetup::service::{L4, ServicePortRules};
@@ -56,9 +56,19 @@ pub struct Endpoint {
     /// Ports by service port name, where they differ from the port's `target_port`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, u16>,
+    /// The Service ports (by name) it serves: those its EndpointSlice lists, by name and
+    /// protocol, as kube-proxy takes them. `None`: every port (endpoints given through
+    /// peapod's own API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<BTreeSet<String>>,
 }
 
 impl Endpoint {
+    /// Whether it takes connections for `port`.
+    pub fn serves(&self, port: &Port) -> bool {
+        self.serves.as_ref().is_none_or(|s| s.contains(&port.name))
+    }
+
     /// Where this endpoint takes connections for `port`.
     pub fn address(&self, port: &Port) -> SocketAddr {
         let p = self
@@ -105,26 +115,25 @@ impl Service {
             .collect()
     }
 
-    /// The endpoints that take new connections: the ready ones, or when none is, the
-    /// serving ones that are terminating.
-    pub fn active_endpoints(&self) -> Vec<&Endpoint> {
-        let ready: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.ready).collect();
+    /// The endpoints that take new connections for `port`: of those that serve it, the ready
+    /// ones, or when none is, the serving ones that are terminating (as kube-proxy decides,
+    /// per Service port).
+    pub fn active_endpoints(&self, port: &Port) -> Vec<&Endpoint> {
+        let serving = || self.endpoints.iter().filter(|e| e.serves(port));
+        let ready: Vec<&Endpoint> = serving().filter(|e| e.ready).collect();
         if !ready.is_empty() {
             return ready;
         }
-        self.endpoints
-            .iter()
-            .filter(|e| e.serving && e.terminating)
-            .collect()
+        serving().filter(|e| e.serving && e.terminating).collect()
     }
 
     /// What the kernel gets: one entry per port.
     pub fn rules(&self) -> Vec<ServicePortRules> {
         let id = self.id();
-        let active = self.active_endpoints();
         self.ports
             .iter()
             .map(|p| {
+                let active = self.active_endpoints(p);
                 let mut backends: Vec<SocketAddr> = active.iter().map(|e| e.address(p)).collect();
                 backends.sort();
                 backends.dedup();
@@ -188,6 +197,7 @@ mod tests {
             serving: ready || terminating,
             terminating,
             ports: BTreeMap::new(),
+            serves: None,
         }
     }
 
@@ -238,15 +248,29 @@ mod tests {
         let mut s = service();
         s.endpoints[0].ready = false;
         s.endpoints[0].serving = false;
+        let http = s.ports[0].clone();
         let active: Vec<String> = s
-            .active_endpoints()
+            .active_endpoints(&http)
             .iter()
             .map(|e| e.ip.to_string())
             .collect();
         assert_eq!(active, ["10.88.0.6"]);
         s.endpoints[1].serving = false;
-        assert!(s.active_endpoints().is_empty());
+        assert!(s.active_endpoints(&http).is_empty());
         assert!(s.rules().iter().all(|r| r.backends.is_empty()));
+    }
+
+    #[test]
+    fn an_endpoint_serves_only_the_ports_its_slice_lists_and_readiness_is_per_port() {
+        let mut s = service();
+        // 10.88.0.5 (ready) serves dns only; 10.88.0.6 (terminating) serves http only.
+        s.endpoints[0].serves = Some(["dns".to_owned()].into());
+        s.endpoints[1].serves = Some(["http".to_owned()].into());
+        let rules = s.rules();
+        assert_eq!(rules[0].backends, ["10.88.0.6:8080".parse().unwrap()]);
+        assert_eq!(rules[1].backends, ["10.88.0.5:53".parse().unwrap()]);
+        s.endpoints[1].serves = Some(BTreeSet::new());
+        assert!(s.rules()[0].backends.is_empty());
     }
 
     #[test]

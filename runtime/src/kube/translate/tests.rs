@@ -183,19 +183,147 @@ fn a_named_target_port_resolves_from_each_slices_port_of_that_name() {
     ];
     let out = services(&[svc], &slices);
     let s = &out.services[0];
-    assert_eq!(ips(s), ["10.88.0.5", "10.88.0.6"]);
+    assert_eq!(ips(s), ["10.88.0.5", "10.88.0.6", "10.88.0.7"]);
+    // web-c has no `http` (the EndpointSlice controller writes such slices for pods without
+    // the named port): its endpoint serves `metrics` only, as kube-proxy has it.
     assert_eq!(
         backends(s),
         [
             vec!["10.88.0.5:8080", "10.88.0.6:9090"],
-            vec!["10.88.0.5:9100", "10.88.0.6:9100"]
+            vec!["10.88.0.5:9100", "10.88.0.6:9100", "10.88.0.7:9100"]
         ]
     );
+    assert_eq!(out.skipped, []);
+}
+
+/// A Service with ports `http` (80 → 8080) and `alt` (81 → 8081), both TCP.
+fn two_ports() -> KService {
+    let mut svc = web();
+    spec(&mut svc).ports = Some(vec![
+        port("http", 80, Some(IntOrString::Int(8080))),
+        port("alt", 81, Some(IntOrString::Int(8081))),
+    ]);
+    svc
+}
+
+#[test]
+fn an_address_serves_only_the_service_ports_its_slice_lists() {
+    let slices = [
+        slice(
+            "default",
+            "web",
+            "web-a",
+            &[("http", 8080)],
+            vec![ep("10.88.0.5", None, None, None)],
+        ),
+        slice(
+            "default",
+            "web",
+            "web-b",
+            &[("alt", 8081)],
+            vec![ep("10.88.0.6", None, None, None)],
+        ),
+    ];
+    let out = services(&[two_ports()], &slices);
+    assert_eq!(out.skipped, []);
     assert_eq!(
-        reasons(&out.skipped),
-        [
-            "endpointslice default/web-c: no port named http for the named target port: its endpoints are left out"
-        ]
+        backends(&out.services[0]),
+        [vec!["10.88.0.5:8080"], vec!["10.88.0.6:8081"]]
+    );
+}
+
+#[test]
+fn a_slice_port_of_another_name_or_protocol_or_none_serves_nothing() {
+    let other = slice(
+        "default",
+        "web",
+        "web-o",
+        &[("other", 8080)],
+        vec![ep("10.88.0.5", None, None, None)],
+    );
+    let mut empty = slice(
+        "default",
+        "web",
+        "web-e",
+        &[],
+        vec![ep("10.88.0.6", None, None, None)],
+    );
+    empty.ports = Some(Vec::new());
+    let mut none = slice(
+        "default",
+        "web",
+        "web-n",
+        &[],
+        vec![ep("10.88.0.8", None, None, None)],
+    );
+    none.ports = None;
+    let mut udp = slice(
+        "default",
+        "web",
+        "web-u",
+        &[("http", 8080)],
+        vec![ep("10.88.0.7", None, None, None)],
+    );
+    udp.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    let out = services(&[web()], &[other, empty, none, udp]);
+    let s = &out.services[0];
+    assert!(s.endpoints.is_empty(), "{:?}", s.endpoints);
+    assert_eq!(backends(s), [Vec::<String>::new()]);
+}
+
+#[test]
+fn tcp_and_udp_ports_on_separate_slices_stay_apart() {
+    let mut svc = web();
+    let mut dns_udp = port("dns-udp", 53, Some(IntOrString::Int(5353)));
+    dns_udp.protocol = Some("UDP".into());
+    spec(&mut svc).ports = Some(vec![
+        port("dns-tcp", 53, Some(IntOrString::Int(5353))),
+        dns_udp,
+    ]);
+    let tcp = slice(
+        "default",
+        "web",
+        "web-t",
+        &[("dns-tcp", 5353)],
+        vec![ep("10.88.0.5", None, None, None)],
+    );
+    let mut udp = slice(
+        "default",
+        "web",
+        "web-u",
+        &[("dns-udp", 5353)],
+        vec![ep("10.88.0.6", None, None, None)],
+    );
+    udp.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    let out = services(&[svc], &[tcp, udp]);
+    assert_eq!(
+        backends(&out.services[0]),
+        [vec!["10.88.0.5:5353"], vec!["10.88.0.6:5353"]]
+    );
+}
+
+#[test]
+fn one_address_with_two_port_numbers_in_two_slices_is_two_backends() {
+    let slices = [
+        slice(
+            "default",
+            "web",
+            "web-a",
+            &[("http", 8080)],
+            vec![ep("10.88.0.5", None, None, None)],
+        ),
+        slice(
+            "default",
+            "web",
+            "web-b",
+            &[("http", 9090)],
+            vec![ep("10.88.0.5", None, None, None)],
+        ),
+    ];
+    let out = services(&[web()], &slices);
+    assert_eq!(
+        backends(&out.services[0]),
+        [vec!["10.88.0.5:8080", "10.88.0.5:9090"]]
     );
 }
 
@@ -370,11 +498,38 @@ fn of_two_services_claiming_one_address_the_older_keeps_it() {
     new.metadata.creation_timestamp = at("2025-01-01T00:00:00Z");
     spec(&mut new).external_ips = Some(vec!["192.0.2.7".into()]);
     let out = services(&[new, old], &[]);
+    // The newer keeps its cluster IP; only the external IP it cannot have is left out.
     let names: Vec<&str> = out.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["old"]);
+    assert_eq!(names, ["new", "old"]);
+    assert!(out.services[0].external_ips.is_empty());
+    assert_eq!(out.services[0].cluster_ip.to_string(), "10.96.0.21");
+    assert_eq!(out.services[1].external_ips.len(), 1);
     assert_eq!(
         reasons(&out.skipped),
-        ["service a/new: 192.0.2.7:80 tcp belongs to service b/old"]
+        [
+            "service a/new: external IP 192.0.2.7 left out: 192.0.2.7:80 tcp belongs to service b/old"
+        ]
+    );
+}
+
+#[test]
+fn of_two_services_claiming_one_node_port_the_newer_runs_without_it() {
+    let at = |s: &str| Some(Time(s.parse().unwrap()));
+    let mut old = kservice("b", "old", "10.96.0.20", vec![port("http", 80, None)]);
+    old.metadata.creation_timestamp = at("2024-01-01T00:00:00Z");
+    spec(&mut old).ports.as_mut().unwrap()[0].node_port = Some(30080);
+    let mut new = kservice("a", "new", "10.96.0.21", vec![port("web", 80, None)]);
+    new.metadata.creation_timestamp = at("2025-01-01T00:00:00Z");
+    spec(&mut new).ports.as_mut().unwrap()[0].node_port = Some(30080);
+    let out = services(&[new, old], &[]);
+    assert_eq!(out.services.len(), 2);
+    assert_eq!(out.services[0].ports[0].node_port, None);
+    assert_eq!(out.services[1].ports[0].node_port, Some(30080));
+    assert_eq!(
+        reasons(&out.skipped),
+        [
+            "service a/new: node port of port \"web\" left out: node port 30080/tcp belongs to service b/old"
+        ]
     );
 }
 
