@@ -196,6 +196,17 @@ fn a_named_target_port_resolves_from_each_slices_port_of_that_name() {
     assert_eq!(out.skipped, []);
 }
 
+/// A slice of Service default/web with one endpoint, `ip`, without conditions.
+fn web_slice(name: &str, ports: &[(&str, i32)], ip: &str) -> EndpointSlice {
+    slice(
+        "default",
+        "web",
+        name,
+        ports,
+        vec![ep(ip, None, None, None)],
+    )
+}
+
 /// A Service with ports `http` (80 → 8080) and `alt` (81 → 8081), both TCP.
 fn two_ports() -> KService {
     let mut svc = web();
@@ -209,20 +220,8 @@ fn two_ports() -> KService {
 #[test]
 fn an_address_serves_only_the_service_ports_its_slice_lists() {
     let slices = [
-        slice(
-            "default",
-            "web",
-            "web-a",
-            &[("http", 8080)],
-            vec![ep("10.88.0.5", None, None, None)],
-        ),
-        slice(
-            "default",
-            "web",
-            "web-b",
-            &[("alt", 8081)],
-            vec![ep("10.88.0.6", None, None, None)],
-        ),
+        web_slice("web-a", &[("http", 8080)], "10.88.0.5"),
+        web_slice("web-b", &[("alt", 8081)], "10.88.0.6"),
     ];
     let out = services(&[two_ports()], &slices);
     assert_eq!(out.skipped, []);
@@ -234,36 +233,12 @@ fn an_address_serves_only_the_service_ports_its_slice_lists() {
 
 #[test]
 fn a_slice_port_of_another_name_or_protocol_or_none_serves_nothing() {
-    let other = slice(
-        "default",
-        "web",
-        "web-o",
-        &[("other", 8080)],
-        vec![ep("10.88.0.5", None, None, None)],
-    );
-    let mut empty = slice(
-        "default",
-        "web",
-        "web-e",
-        &[],
-        vec![ep("10.88.0.6", None, None, None)],
-    );
+    let other = web_slice("web-o", &[("other", 8080)], "10.88.0.5");
+    let mut empty = web_slice("web-e", &[], "10.88.0.6");
     empty.ports = Some(Vec::new());
-    let mut none = slice(
-        "default",
-        "web",
-        "web-n",
-        &[],
-        vec![ep("10.88.0.8", None, None, None)],
-    );
+    let mut none = web_slice("web-n", &[], "10.88.0.8");
     none.ports = None;
-    let mut udp = slice(
-        "default",
-        "web",
-        "web-u",
-        &[("http", 8080)],
-        vec![ep("10.88.0.7", None, None, None)],
-    );
+    let mut udp = web_slice("web-u", &[("http", 8080)], "10.88.0.7");
     udp.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
     let out = services(&[web()], &[other, empty, none, udp]);
     let s = &out.services[0];
@@ -280,20 +255,8 @@ fn tcp_and_udp_ports_on_separate_slices_stay_apart() {
         port("dns-tcp", 53, Some(IntOrString::Int(5353))),
         dns_udp,
     ]);
-    let tcp = slice(
-        "default",
-        "web",
-        "web-t",
-        &[("dns-tcp", 5353)],
-        vec![ep("10.88.0.5", None, None, None)],
-    );
-    let mut udp = slice(
-        "default",
-        "web",
-        "web-u",
-        &[("dns-udp", 5353)],
-        vec![ep("10.88.0.6", None, None, None)],
-    );
+    let tcp = web_slice("web-t", &[("dns-tcp", 5353)], "10.88.0.5");
+    let mut udp = web_slice("web-u", &[("dns-udp", 5353)], "10.88.0.6");
     udp.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
     let out = services(&[svc], &[tcp, udp]);
     assert_eq!(
@@ -305,20 +268,8 @@ fn tcp_and_udp_ports_on_separate_slices_stay_apart() {
 #[test]
 fn one_address_with_two_port_numbers_in_two_slices_is_two_backends() {
     let slices = [
-        slice(
-            "default",
-            "web",
-            "web-a",
-            &[("http", 8080)],
-            vec![ep("10.88.0.5", None, None, None)],
-        ),
-        slice(
-            "default",
-            "web",
-            "web-b",
-            &[("http", 9090)],
-            vec![ep("10.88.0.5", None, None, None)],
-        ),
+        web_slice("web-a", &[("http", 8080)], "10.88.0.5"),
+        web_slice("web-b", &[("http", 9090)], "10.88.0.5"),
     ];
     let out = services(&[web()], &slices);
     assert_eq!(
