@@ -33,7 +33,6 @@ use peapod::container::cgroup;
 use peapod::container::launch::{CgroupDir, Fifos};
 use peapod::container::model::Resources;
 use peapod::container::model::{ExitRecord, Running};
-use peapod::container::unit_limits::unit_limits;
 use peapod::monitor::sealed::Binary;
 use peapod::monitor::{EXIT_FILE, LAUNCH_FILE, MONITOR_FILE, Reply};
 use peapod::sandbox::cgroup::{CgroupRecord, Cgroups, Hierarchy, systemd};
@@ -326,21 +325,10 @@ impl Service {
     fn adopt_cgroup(&self, task: &Task, pid: i32) {
         let Some(rel) = &task.cgroup else { return };
         let rec = CgroupRecord { rel: rel.clone() };
-        if self.cgroups.scope_unit(&rec).is_none() {
-            return;
-        }
-        let v2 = self.cgroups.version() == 2;
         let limits = task.resources.lock().expect("lock").clone();
         let what = format!("containerd task {} (peapod shim)", task.id);
-        let adopted = self
-            .cgroups
-            .adopt(&rec, pid, &what, &unit_limits(&limits, v2))
-            .map_err(|e| peapod::errors::chain(&e))
-            .and_then(|()| {
-                cgroup::apply(&self.cgroups.paths(rel), &limits, v2)
-                    .map_err(|e| peapod::errors::chain(&e))
-            });
-        if let Err(e) = adopted {
+        if let Err(e) = cgroup::adopt_scope(&self.cgroups, &rec, pid, &what, &limits) {
+            let e = peapod::errors::chain(&e);
             containerd_shim::warn!("task {} runs without a systemd scope: {e}", task.id);
         }
     }
@@ -863,11 +851,10 @@ impl containerd_shim::Task for Service {
         let dirs = self.cgroups.paths(rel);
         cgroup::apply(&dirs, &limits, v2).map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
         let rec = CgroupRecord { rel: rel.clone() };
-        if self.cgroups.scope_unit(&rec).is_some() {
-            // The scope's properties follow; systemd rewrites the files from them, rounded.
-            self.cgroups
-                .set_unit_limits(&rec, &unit_limits(&limits, v2))
-                .map_err(|e| internal("set the limits of the task's scope", e))?;
+        // The scope's properties follow; systemd rewrites the files from them, rounded.
+        if cgroup::set_scope_limits(&self.cgroups, &rec, &limits)
+            .map_err(|e| internal("set the limits of the task's scope", e))?
+        {
             cgroup::apply(&dirs, &limits, v2).map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
         }
         *task.resources.lock().expect("lock") = limits;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::ContainerError;
 use super::model::Resources;
+use super::unit_limits::unit_limits;
 use crate::sandbox::cgroup::{CgroupRecord, Cgroups, controllers};
 
 /// v1 `cpu.shares` → v2 `cpu.weight`, the conversion runc and the kubelet use.
@@ -243,6 +244,38 @@ pub fn apply(dirs: &[PathBuf], r: &Resources, v2: bool) -> Result<(), ContainerE
             .map_err(ContainerError::io("write the cgroup limit", path))?;
     }
     Ok(())
+}
+
+/// With the systemd driver, makes the cgroup `rec`, with `pid` running in it, its scope unit
+/// with `r` as the scope's properties, then writes `r` into the files again (systemd writes
+/// its own values, rounded, into a cgroup it takes over). Nothing to do with cgroupfs.
+pub fn adopt_scope(
+    cgroups: &Cgroups,
+    rec: &CgroupRecord,
+    pid: i32,
+    what: &str,
+    r: &Resources,
+) -> Result<(), ContainerError> {
+    if cgroups.scope_unit(rec).is_none() {
+        return Ok(());
+    }
+    let v2 = cgroups.version() == 2;
+    cgroups.adopt(rec, pid, what, &unit_limits(r, v2))?;
+    apply(&cgroups.paths(&rec.rel), r, v2)
+}
+
+/// With the systemd driver, sets `r` as the properties of the scope `rec` too; true when it
+/// did, and the caller writes the files once more (systemd rewrites them, rounded).
+pub fn set_scope_limits(
+    cgroups: &Cgroups,
+    rec: &CgroupRecord,
+    r: &Resources,
+) -> Result<bool, ContainerError> {
+    if cgroups.scope_unit(rec).is_none() {
+        return Ok(false);
+    }
+    cgroups.set_unit_limits(rec, &unit_limits(r, cgroups.version() == 2))?;
+    Ok(true)
 }
 
 /// Whether `dir` has a file of `controller` (v1: whether it is in that hierarchy).

@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use super::error::ContainerError;
 use super::events::EventKind;
 use super::model::{ContainerRecord, ContainerState, ExitRecord, Resources, Running};
-use super::unit_limits::unit_limits;
 use super::{Containers, Result, cgroup, gc, now_nanos};
 use crate::fault;
 use crate::monitor::{MONITOR_FILE, Reply};
@@ -145,16 +144,7 @@ impl Containers {
     /// running in its cgroup, limited, as with cgroupfs: it is logged, not fatal, and the
     /// scope's removal later finds no unit, which is no error.
     fn adopt_cgroup(&self, id: &str, cg: &CgroupRecord, pid: i32, r: &Resources) {
-        let cgroups = self.sandboxes.cgroups();
-        if cgroups.scope_unit(cg).is_none() {
-            return;
-        }
-        let v2 = cgroups.version() == 2;
-        let adopted = cgroups
-            .adopt(cg, pid, id, &unit_limits(r, v2))
-            .map_err(ContainerError::from)
-            .and_then(|()| cgroup::apply(&cgroups.paths(&cg.rel), r, v2));
-        if let Err(e) = adopted {
+        if let Err(e) = cgroup::adopt_scope(self.sandboxes.cgroups(), cg, pid, id, r) {
             warn!(container = %id, error = %e.chain(), "the container runs without a systemd scope");
         }
         fault::point("start:scope");

@@ -180,9 +180,7 @@ impl Containers {
                 p.page_faults = add(p.page_faults, c.page_faults);
                 p.major_page_faults = add(p.major_page_faults, c.major_page_faults);
             }
-            let (dirs, v2) = self.cgroup_dirs(c.rec.cgroup.as_ref());
-            let count = CgroupReader { dirs: &dirs, v2 }.process_count();
-            if let (Some((_, n)), Some(m)) = (pod.processes.as_mut(), count) {
+            if let (Some((_, n)), Some(m)) = (pod.processes.as_mut(), c.processes) {
                 *n += m;
             }
         }

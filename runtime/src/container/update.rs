@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use super::error::ContainerError;
 use super::model::{ContainerState, Resources};
-use super::unit_limits::unit_limits;
 use super::{Containers, Result, cgroup};
 
 /// The v1 swap+memory limit file: it must never be below `memory.limit_in_bytes`.
@@ -116,8 +115,7 @@ impl Containers {
             // rounded, into the files, hence the files once more).
             let set = |r: &Resources| -> Result<()> {
                 write(&dirs, r, v2)?;
-                if cgroups.scope_unit(cg).is_some() {
-                    cgroups.set_unit_limits(cg, &unit_limits(r, v2))?;
+                if cgroup::set_scope_limits(cgroups, cg, r)? {
                     write(&dirs, r, v2)?;
                 }
                 Ok(())
