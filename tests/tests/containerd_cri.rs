@@ -39,20 +39,28 @@ async fn pod_ip(c: &Containerd, id: &str) -> Result<String> {
 async fn nothing_left(c: &Containerd) -> Result<()> {
     let node = c.node();
     // Nothing left: no shim, monitor or container process, no pod link, no lease, no
-    // task dir, no cgroup.
-    let found = node
-        .exec_output(&[
-            "pgrep",
-            "-a",
-            "-f",
-            "containerd-shim-peapod|peapod(-monitor)? monitor|httpd|^/pause$",
-        ])
-        .await?;
-    ensure!(
-        !found.status.success(),
-        "left running: {}",
-        String::from_utf8_lossy(&found.stdout)
-    );
+    // task dir, no cgroup. A shim exits on its own after containerd's Shutdown, which a
+    // loaded machine may take a moment to carry out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = node
+            .exec_output(&[
+                "pgrep",
+                "-a",
+                "-f",
+                "containerd-shim-peapod|peapod(-monitor)? monitor|httpd|^/pause$",
+            ])
+            .await?;
+        if !found.status.success() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "left running: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let links = node.exec(&["ip", "-o", "link", "show"]).await?;
     ensure!(
         !links
